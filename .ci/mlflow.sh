@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# MLflow tracking server for CI, the tests and SLURM jobs on this machine.
+#
+#   .ci/mlflow.sh up      start (idempotent); prints the tracking URI
+#   .ci/mlflow.sh down    stop the server's whole process group
+#   .ci/mlflow.sh status  print the URI if the server answers /health
+#
+# State under $MARPIPE_STATE/mlflow (default /tmp/marpipe-ci/mlflow):
+#   mlflow.db   sqlite backend store (only the server writes it: many SLURM
+#               jobs writing one sqlite file directly hit "database is locked")
+#   artifacts/  artifact store, served by the server (--serve-artifacts), so
+#               jobs upload over HTTP and need no shared path
+#   uri         the tracking URI (export MLFLOW_TRACKING_URI=$(cat .../uri))
+#   server.pid  pid = process-group id (started with setsid)
+#   server.log  server output
+# Port: $MARPIPE_MLFLOW_PORT, else 5000, else a free one.
+# mlflow binary: $MLFLOW_BIN, else <repo>/.venv/bin/mlflow, else PATH.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${MARPIPE_STATE:-/tmp/marpipe-ci}"
+DIR="$STATE/mlflow"
+PIDF="$DIR/server.pid"
+URIF="$DIR/uri"
+
+log() { echo "[mlflow] $*" >&2; }
+die() { echo "[mlflow] ERROR: $*" >&2; exit 1; }
+
+find_mlflow() {
+  if [ -n "${MLFLOW_BIN:-}" ]; then echo "$MLFLOW_BIN"
+  elif [ -x "$REPO/.venv/bin/mlflow" ]; then echo "$REPO/.venv/bin/mlflow"
+  elif command -v mlflow >/dev/null; then command -v mlflow
+  else die "mlflow not found: run 'make install' (creates .venv) or set MLFLOW_BIN"; fi
+}
+
+healthy() { # uri -> 0 if /health answers OK
+  local py
+  py="$(dirname "$(find_mlflow)")/python"; [ -x "$py" ] || py=python3
+  "$py" - "$1" <<'PY' 2>/dev/null
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1] + "/health", timeout=2) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+}
+
+running() { [ -s "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
+
+port_free() {
+  python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+cmd_up() {
+  local t0=$SECONDS
+  if running && [ -s "$URIF" ] && healthy "$(cat "$URIF")"; then
+    log "already running at $(cat "$URIF") (pgid $(cat "$PIDF"))"
+    cat "$URIF"; return 0
+  fi
+  running && cmd_down
+  local mlflow port uri
+  mlflow="$(find_mlflow)"
+  mkdir -p "$DIR/artifacts"
+  port="${MARPIPE_MLFLOW_PORT:-5000}"
+  if ! port_free "$port"; then
+    [ -n "${MARPIPE_MLFLOW_PORT:-}" ] && die "port $port is taken"
+    port="$(free_port)"
+  fi
+  uri="http://127.0.0.1:$port"
+  # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no job runner + workers (2.3 GB -> ~0.5 GB)
+  # setsid: own process group, so `down` stops the server and every worker it forked.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$mlflow" server \
+      --host 127.0.0.1 --port "$port" \
+      --backend-store-uri "sqlite:///$DIR/mlflow.db" \
+      --artifacts-destination "$DIR/artifacts" --serve-artifacts \
+      --workers "${MARPIPE_MLFLOW_WORKERS:-2}" \
+      </dev/null >"$DIR/server.log" 2>&1 &
+  echo $! > "$PIDF"
+  local i
+  for i in $(seq 240); do
+    if healthy "$uri"; then
+      echo "$uri" > "$URIF"
+      log "server up at $uri in $((SECONDS - t0)) s (pgid $(cat "$PIDF"))"
+      echo "$uri"; return 0
+    fi
+    running || { tail -n 30 "$DIR/server.log" >&2; die "server exited; see $DIR/server.log"; }
+    sleep 0.5
+  done
+  tail -n 30 "$DIR/server.log" >&2
+  cmd_down
+  die "no /health answer from $uri after 120 s"
+}
+
+cmd_down() {
+  if [ -s "$PIDF" ]; then
+    local pg i
+    pg="$(cat "$PIDF")"
+    if kill -0 "$pg" 2>/dev/null || kill -0 -- "-$pg" 2>/dev/null; then
+      kill -TERM -- "-$pg" 2>/dev/null || true
+      for i in $(seq 100); do kill -0 -- "-$pg" 2>/dev/null || break; sleep 0.1; done
+      kill -0 -- "-$pg" 2>/dev/null && kill -KILL -- "-$pg" 2>/dev/null || true
+      log "server stopped (pgid $pg)"
+    fi
+    rm -f "$PIDF"
+  fi
+  rm -f "$URIF"
+}
+
+cmd_status() {
+  if running && [ -s "$URIF" ] && healthy "$(cat "$URIF")"; then cat "$URIF"
+  else echo "not running" >&2; return 1; fi
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,108 @@
+"""``marpipe bench train-step``: median GRPO step time and peak memory per variant.
+
+All variants run side by side in one process, interleaved step by step, so the
+ratios (MTE / Fix Decoder, Sim / MTE) compare like with like. Peak memory is
+CUDA's peak allocation on a GPU; on a CPU it is the growth of the resident set
+during one step (Linux ``VmHWM`` after a reset), measured in a fresh child
+process per variant.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import statistics
+import tempfile
+
+import torch
+
+from marpipe.config import GRPOConfig
+from marpipe.models.tiny import TinyMAR, TinyMARConfig, head_to_ar_ratio
+from marpipe.rewards import build_reward
+from marpipe.trainer import PromptItem, Trainer
+
+VARIANTS = {
+    "grpo": dict(),
+    "fix_decoder": dict(fix_decoder=True),
+    "mte": dict(fix_decoder=True, mte=True, S=3, top_k=0.3),
+    "sim": dict(fix_decoder=True, mte=True, S=3, top_k=0.3, sim=True),
+}
+# the paper's proportions at tiny scale: 12 of 64 AR steps -> 2 of 8; 10 of 25 head steps -> 4 of 10
+BENCH = dict(group_size=4, prompts_per_step=3, train_ar_steps=2, train_diffusion_steps=4, lr=1e-5)
+PROMPTS = ["a red circle", "a blue square left of a green circle", "three yellow striped triangles"]
+
+
+def _trainer(model_name: str, variant: str, device: str, out: str) -> Trainer:
+    torch.manual_seed(0)
+    model = TinyMAR(TinyMARConfig.preset(model_name, zero_init=False))
+    cfg = GRPOConfig(**BENCH, **VARIANTS[variant], steps=10**6, save_every=10**6)
+    return Trainer(model, cfg, [PromptItem(p, {}) for p in PROMPTS], build_reward("redness"),
+                   out, device=device, progress=False)
+
+
+def _vm_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _peak_rss_child(model_name, variant, device, q):
+    """Peak RSS growth of one training step over the process after set-up (Linux)."""
+    with tempfile.TemporaryDirectory() as d:
+        t = _trainer(model_name, variant, device, d)
+        t.train_step(0)                       # allocator warm-up, lazy inits
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                      # reset the peak (VmHWM) to the current RSS
+        base = _vm_kb("VmRSS")
+        t.train_step(1)
+        q.put((_vm_kb("VmHWM") - base) / 1024)
+
+
+def peak_memory_mb(model_name: str, variant: str, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        with tempfile.TemporaryDirectory() as d:
+            _trainer(model_name, variant, device, d).train_step(1)
+        return torch.cuda.max_memory_allocated() / 2**20
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_peak_rss_child, args=(model_name, variant, device, q))
+    p.start()
+    p.join()
+    return q.get()
+
+
+def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-nova", "tiny-harmon"),
+                     device: str | None = None) -> dict:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    report = {"device": device, "threads": torch.get_num_threads(), "steps": steps, "models": {}}
+    for name in model_names:
+        with tempfile.TemporaryDirectory() as d:
+            trainers = {v: _trainer(name, v, device, f"{d}/{v}") for v in VARIANTS}
+            times = {v: [] for v in VARIANTS}
+            for v, t in trainers.items():  # warm-up step, not timed
+                t.train_step(0)
+            for step in range(1, steps + 1):
+                for v, t in trainers.items():
+                    if device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    row = t.train_step(step)
+                    times[v].append(sum(row[k] for k in ("time_rollout", "time_reward", "time_loss", "time_optim")))
+        med = {v: statistics.median(ts) for v, ts in times.items()}
+        report["models"][name] = {
+            "head_to_ar_macs_per_token": round(head_to_ar_ratio(TinyMARConfig.preset(name)), 4),
+            "median_step_s": {v: round(s, 4) for v, s in med.items()},
+            "peak_memory_mb": {v: round(peak_memory_mb(name, v, device), 1) for v in VARIANTS},
+            "ratio_mte_over_fix_decoder": round(med["mte"] / med["fix_decoder"], 3),
+            "ratio_sim_over_mte": round(med["sim"] / med["mte"], 3),
+        }
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"device {device}, {report['threads']} threads, median of {steps} steps per variant")
+        for name, r in report["models"].items():
+            print(f"\n{name} (head/AR multiply-adds per token: {r['head_to_ar_macs_per_token']})")
+            print(f"  {'variant':<12} {'step (s)':>9} {'peak MB':>9}")
+            for v in VARIANTS:
+                print(f"  {v:<12} {r['median_step_s'][v]:>9.4f} {r['peak_memory_mb'][v]:>9.1f}")
+            print(f"  MTE / Fix Decoder = {r['ratio_mte_over_fix_decoder']:.3f}   "
+                  f"Sim / MTE = {r['ratio_sim_over_mte']:.3f}")
+    return report

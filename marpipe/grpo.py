@@ -1,0 +1,138 @@
+"""The GRPO math of MAR-GRPO as pure tensor functions (no I/O, no models).
+
+Equation numbers refer to the paper (``mar-grpo-paper.txt``). Shapes: ``G`` the
+group size, ``S`` trajectories, ``N`` tokens, ``C`` channels per token.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+STD_EPS = 1e-4  # added to the group std (reference code)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = STD_EPS) -> torch.Tensor:
+    """Eq. 6: ``A_i = (R_i - mean_group) / (std_group + eps)``.
+
+    ``rewards [P*G]`` ordered group by group. A group whose rewards are all equal
+    gets zero advantages (never NaN). Std is the unbiased sample std, as
+    ``torch.std`` in the reference; a group of one has zero advantage.
+    """
+    r = rewards.float().reshape(-1, group_size)
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, keepdim=True, correction=1) if group_size > 1 else torch.zeros_like(mean)
+    return ((r - mean) / (std + eps)).reshape(-1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Eq. 12, per token: ``-1/2 sum_c ((x - mu)^2 / Sigma + log(2 pi Sigma))`` over the last dim."""
+    return -0.5 * ((x - mean) ** 2 * torch.exp(-log_var) + log_var + math.log(2 * math.pi)).sum(-1)
+
+
+def importance_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """Eq. 13 for one transition: ``r = exp(log p_theta - log p_theta_old)``."""
+    return torch.exp(log_prob - old_log_prob)
+
+
+def clipped_policy_loss(ratio: torch.Tensor, advantage: torch.Tensor,
+                        clip_range: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step-wise term of Eq. 3 as a loss: ``-min(r A, clip(r, 1-eps, 1+eps) A)``.
+
+    ``clip_range=None`` is the reference code's unclipped ``-r A``. Returns the
+    loss and a 0/1 tensor marking where clipping was active.
+    """
+    unclipped = ratio * advantage
+    if clip_range is None:
+        return -unclipped, torch.zeros_like(ratio)
+    clipped = ratio.clamp(1 - clip_range, 1 + clip_range) * advantage
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
+
+
+def kl_surrogate(mean: torch.Tensor, ref_mean: torch.Tensor) -> torch.Tensor:
+    """Eq. 14, per token: ``exp(d) - d - 1`` with ``d = mu_ref - mu_theta``, averaged over channels."""
+    d = ref_mean - mean
+    return (torch.exp(d) - d - 1).mean(-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=-1) -> torch.Tensor:
+    """Mean of ``values`` over ``dim`` where ``mask`` is 1; 0 where the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)
+
+
+def token_uncertainty(x0_trajectories: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: ``u = std over the S trajectories' final x0``, averaged over channels.
+
+    ``x0_trajectories [S, ..., N, C] -> u [..., N]``. Population std (S=1 -> 0).
+    """
+    return x0_trajectories.std(dim=0, correction=0).mean(-1)
+
+
+def top_k_mask(uncertainty: torch.Tensor, candidates: torch.Tensor, top_k: float) -> torch.Tensor:
+    """Binary mask M of Eq. 10: the ``top_k`` fraction most uncertain candidate tokens.
+
+    ``uncertainty [..., N]``, ``candidates [..., N]`` bool (tokens the step
+    predicts). Per row, ``round(top_k * #candidates)`` tokens are selected.
+    """
+    u = uncertainty.masked_fill(~candidates, float("-inf"))
+    k = torch.round(top_k * candidates.sum(-1).float()).long()            # [...]
+    order = u.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(u.shape[-1], device=u.device).expand_as(order))
+    return (rank < k[..., None]) & candidates
+
+
+def mte_aggregate(per_traj_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 10 (policy part): ``M * mean_s l^(s) + (1 - M) * l^(1)``.
+
+    ``per_traj_loss [S, ...]`` (trajectory 0 is the rollout's own), ``mask [...]``.
+    """
+    m = mask.to(per_traj_loss.dtype)
+    return m * per_traj_loss.mean(0) + (1 - m) * per_traj_loss[0]
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cosine similarity over the channel (last) dim."""
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
+
+
+def consistency_mask(x0_step: torch.Tensor, x0_prev_step: torch.Tensor | None,
+                     x_final: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. 11: ``kappa(m) = 1[sim(m) - sim(m-1) > tau]`` per token.
+
+    ``sim(m)`` is the cosine between the step-``m`` predicted clean latent and the
+    final latent. Before the first step there is no prediction: ``sim(-1) = 0``.
+    """
+    sim = cosine_similarity(x0_step, x_final)
+    prev = torch.zeros_like(sim) if x0_prev_step is None else cosine_similarity(x0_prev_step, x_final)
+    return (sim - prev) > tau
+
+
+def sim_token_mask(kappa: torch.Tensor, predicted: torch.Tensor, step_tokens: torch.Tensor,
+                   keep_step_tokens: bool = True) -> torch.Tensor:
+    """Tokens that enter the loss at a step under ``sim``.
+
+    ``kappa * predicted``, plus (reference-code behaviour, ``keep_step_tokens``)
+    the tokens accepted at the step itself: ``clamp(kappa*mask + step_tokens, 0, 1)``.
+    """
+    keep = kappa & predicted
+    return keep | (step_tokens & predicted) if keep_step_tokens else keep
+
+
+def cosine_mask_counts(num_tokens: int, steps: int) -> list[int]:
+    """Tokens made known at each of ``steps`` mask steps (cosine schedule).
+
+    ``masked_after(k) = round(cos(pi/2 * (k+1)/K) * N)``, at least one token per
+    step, summing to ``N``.
+    """
+    if not 1 <= steps <= num_tokens:
+        raise ValueError(f"ar_steps={steps} must be in [1, num_tokens={num_tokens}]")
+    masked = num_tokens
+    counts = []
+    for k in range(steps):
+        after = int(round(math.cos(math.pi / 2 * (k + 1) / steps) * num_tokens))
+        after = max(min(after, masked - 1), steps - k - 1)  # >= 1 token now and per later step
+        counts.append(masked - after)
+        masked = after
+    assert sum(counts) == num_tokens and min(counts) >= 1
+    return counts

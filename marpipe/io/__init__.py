@@ -1,0 +1,1 @@
+"""I/O kept apart from the math: checkpoints, metrics tracking, images."""

@@ -1,0 +1,139 @@
+"""Metrics: a JSONL file always, MLflow when a tracking URI is set.
+
+The JSONL file is the source of truth. Live MLflow logging is best effort: if
+the server is unreachable the run goes on, and :func:`sync_to_mlflow` replays
+the JSONL file later (idempotently: the MLflow run is found again by its
+``marpipe.run_key`` tag and only missing steps are sent).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a kill: ignore it and what follows
+    return rows
+
+
+class MetricsLog:
+    """Append-only per-step metrics in JSONL; ``truncate_after(step)`` on resume."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def truncate_after(self, step: int) -> None:
+        rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+
+class MLflowRun:
+    """Best-effort live MLflow logging; silent no-op without a tracking URI."""
+
+    def __init__(self, run_key: str, experiment: str, params: dict | None = None,
+                 tags: dict | None = None, tracking_uri: str | None = None):
+        self.run_key, self.active, self.client, self.run_id = run_key, False, None, None
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            return
+        try:
+            self.client, self.run_id = _open_run(uri, experiment, run_key, params or {}, tags or {})
+            self.active = True
+        except Exception as e:  # unreachable server: keep training, replay later
+            print(f"[marpipe] MLflow unreachable ({type(e).__name__}: {e}); metrics stay in the JSONL "
+                  f"file and are sent later by `marpipe mlflow-sync`", file=sys.stderr)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        try:
+            _log_metrics(self.client, self.run_id, step, metrics)
+        except Exception as e:
+            self.active = False
+            print(f"[marpipe] MLflow logging failed at step {step} ({e}); continuing, replay later",
+                  file=sys.stderr)
+
+
+def _open_run(uri, experiment, run_key, params, tags):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else _create_experiment(client, experiment)
+    found = client.search_runs([exp_id], filter_string=f"tags.`marpipe.run_key` = '{run_key}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run = client.create_run(exp_id, run_name=run_key, tags={"marpipe.run_key": run_key, **tags})
+        run_id = run.info.run_id
+        for k, v in _flatten(params).items():
+            client.log_param(run_id, k, str(v)[:6000])
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+    del mlflow
+    return client, run_id
+
+
+def _create_experiment(client, name):
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another job
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _log_metrics(client, run_id, step, metrics):
+    from mlflow.entities import Metric
+    import time
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+    client.log_batch(run_id, metrics=batch)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dict | None = None,
+                   tags: dict | None = None, final_metrics: dict | None = None,
+                   tracking_uri: str | None = None) -> str:
+    """Replay a metrics JSONL file into MLflow; only steps MLflow lacks are sent. Returns the run id."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise RuntimeError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or config mlflow.tracking_uri")
+    client, run_id = _open_run(uri, experiment, run_key, params or {}, tags or {})
+    rows = read_jsonl(jsonl)
+    have = {m.step for m in client.get_metric_history(run_id, "loss")} if rows else set()
+    for row in rows:
+        if row["step"] not in have:
+            _log_metrics(client, run_id, row["step"], {k: v for k, v in row.items() if k != "step"})
+    if final_metrics:
+        client.log_batch(run_id, metrics=[])  # keep the connection check cheap
+        _log_metrics(client, run_id, 0, {f"final.{k}": v for k, v in final_metrics.items()})
+    return run_id

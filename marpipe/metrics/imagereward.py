@@ -1,0 +1,148 @@
+"""ImageReward v1.0 on transformers' BLIP pieces.
+
+Architecture (``THUDM/ImageReward`` ``ImageReward.py`` / ``models/BLIP``; FACTS 4):
+BLIP ViT-L/16 image encoder (224 px, 24 layers, width 1024, LayerNorm eps 1e-6, qkv bias)
+-> BERT-base text encoder with cross-attention in every layer (``med_config.json``:
+vocab 30524, LayerNorm eps 1e-12, ``encoder_width`` 1024) on the prompt padded /
+truncated to 35 tokens (plain ``[CLS] ... [SEP] [PAD]*``, no ``[ENC]`` substitution) ->
+``last_hidden_state[:, 0]`` -> MLP 768-1024-128-64-16-1 (no activations) ->
+``(out - 0.16717362830052426) / 1.0333394966054072``.
+
+Implementation: transformers ``BlipVisionModel`` + ``BlipTextModel(add_pooling_layer=False)``
+(its embeddings have no token-type table, like BLIP's ``med.py``). The modules are the
+same maths as the BLIP code, so the official checkpoint maps key-by-key:
+
+=====================================================  ======================================
+official ``ImageReward.pt``                            here
+=====================================================  ======================================
+``blip.visual_encoder.cls_token``                      ``vision.embeddings.class_embedding``
+``blip.visual_encoder.pos_embed``                      ``vision.embeddings.position_embedding``
+``blip.visual_encoder.patch_embed.proj.*``             ``vision.embeddings.patch_embedding.*``
+``blip.visual_encoder.blocks.{i}.norm1.*``             ``vision.encoder.layers.{i}.layer_norm1.*``
+``blip.visual_encoder.blocks.{i}.attn.qkv.*``          ``vision.encoder.layers.{i}.self_attn.qkv.*``
+``blip.visual_encoder.blocks.{i}.attn.proj.*``         ``vision.encoder.layers.{i}.self_attn.projection.*``
+``blip.visual_encoder.blocks.{i}.norm2.*``             ``vision.encoder.layers.{i}.layer_norm2.*``
+``blip.visual_encoder.blocks.{i}.mlp.fc{1,2}.*``       ``vision.encoder.layers.{i}.mlp.fc{1,2}.*``
+``blip.visual_encoder.norm.*``                         ``vision.post_layernorm.*``
+``blip.text_encoder.<rest>``                           ``text.<rest>`` (identical names)
+``mlp.layers.{0,2,4,6,7}.*``                           ``mlp.layers.{0,2,4,6,7}.*``
+``blip.vision_proj.*``, ``blip.text_proj.*``           unused (ITC heads), dropped
+=====================================================  ======================================
+
+Weights folder: ``ImageReward.pt`` (official) or ``model.safetensors`` (already in the
+layout above), optional ``config.json`` (``{"vision": {...BlipVisionConfig},
+"text": {...BlipTextConfig}}``; absent = the real sizes), and the bert-base-uncased
+tokenizer (``tokenizer/`` or the folder itself); ``[DEC]``/``[ENC]`` are added if absent
+(as BLIP's ``init_tokenizer``), giving ids 30522/30523.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from .base import Metric, WeightsError, load_state_dict_strict, load_tensor_file, read_json, require_file
+from .clip_metrics import AestheticMLP, load_hf_tokenizer
+from .preprocess import clip_preprocess
+
+#: reward normalisation (``ImageReward.py``: ``self.mean`` / ``self.std``)
+IR_MEAN = 0.16717362830052426
+IR_STD = 1.0333394966054072
+#: prompt length (``ImageReward.py``: ``max_length=35``)
+IR_MAX_LEN = 35
+
+REAL_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                   num_attention_heads=16, image_size=224, patch_size=16,
+                   layer_norm_eps=1e-6, hidden_act="gelu")
+REAL_TEXT = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072,
+                 num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=512,
+                 layer_norm_eps=1e-12, hidden_act="gelu", encoder_hidden_size=1024,
+                 pad_token_id=0, is_decoder=True)  # is_decoder: builds the cross-attention
+
+
+def map_official_keys(sd: dict) -> dict:
+    """Official ``ImageReward.pt`` keys -> this module's keys (see the module table)."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("blip.vision_proj.", "blip.text_proj.")) or k.endswith("position_ids"):
+            continue
+        n = k
+        if n.startswith("blip.visual_encoder."):
+            n = n[len("blip.visual_encoder."):]
+            n = {"cls_token": "embeddings.class_embedding",
+                 "pos_embed": "embeddings.position_embedding"}.get(n, n)
+            n = n.replace("patch_embed.proj.", "embeddings.patch_embedding.")
+            n = re.sub(r"^blocks\.(\d+)\.", r"encoder.layers.\1.", n)
+            n = (n.replace(".norm1.", ".layer_norm1.").replace(".norm2.", ".layer_norm2.")
+                  .replace(".attn.qkv.", ".self_attn.qkv.").replace(".attn.proj.", ".self_attn.projection."))
+            n = re.sub(r"^norm\.", "post_layernorm.", n)
+            n = "vision." + n
+        elif n.startswith("blip.text_encoder."):
+            n = "text." + n[len("blip.text_encoder."):]
+        out[n] = v
+    return out
+
+
+class ImageRewardModel(nn.Module):
+    def __init__(self, vision_cfg: dict, text_cfg: dict):
+        super().__init__()
+        from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+        self.vision = BlipVisionModel(BlipVisionConfig(**vision_cfg))
+        self.text = BlipTextModel(BlipTextConfig(**text_cfg), add_pooling_layer=False)
+        self.mlp = AestheticMLP(self.text.config.hidden_size)
+
+    def forward(self, pixels, input_ids, attention_mask):
+        img = self.vision(pixel_values=pixels).last_hidden_state
+        att = torch.ones(img.shape[:-1], dtype=torch.long, device=img.device)
+        h = self.text(input_ids=input_ids, attention_mask=attention_mask,
+                      encoder_hidden_states=img, encoder_attention_mask=att).last_hidden_state
+        with torch.autocast(pixels.device.type, enabled=False):
+            return self.mlp(h[:, 0].float()).squeeze(-1)
+
+
+def add_blip_special_tokens(tok):
+    """BLIP ``init_tokenizer``: add ``[DEC]`` as bos and ``[ENC]`` as an extra special token."""
+    vocab = tok.get_vocab()
+    if "[DEC]" not in vocab:
+        tok.add_special_tokens({"bos_token": "[DEC]"})
+    if "[ENC]" not in vocab:
+        tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    return tok
+
+
+class ImageReward(Metric):
+    """ImageReward v1.0 reward: ``(mlp(cls) - IR_MEAN) / IR_STD``."""
+    name = "imagereward"
+
+    def __init__(self, model: ImageRewardModel, tokenizer, **kw):
+        super().__init__(**kw)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.model.mlp.float()
+        self.tokenizer = tokenizer
+        self.image_size = model.vision.config.image_size
+
+    @classmethod
+    def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32, **kw):
+        ck = require_file(weights_dir, ["ImageReward.pt", "model.safetensors"], cls.name)
+        cfg = read_json(ck.parent / "config.json")
+        vision = {**REAL_VISION, **cfg.get("vision", {})}
+        text = {**REAL_TEXT, **cfg.get("text", {})}
+        text.setdefault("encoder_hidden_size", vision["hidden_size"])
+        model = ImageRewardModel(vision, text)
+        sd = load_tensor_file(ck)
+        if any(k.startswith("blip.") for k in sd):
+            sd = map_official_keys(sd)
+        load_state_dict_strict(model, sd, metric=cls.name, source=ck)
+        tok = add_blip_special_tokens(load_hf_tokenizer(weights_dir, cls.name))
+        if len(tok) > text["vocab_size"]:
+            raise WeightsError(f"[{cls.name}] tokenizer has {len(tok)} tokens but the text model "
+                               f"only {text['vocab_size']}: wrong tokenizer folder")
+        return cls(model, tok, device=device, dtype=dtype, batch_size=batch_size, **kw)
+
+    def _score_batch(self, images, prompts):
+        px = clip_preprocess(images, self.image_size).to(self.dtype)
+        t = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                           max_length=IR_MAX_LEN, return_tensors="pt").to(self.device)
+        out = self.model(px, t["input_ids"], t["attention_mask"])
+        return (out - IR_MEAN) / IR_STD

@@ -1,0 +1,167 @@
+"""Tiny random-weight versions of every metric's architecture, written in the real
+weights layout (used by the tests and by ``bench_metrics``)."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import torch
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "red", "blue",
+              "green", "cat", "dog", "car", "photo", "of", "on", "left", "right", "yes", "no",
+              "?", ".", ",", "and", "two", "three", "apple", "table", "bench", "wooden", "in",
+              "front", "behind", "next", "to", "near", "top", "bottom", "is", "there"]
+
+
+def write_bert_tokenizer(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.txt").write_text("\n".join(BERT_WORDS) + "\n")
+    from transformers import BertTokenizer
+    BertTokenizer(vocab={w: i for i, w in enumerate(BERT_WORDS)}, do_lower_case=True).save_pretrained(str(d))
+    return d
+
+
+def write_clip_tokenizer(d: Path, n_merges: int = 300) -> Path:
+    """A CLIP BPE tokenizer with the first ``n_merges`` merges of the real CLIP vocab."""
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    d.mkdir(parents=True, exist_ok=True)
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:1 + n_merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (d / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    from transformers import CLIPTokenizer
+    CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt")).save_pretrained(str(d))
+    return d
+
+
+def images(n=8, h=40, w=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, h, w, generator=g)
+
+
+PROMPTS = ["a red cat", "two dogs on the left of a car", "a photo of a blue apple",
+           "a wooden bench", "the green car", "a dog", "an apple and a cat", "three cats"]
+
+
+def _open_clip_model(cfg, seed):
+    import open_clip
+    torch.manual_seed(seed)
+    return open_clip.model.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"],
+                                text_cfg=cfg["text_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+
+
+def make_hps_dir(tiny_root) -> Path:
+    d = tiny_root / "hps"
+    d.mkdir(exist_ok=True)
+    (d / "open_clip_config.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    m = _open_clip_model(TINY_OPEN_CLIP, 1)
+    torch.save({"state_dict": m.state_dict()}, d / "HPS_v2.1_compressed.pt")
+    return d
+
+
+def make_aesthetic_dir(tiny_root) -> Path:
+    from safetensors.torch import save_file
+    from marpipe.metrics.clip_metrics import AestheticMLP
+    d = tiny_root / "aesthetic"
+    d.mkdir(exist_ok=True)
+    cfg = {**TINY_OPEN_CLIP, "quick_gelu": True}
+    (d / "open_clip_config.json").write_text(json.dumps(cfg))
+    save_file(_open_clip_model(cfg, 2).state_dict(), str(d / "open_clip_model.safetensors"))
+    torch.manual_seed(3)
+    torch.save(AestheticMLP(cfg["embed_dim"]).state_dict(), d / "sac+logos+ava1-l14-linearMSE.pth")
+    return d
+
+
+def make_pickscore_dir(tiny_root) -> Path:
+    from transformers import CLIPConfig, CLIPModel
+    d = tiny_root / "pickscore"
+    write_clip_tokenizer(d)
+    nvocab = len(json.loads((d / "vocab.json").read_text()))
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=nvocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=nvocab - 2, eos_token_id=nvocab - 1, pad_token_id=nvocab - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=16),
+        projection_dim=16)
+    torch.manual_seed(4)
+    m = CLIPModel(cfg)
+    m.save_pretrained(str(d))
+    return d
+
+
+TINY_IR_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=32, patch_size=16)
+TINY_IR_TEXT = dict(vocab_size=len(BERT_WORDS) + 2, hidden_size=32, intermediate_size=64,
+                    num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
+                    encoder_hidden_size=32, bos_token_id=len(BERT_WORDS), sep_token_id=3)
+
+
+def make_imagereward_dir(tiny_root) -> Path:
+    """Written in the OFFICIAL checkpoint layout (``blip.visual_encoder...``), so the
+    key mapping is exercised."""
+    from marpipe.metrics.imagereward import ImageRewardModel, REAL_TEXT, REAL_VISION
+    d = tiny_root / "imagereward"
+    write_bert_tokenizer(d / "tokenizer")
+    (d / "config.json").write_text(json.dumps({"vision": TINY_IR_VISION, "text": TINY_IR_TEXT}))
+    torch.manual_seed(5)
+    m = ImageRewardModel({**REAL_VISION, **TINY_IR_VISION}, {**REAL_TEXT, **TINY_IR_TEXT})
+    sd = to_official_imagereward(m.state_dict())
+    sd["blip.vision_proj.weight"] = torch.zeros(4, 32)  # unused ITC heads exist in the official file
+    sd["blip.text_proj.weight"] = torch.zeros(4, 32)
+    torch.save(sd, d / "ImageReward.pt")
+    return d
+
+
+def to_official_imagereward(sd):
+    """Inverse of ``map_official_keys``, written independently (string rules of the table)."""
+    import re
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("vision."):
+            n = k[len("vision."):]
+            n = n.replace("embeddings.class_embedding", "cls_token")
+            n = n.replace("embeddings.position_embedding", "pos_embed")
+            n = n.replace("embeddings.patch_embedding.", "patch_embed.proj.")
+            n = re.sub(r"^encoder\.layers\.(\d+)\.", r"blocks.\1.", n)
+            n = (n.replace("layer_norm1", "norm1").replace("layer_norm2", "norm2")
+                  .replace("self_attn.qkv", "attn.qkv").replace("self_attn.projection", "attn.proj"))
+            n = n.replace("post_layernorm.", "norm.")
+            out["blip.visual_encoder." + n] = v
+        elif k.startswith("text."):
+            out["blip.text_encoder." + k[len("text."):]] = v
+        else:
+            out[k] = v
+    return out
+
+
+def make_blip_vqa_dir(tiny_root) -> Path:
+    """A tiny ``BlipForQuestionAnswering`` + BERT tokenizer with [DEC]/[ENC] appended."""
+    from transformers import BlipConfig, BlipForQuestionAnswering
+    from .imagereward import add_blip_special_tokens
+    from transformers import AutoTokenizer
+    d = tiny_root / "blip_vqa"
+    write_bert_tokenizer(d)
+    tok = add_blip_special_tokens(AutoTokenizer.from_pretrained(str(d)))
+    tok.save_pretrained(str(d))
+    n = len(tok)
+    cfg = BlipConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=16),
+        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32,
+                         bos_token_id=tok.convert_tokens_to_ids("[DEC]"), sep_token_id=3, pad_token_id=0))
+    torch.manual_seed(6)
+    BlipForQuestionAnswering(cfg).save_pretrained(str(d))
+    return d

@@ -1,0 +1,280 @@
+"""Tiny MAR models (``tiny-nova``, ``tiny-harmon``) that run in seconds on a CPU.
+
+They implement :class:`marpipe.models.protocol.MARModel` with the same moving
+parts as the real models, only small:
+
+* a word-hash prompt tokenizer and a small text transformer (NOVA: Phi,
+  Harmon: Qwen in the real models);
+* a bidirectional transformer over ``[prompt tokens ; image tokens]`` whose image
+  inputs are the known token latents or a learned ``[MASK]`` embedding;
+* a diffusion head of AdaLN-zero residual MLP blocks; ``tiny-nova`` predicts
+  ``eps`` with the fixed DDPM posterior variance, ``tiny-harmon`` also predicts
+  ``v`` (learned-range variance) on a cosine schedule;
+* a linear patch codec (the VAE's role): an image is cut into ``patch x patch``
+  patches and each patch is projected onto ``token_dim`` basis vectors (fitted by
+  PCA on rendered images when the small world pre-trains the model).
+
+Compute proportion: the default sizes keep NOVA's ratio of diffusion-head
+multiply-adds per token and head step to AR-transformer multiply-adds per token
+and forward (~0.05, see :func:`head_to_ar_ratio`) so that cost ratios measured
+here transfer to the real models.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from marpipe.diffusion import Schedule
+from marpipe.models.protocol import Prompts, SamplingSpec
+
+
+@dataclass
+class TinyMARConfig:
+    kind: str = "nova"               # "nova" (eps, fixed variance) | "harmon" (learned range)
+    image_size: int = 32
+    patch: int = 4                   # -> (32/4)^2 = 64 tokens
+    token_dim: int = 16              # C
+    width: int = 96                  # AR transformer width
+    depth: int = 4                   # AR transformer layers
+    heads: int = 4
+    text_depth: int = 1
+    vocab: int = 1024                # word-hash buckets
+    max_prompt_len: int = 16
+    head_width: int = 40
+    head_blocks: int = 3
+    beta_schedule: str = "linear"    # NOVA: linear DDPM; Harmon: cosine
+    zero_init: bool = True           # AdaLN-zero init (pre-training); False gives a random head that
+                                     # already depends on z (useful for RL tests without pre-training)
+    train_steps: int = 1000
+    sampling: dict = field(default_factory=lambda: {"ar_steps": 8, "diffusion_steps": 10, "cfg_scale": 3.0})
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TinyMARConfig":
+        presets = {
+            "tiny-nova": dict(kind="nova", beta_schedule="linear",
+                              sampling={"ar_steps": 8, "diffusion_steps": 10, "cfg_scale": 5.0}),
+            "tiny-harmon": dict(kind="harmon", beta_schedule="cosine",
+                                sampling={"ar_steps": 8, "diffusion_steps": 10, "cfg_scale": 3.0}),
+        }
+        if name not in presets:
+            raise KeyError(f"unknown tiny model {name!r}; use one of {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+
+def head_to_ar_ratio(cfg: TinyMARConfig) -> float:
+    """Multiply-adds per token: one head step / one AR-transformer forward.
+
+    AR layer: attention projections 4 d^2 + MLP 8 d^2 = 12 d^2 (attention scores
+    ignored). Head block: AdaLN modulation 3 w^2 + MLP 2 w^2 = 5 w^2. NOVA
+    (d48 w1024, head 6 x 1024): 6*5/(48*12) = 0.052.
+    """
+    return (cfg.head_blocks * 5 * cfg.head_width ** 2) / (cfg.depth * 12 * cfg.width ** 2)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class AdaLNBlock(nn.Module):
+    """Residual MLP block with AdaLN-zero modulation from the condition."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+    def zero_init(self):
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x, c):
+        shift, scale, gate = self.modulation(c).chunk(3, dim=-1)
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class DiffusionHead(nn.Module):
+    def __init__(self, cfg: TinyMARConfig):
+        super().__init__()
+        w, c = cfg.head_width, cfg.token_dim
+        self.time_embed = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.cond_embed = nn.Linear(cfg.width, w)
+        self.input_proj = nn.Linear(c, w)
+        self.blocks = nn.ModuleList(AdaLNBlock(w) for _ in range(cfg.head_blocks))
+        self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        out = 2 * c if cfg.kind == "harmon" else c
+        self.out = nn.Linear(w, out)
+        if cfg.zero_init:
+            for block in self.blocks:
+                block.zero_init()
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+        self.width = w
+
+    def forward(self, x_t, t, z):
+        c = self.time_embed(timestep_embedding(t, self.width)) + self.cond_embed(z)
+        h = self.input_proj(x_t)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.out(self.final_norm(h))
+
+
+class PatchCodec(nn.Module):
+    """Linear patch codec: image patches <-> ``token_dim`` coefficients on a fixed basis."""
+
+    def __init__(self, cfg: TinyMARConfig):
+        super().__init__()
+        self.patch, self.size = cfg.patch, cfg.image_size
+        d = 3 * cfg.patch ** 2
+        g = torch.Generator().manual_seed(0)
+        basis = torch.linalg.qr(torch.randn(d, cfg.token_dim, generator=g))[0].T  # orthonormal rows
+        self.register_buffer("basis", basis.contiguous())         # [C, 3 p^2]
+        self.register_buffer("mean", torch.full((d,), 0.5))       # patch mean
+        self.register_buffer("scale", torch.ones(cfg.token_dim))  # per-channel latent scale
+
+    def patchify(self, images):  # [B,3,H,W] -> [B,N,3p^2]
+        b, p = images.shape[0], self.patch
+        x = images.unfold(2, p, p).unfold(3, p, p)                # B,3,h,w,p,p
+        return x.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, 3 * p * p)
+
+    def unpatchify(self, patches):  # [B,N,3p^2] -> [B,3,H,W]
+        b, p, h = patches.shape[0], self.patch, self.size // self.patch
+        x = patches.reshape(b, h, h, 3, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(b, 3, h * p, h * p)
+
+    def encode(self, images):
+        return ((self.patchify(images) - self.mean) @ self.basis.T) / self.scale
+
+    def decode(self, latents):
+        patches = (latents * self.scale) @ self.basis + self.mean
+        return self.unpatchify(patches).clamp(0, 1)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> float:
+        """PCA on the patches of ``images``; returns the fraction of variance kept."""
+        x = self.patchify(images).reshape(-1, self.basis.shape[1]).double()
+        mean = x.mean(0)
+        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        c = self.basis.shape[0]
+        self.mean.copy_(mean.float())
+        self.basis.copy_(vh[:c].float())
+        coef = (x - mean) @ vh[:c].T
+        self.scale.copy_(coef.std(0).clamp_min(1e-6).float())
+        return float((s[:c] ** 2).sum() / (s ** 2).sum())
+
+
+class TinyMAR(nn.Module):
+    """A small, complete MAR model implementing the protocol."""
+
+    def __init__(self, cfg: TinyMARConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_tokens = (cfg.image_size // cfg.patch) ** 2
+        self.token_dim = cfg.token_dim
+        self.image_size = cfg.image_size
+        self.learned_variance = cfg.kind == "harmon"
+        self.sampling = SamplingSpec(**cfg.sampling)
+        self.schedule = Schedule.respaced(cfg.beta_schedule, cfg.train_steps, self.sampling.diffusion_steps)
+        d = cfg.width
+        # text encoder (id 0 = padding, 1 = the empty/negative prompt token)
+        self.word_embed = nn.Embedding(cfg.vocab, d)
+        self.text_pos = nn.Parameter(torch.zeros(cfg.max_prompt_len, d))
+        layer = lambda: nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, dropout=0.0,
+                                                   activation="gelu", batch_first=True, norm_first=True)
+        self.text_encoder = nn.TransformerEncoder(layer(), cfg.text_depth, enable_nested_tensor=False)
+        # AR transformer
+        self.token_in = nn.Linear(cfg.token_dim, d)
+        self.mask_token = nn.Parameter(torch.zeros(d))
+        self.image_pos = nn.Parameter(torch.randn(self.num_tokens, d) * 0.02)
+        self.encoder = nn.TransformerEncoder(layer(), cfg.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head_net = DiffusionHead(cfg)
+        self.codec = PatchCodec(cfg)
+
+    # --- prompts -------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = torch.zeros(len(prompts), self.cfg.max_prompt_len, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            words = p.lower().replace(",", " ").replace(".", " ").split()[: self.cfg.max_prompt_len]
+            if not words:
+                ids[i, 0] = 1
+            for j, w in enumerate(words):
+                ids[i, j] = 2 + zlib.crc32(w.encode()) % (self.cfg.vocab - 2)
+        return ids
+
+    def _encode_ids(self, ids: torch.Tensor) -> Prompts:
+        ids = ids.to(self.text_pos.device)
+        pad = ids == 0
+        h = self.word_embed(ids) + self.text_pos[: ids.shape[1]]
+        return Prompts(self.text_encoder(h, src_key_padding_mask=pad), pad)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Prompts:
+        return self._encode_ids(self.tokenize(prompts))
+
+    def encode_negative(self, n: int) -> Prompts:
+        return self._encode_ids(self.tokenize([""] * n))
+
+    # --- AR part --------------------------------------------------------------
+    def ar_forward(self, canvas, known, prompts: Prompts):
+        x = torch.where(known[..., None], self.token_in(canvas), self.mask_token) + self.image_pos
+        seq = torch.cat([prompts.emb, x], dim=1)
+        pad = torch.cat([prompts.pad, torch.zeros_like(known)], dim=1)
+        h = self.encoder(seq, src_key_padding_mask=pad)
+        return self.norm(h[:, prompts.emb.shape[1]:])
+
+    # --- diffusion head -----------------------------------------------------------
+    def head(self, x_t, step, z):
+        t = self.schedule.timesteps.to(step.device)[step]
+        out = self.head_net(x_t, t, z)
+        if self.learned_variance:
+            eps, v = out.chunk(2, dim=-1)
+            return eps, v
+        return out, None
+
+    def decode(self, latents):
+        return self.codec.decode(latents)
+
+    def encode_images(self, images):
+        return self.codec.encode(images)
+
+    def ar_parameters(self):
+        for name, p in self.named_parameters():
+            if not name.startswith("head_net."):
+                yield p
+
+    def head_parameters(self):
+        return self.head_net.parameters()
+
+    # --- weights -------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp), metadata={"marpipe_config": json.dumps(asdict(self.cfg))})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> "TinyMAR":
+        from safetensors import safe_open
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"model weights not found: {path} (run the pretrain/download rule first)")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if "marpipe_config" not in meta:
+            raise ValueError(f"{path}: not a marpipe tiny-model file (no 'marpipe_config' metadata)")
+        cfg = TinyMARConfig(**{**json.loads(meta["marpipe_config"]), **overrides})
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(path)), strict=True)
+        return model

@@ -1,0 +1,183 @@
+"""MAR rollouts with classifier-free guidance, recording what the GRPO loss needs.
+
+One rollout samples ``B`` images (``G`` per prompt) through ``K`` mask steps. At
+each step the AR part produces ``z`` for every position, the head denoises every
+still-masked token through ``T`` steps, and the cosine schedule accepts the next
+tokens of each image's random order. For the AR steps and diffusion steps chosen
+up front (:class:`RolloutPlan`, paper Sec. 3.2) it records the known-token
+canvas, which tokens the step predicts and accepts, ``x_t``, ``x_{t-1}``, the
+log variance and the log-prob of each transition; with ``S > 1`` (MTE) also
+``S - 1`` extra head trajectories from the same ``z``.
+
+All randomness comes from per-prompt generators seeded by ``(seed, step,
+prompt index)``, so a rollout does not depend on how prompts are split across
+batches or ranks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from marpipe import diffusion as D
+from marpipe.grpo import cosine_mask_counts, gaussian_log_prob
+from marpipe.models.protocol import MARModel, Prompts
+
+
+def derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Which steps are trained, chosen before sampling so nothing else is stored."""
+    ar_steps: tuple[int, ...]          # J trained AR steps (sorted)
+    diffusion_steps: torch.Tensor      # [J, T'] trained head steps for each AR step
+    trajectories: int = 1              # S (MTE); 1 = single trajectory
+
+    @classmethod
+    def sample(cls, ar_steps: int, diffusion_steps: int, train_ar: int, train_diffusion: int,
+               trajectories: int, seed: int, final_step: bool = False) -> "RolloutPlan":
+        """Random ``train_ar`` AR steps and, for each, ``train_diffusion`` head steps
+        (the last head step only if ``final_step``)."""
+        g = torch.Generator().manual_seed(seed)
+        j = min(train_ar, ar_steps)
+        steps = torch.randperm(ar_steps, generator=g)[:j].sort().values
+        pool = diffusion_steps if final_step or diffusion_steps == 1 else diffusion_steps - 1
+        t = min(train_diffusion, pool)
+        diff = torch.stack([torch.randperm(pool, generator=g)[:t].sort().values for _ in range(j)])
+        return cls(tuple(int(s) for s in steps), diff, trajectories)
+
+
+@dataclass
+class Rollout:
+    """Everything the loss needs; ``J`` trained AR steps, ``T'`` trained head steps."""
+    prompts: list[str]
+    images: torch.Tensor        # [B,3,H,W]
+    latents: torch.Tensor       # [B,N,C] final tokens
+    plan: RolloutPlan
+    canvas: torch.Tensor        # [J,B,N,C] known-token values before step m
+    known: torch.Tensor         # [J,B,N] bool, known before step m
+    accepted: torch.Tensor      # [J,B,N] bool, accepted at step m
+    x_t: torch.Tensor           # [J,S,T',B,N,C]
+    x_prev: torch.Tensor        # [J,S,T',B,N,C]
+    log_var: torch.Tensor       # [J,S,T',B,N,C] variance used at sampling (recorded)
+    old_log_prob: torch.Tensor  # [J,S,T',B,N] log-prob of each recorded transition (sum over C)
+    x0: torch.Tensor            # [J,S,B,N,C] each trajectory's final x0 at step m
+    x0_before: torch.Tensor     # [J,B,N,C] trajectory-0 x0 at step m-1 (zeros at m=0)
+    has_before: torch.Tensor    # [J] bool
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """[J,B,N] tokens the step predicts: all tokens not yet known (the loss covers these)."""
+        return ~self.known
+
+
+def _head_step(model: MARModel, x, step: int, z_cond, z_uncond, cfg_scale: float, guided_logp: bool):
+    """One CFG head transition for ``x [..., C]``. Returns mean, log_var and the mean used for log-probs."""
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1])
+    zc, zu = z_cond.reshape(-1, z_cond.shape[-1]), z_uncond.reshape(-1, z_uncond.shape[-1])
+    steps = torch.full((2 * flat.shape[0],), step, dtype=torch.long, device=x.device)
+    eps, v = model.head(torch.cat([flat, flat]), steps, torch.cat([zc, zu]))
+    eps_c, eps_u = eps.chunk(2)
+    eps_g = eps_u + cfg_scale * (eps_c - eps_u)
+    st = steps[: flat.shape[0]]
+    mean = D.posterior_mean(model.schedule, st, flat, eps_g)
+    log_var = D.posterior_log_var(model.schedule, st, flat, None if v is None else v.chunk(2)[0])
+    logp_mean = mean if guided_logp else D.posterior_mean(model.schedule, st, flat, eps_c)
+    return mean.reshape(shape), log_var.reshape(shape), logp_mean.reshape(shape)
+
+
+@torch.no_grad()
+def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: RolloutPlan,
+            seed: int, step: int = 0, prompt_ids: Sequence[int] | None = None,
+            cfg_scale: float | None = None, guided_logp: bool = False,
+            device: torch.device | str = "cpu") -> Rollout:
+    """Sample ``group_size`` images for each prompt and record the trained steps.
+
+    ``prompt_ids`` are the prompts' global indices (they seed the per-prompt noise);
+    defaults to ``0..P-1``.
+    """
+    cfg_scale = model.sampling.cfg_scale if cfg_scale is None else cfg_scale
+    prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+    G, P = group_size, len(prompts)
+    B, N, C = P * G, model.num_tokens, model.token_dim
+    K, T, S = model.sampling.ar_steps, model.sampling.diffusion_steps, plan.trajectories
+    gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid)) for pid in prompt_ids]
+    mte_gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid, 1)) for pid in prompt_ids]
+
+    def noise(n_traj: int, tokens: int) -> torch.Tensor:  # [n_traj, B, tokens, C]
+        parts = []
+        for g, mg in zip(gens, mte_gens):
+            first = torch.randn(1, G, tokens, C, generator=g)
+            extra = torch.randn(n_traj - 1, G, tokens, C, generator=mg)
+            parts.append(torch.cat([first, extra]))
+        return torch.cat(parts, dim=1).to(device)
+
+    flat_prompts = [p for p in prompts for _ in range(G)]
+    cond = model.encode_prompts(prompts).repeat_interleave(G)
+    both = Prompts.cat([cond, model.encode_negative(B)])
+    orders = torch.cat([torch.stack([torch.randperm(N, generator=g) for _ in range(G)]) for g in gens]).to(device)
+    counts = cosine_mask_counts(N, K)
+
+    J, Tp = len(plan.ar_steps), plan.diffusion_steps.shape[1] if plan.ar_steps else 0
+    rec = dict(
+        canvas=torch.zeros(J, B, N, C, device=device), known=torch.zeros(J, B, N, dtype=torch.bool, device=device),
+        accepted=torch.zeros(J, B, N, dtype=torch.bool, device=device),
+        x_t=torch.zeros(J, S, Tp, B, N, C, device=device), x_prev=torch.zeros(J, S, Tp, B, N, C, device=device),
+        log_var=torch.zeros(J, S, Tp, B, N, C, device=device), old_log_prob=torch.zeros(J, S, Tp, B, N, device=device),
+        x0=torch.zeros(J, S, B, N, C, device=device), x0_before=torch.zeros(J, B, N, C, device=device),
+        has_before=torch.zeros(J, dtype=torch.bool, device=device))
+    slot = {m: j for j, m in enumerate(plan.ar_steps)}
+
+    canvas = torch.zeros(B, N, C, device=device)
+    known = torch.zeros(B, N, dtype=torch.bool, device=device)
+    rows = torch.arange(B, device=device)[:, None]
+    done, prev_x0 = 0, None
+    for k in range(K):
+        z = model.ar_forward(torch.cat([canvas, canvas]), torch.cat([known, known]), both)
+        pos = orders[:, done:]                                    # [B,P_k] tokens predicted now
+        z_c, z_u = z[:B][rows, pos], z[B:][rows, pos]             # [B,P_k,Dz]
+        j = slot.get(k)
+        n_traj = S if j is not None else 1
+        x = noise(n_traj, pos.shape[1])                           # [S,B,P_k,C]
+        zc, zu = z_c.expand(n_traj, *z_c.shape), z_u.expand(n_traj, *z_u.shape)
+        for t in range(T):
+            mean, log_var, logp_mean = _head_step(model, x, t, zc, zu, cfg_scale, guided_logp)
+            eps = noise(n_traj, pos.shape[1])
+            x_next = mean + torch.exp(0.5 * log_var) * eps
+            if j is not None and (plan.diffusion_steps[j] == t).any():
+                i = int((plan.diffusion_steps[j] == t).nonzero())
+                for name, val in (("x_t", x), ("x_prev", x_next), ("log_var", log_var)):
+                    rec[name][j, :, i][:, rows, pos] = val
+                rec["old_log_prob"][j, :, i][:, rows, pos] = gaussian_log_prob(x_next, logp_mean, log_var)
+            x = x_next
+        new = pos[:, : counts[k]]
+        if j is not None:
+            rec["canvas"][j], rec["known"][j] = canvas, known
+            rec["accepted"][j][rows, new] = True
+            rec["x0"][j][:, rows, pos] = x
+            if prev_x0 is not None:
+                rec["x0_before"][j], rec["has_before"][j] = prev_x0, True
+        step_x0 = torch.zeros(B, N, C, device=device)
+        step_x0[rows, pos] = x[0]
+        prev_x0 = step_x0
+        canvas = canvas.clone()
+        canvas[rows, new] = x[0][:, : counts[k]]
+        known = known.clone()
+        known[rows, new] = True
+        done += counts[k]
+    images = model.decode(canvas)
+    return Rollout(prompts=flat_prompts, images=images, latents=canvas, plan=plan, **rec)
+
+
+@torch.no_grad()
+def sample_images(model: MARModel, prompts: Sequence[str], seed: int, images_per_prompt: int = 1,
+                  cfg_scale: float | None = None, device="cpu") -> torch.Tensor:
+    """Plain generation (no recording): ``[P*images_per_prompt, 3, H, W]``."""
+    plan = RolloutPlan((), torch.zeros(0, 0, dtype=torch.long), 1)
+    return rollout(model, prompts, images_per_prompt, plan, seed=seed, cfg_scale=cfg_scale,
+                   device=device).images

@@ -1,0 +1,193 @@
+"""The GRPO trainer: generate-and-score, loss, optimizer step, checkpoints, metrics.
+
+Runs from the CLI (``marpipe train``), from Snakemake rules, and under
+``torchrun`` (gloo on CPU, NCCL on GPUs): prompts are sharded across ranks,
+every group lives on one rank (so group statistics are per prompt), and
+gradients are averaged across ranks before clipping.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from marpipe import grpo
+from marpipe.config import GRPOConfig
+from marpipe.io import checkpoint as ckpt
+from marpipe.io.tracking import MetricsLog, MLflowRun
+from marpipe.loss import mar_grpo_loss
+from marpipe.rewards import Reward
+from marpipe.rollout import RolloutPlan, derive_seed, rollout
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+@dataclass
+class PromptItem:
+    prompt: str
+    metadata: dict
+
+
+def set_trainable(model: torch.nn.Module, parts: str) -> list[torch.nn.Parameter]:
+    """Freeze everything but ``parts`` (``all`` | ``ar`` | ``head``); returns the trained parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    chosen = {"all": list(model.parameters()), "ar": list(model.ar_parameters()),
+              "head": list(model.head_parameters())}[parts]
+    for p in chosen:
+        p.requires_grad_(True)
+    return chosen
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, cfg: GRPOConfig, prompts: Sequence[PromptItem],
+                 reward: Reward, out_dir: str | Path, device: str | torch.device = "cpu",
+                 ref_model: torch.nn.Module | None = None, mlflow: MLflowRun | None = None,
+                 progress: bool = True):
+        self.cfg, self.prompts, self.reward = cfg, list(prompts), reward
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.out_dir = Path(out_dir)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        if cfg.prompts_per_step % self.world:
+            raise ValueError(f"train.prompts_per_step = {cfg.prompts_per_step} must be divisible by "
+                             f"the number of ranks ({self.world})")
+        if cfg.beta > 0:
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
+            self.ref_model.to(self.device).eval().requires_grad_(False)
+        else:
+            self.ref_model = None
+        self.params = set_trainable(self.model, cfg.trained_parts)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.mlflow = mlflow
+        self.progress = progress and self.rank == 0
+        self.step = 0
+
+    # --- stages ------------------------------------------------------------------
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def prompts_for_step(self, step: int) -> tuple[list[int], list[PromptItem]]:
+        """The global batch of this step (same on every rank), then this rank's shard."""
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, step, 7))
+        ids = torch.randperm(len(self.prompts), generator=g)[: self.cfg.prompts_per_step].tolist()
+        mine = ids[self.rank:: self.world]
+        return mine, [self.prompts[i] for i in mine]
+
+    def generate_and_score(self, step: int):
+        cfg, model = self.cfg, self.model
+        ids, items = self.prompts_for_step(step)
+        plan = RolloutPlan.sample(model.sampling.ar_steps, model.sampling.diffusion_steps,
+                                  cfg.train_ar_steps, cfg.train_diffusion_steps, cfg.trajectories,
+                                  seed=derive_seed(cfg.seed, step, 11), final_step=cfg.train_final_step)
+        t0 = time.perf_counter()
+        model.eval()
+        with self.autocast():
+            ro = rollout(model, [it.prompt for it in items], cfg.group_size, plan, seed=cfg.seed, step=step,
+                         prompt_ids=ids, cfg_scale=cfg.cfg_scale, guided_logp=cfg.guided_logp,
+                         device=self.device)
+        t1 = time.perf_counter()
+        meta = [it.metadata for it in items for _ in range(cfg.group_size)]
+        with torch.no_grad():
+            rewards = self.reward(ro.images.float(), ro.prompts, meta).float().to(self.device)
+        adv = grpo.group_advantages(rewards, cfg.group_size)
+        return ro, rewards, adv, {"time_rollout": t1 - t0, "time_reward": time.perf_counter() - t1}
+
+    def compute_loss(self, ro, adv):
+        self.model.train()
+        with self.autocast():
+            return mar_grpo_loss(self.model, ro, adv, self.cfg, self.ref_model)
+
+    def _all_reduce_grads(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.world == 1 or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def train_step(self, step: int) -> dict:
+        ro, rewards, adv, times = self.generate_and_score(step)
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.compute_loss(ro, adv)
+        out.loss.backward()
+        self._all_reduce_grads()
+        for p in self.params:  # frozen-by-graph params (no path to the loss) get zero grads
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        t1 = time.perf_counter()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        finite = math.isfinite(out.stats["loss"]) and bool(torch.isfinite(grad_norm))
+        if not finite:
+            msg = (f"step {step}: non-finite {'loss' if not math.isfinite(out.stats['loss']) else 'gradients'} "
+                   f"(loss={out.stats['loss']}, grad_norm={float(grad_norm)}); lower train.lr or set "
+                   f"train.skip_nonfinite: true to skip such steps")
+            if not self.cfg.skip_nonfinite:
+                raise NonFiniteError(msg)
+            print(f"[marpipe] skipping {msg}")
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+        stats = self._gather({"reward_mean": rewards.mean(), "reward_std": rewards.std(correction=0),
+                              **{k: torch.tensor(v) for k, v in out.stats.items()}})
+        return {"step": step, **stats, "grad_norm": float(grad_norm), "skipped": int(not finite),
+                **times, "time_loss": t1 - t0, "time_optim": time.perf_counter() - t1}
+
+    def _gather(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        vec = torch.stack([v.float().to(self.device) for v in values.values()])
+        if self.world > 1:
+            dist.all_reduce(vec)
+            vec /= self.world
+        return dict(zip(values, vec.tolist()))
+
+    # --- loop ----------------------------------------------------------------------
+    def save(self, step: int) -> Path | None:
+        if self.rank != 0:
+            return None
+        return ckpt.save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
+                                    meta={"config": self.cfg.to_dict()})
+
+    def resume(self) -> int:
+        """Load the newest valid checkpoint; returns its step (0 when there is none)."""
+        path = ckpt.latest_valid(self.out_dir / "checkpoints")
+        if path is None:
+            return 0
+        info = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        self.metrics.truncate_after(info["step"]) if self.rank == 0 else None
+        return info["step"]
+
+    def train(self, resume: bool = False, steps: int | None = None) -> list[dict]:
+        start = self.resume() if resume else 0
+        end = self.cfg.steps if steps is None else steps
+        history = []
+        bar = tqdm(range(start + 1, end + 1), disable=not self.progress, desc="grpo", dynamic_ncols=True)
+        for step in bar:
+            row = self.train_step(step)
+            history.append(row)
+            if self.rank == 0:
+                self.metrics.append(row)
+                if self.mlflow is not None:
+                    self.mlflow.log(step, row)
+                bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.2e}")
+            if step % self.cfg.save_every == 0 or step == end:
+                self.save(step)
+        return history

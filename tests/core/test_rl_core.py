@@ -1,0 +1,185 @@
+"""The RL core on tiny models: rollouts, the variants' losses, the trainer."""
+import copy
+
+import pytest
+import torch
+
+from marpipe.config import GRPOConfig
+from marpipe.grpo import group_advantages
+from marpipe.io import checkpoint as ckpt
+from marpipe.io.tracking import read_jsonl
+from marpipe.loss import mar_grpo_loss
+from marpipe.rewards import build_reward
+from marpipe.rollout import RolloutPlan, rollout
+from marpipe.trainer import NonFiniteError, PromptItem, Trainer
+
+from .helpers import PROMPTS, grpo, tiny
+
+ADV = group_advantages(torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.3, 0.8, 0.0]), 4)
+
+
+def make_rollout(model, S=1, seed=0):
+    plan = RolloutPlan.sample(4, 5, 3, 3, S, seed=1)
+    return rollout(model, PROMPTS[:2], 4, plan, seed=seed)
+
+
+def loss_and_grads(model, ro, cfg, ref=None):
+    model.zero_grad(set_to_none=True)
+    from marpipe.trainer import set_trainable
+    params = set_trainable(model, cfg.trained_parts)
+    out = mar_grpo_loss(model, ro, ADV, cfg, ref)
+    out.loss.backward()
+    return out, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+@pytest.mark.parametrize("kind", ["tiny-nova", "tiny-harmon"])
+def test_rollout_is_bit_identical_for_a_seed_and_differs_across_seeds(kind):
+    m = tiny(kind)
+    a, b, c = make_rollout(m), make_rollout(m), make_rollout(m, seed=1)
+    assert torch.equal(a.images, b.images) and torch.equal(a.old_log_prob, b.old_log_prob)
+    assert not torch.equal(a.images, c.images)
+    assert a.images.shape == (8, 3, 16, 16) and 0 <= a.images.min() and a.images.max() <= 1
+
+
+def test_rollout_records_the_masked_tokens_of_each_trained_step():
+    ro = make_rollout(tiny(), S=3)
+    J, S, Tp, B, N = ro.old_log_prob.shape
+    assert (J, S, Tp, B, N) == (3, 3, 3, 8, 16)
+    pred = ro.predicted
+    # recorded transitions exist exactly on the predicted tokens
+    assert ((ro.old_log_prob != 0) == pred[:, None, None].expand_as(ro.old_log_prob)).all()
+    assert (ro.accepted & ro.known).sum() == 0 and (ro.accepted <= pred).all()
+    # the canvas of a step holds exactly the final values of the tokens already known
+    final = ro.latents[None].expand_as(ro.canvas)
+    assert torch.equal(ro.canvas[ro.known], final[ro.known])
+    # the head's last step is never trained by default
+    assert int(ro.plan.diffusion_steps.max()) < 4
+
+
+@pytest.mark.parametrize("kind", ["tiny-nova", "tiny-harmon"])
+def test_ratio_is_one_and_kl_zero_at_theta_old_equals_ref(kind):
+    m = tiny(kind)
+    ro = make_rollout(m, S=3)
+    for cfg in (grpo(), grpo(fix_decoder=True, mte=True, S=3, sim=True)):
+        out = mar_grpo_loss(m, ro, ADV, cfg, ref_model=copy.deepcopy(m))
+        assert out.stats["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+        assert out.stats["kl"] == pytest.approx(0.0, abs=1e-9)
+        assert out.stats["clip_frac"] == 0.0
+
+
+def test_mte_with_one_trajectory_is_exactly_fix_decoder():
+    m = tiny()
+    ro = make_rollout(m, S=1)
+    a, ga = loss_and_grads(m, ro, grpo(fix_decoder=True))
+    b, gb = loss_and_grads(m, ro, grpo(fix_decoder=True, mte=True, S=1, top_k=0.3))
+    assert torch.equal(a.loss, b.loss)
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
+def test_top_k_zero_reduces_to_the_single_trajectory():
+    m = tiny()
+    single, multi = make_rollout(m, S=1), make_rollout(m, S=3)
+    # trajectory 0 of the S=3 rollout is the S=1 rollout
+    torch.testing.assert_close(multi.images, single.images)
+    a, ga = loss_and_grads(m, single, grpo(fix_decoder=True))
+    b, gb = loss_and_grads(m, multi, grpo(fix_decoder=True, mte=True, S=3, top_k=0.0))
+    torch.testing.assert_close(a.loss, b.loss)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y)
+    c, _ = loss_and_grads(m, multi, grpo(fix_decoder=True, mte=True, S=3, top_k=0.5))
+    assert c.stats["mte_tokens"] == pytest.approx(0.5, abs=0.05)
+    assert not torch.equal(c.loss, b.loss)
+
+
+def test_sim_with_tau_minus_infinity_equals_mte():
+    m = tiny()
+    ro = make_rollout(m, S=3)
+    a, ga = loss_and_grads(m, ro, grpo(fix_decoder=True, mte=True))
+    b, gb = loss_and_grads(m, ro, grpo(fix_decoder=True, mte=True, sim=True, tau=float("-inf")))
+    assert torch.equal(a.loss, b.loss)
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+    c, _ = loss_and_grads(m, ro, grpo(fix_decoder=True, mte=True, sim=True, tau=0.0))
+    assert c.stats["tokens_in_loss"] < a.stats["tokens_in_loss"]
+
+
+def test_equal_rewards_give_zero_advantage_zero_gradient_and_no_nan():
+    m = tiny()
+    ro = make_rollout(m)
+    adv = group_advantages(torch.full((8,), 0.7), 4)
+    out = mar_grpo_loss(m, ro, adv, grpo(beta=0.0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.loss == 0
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in m.parameters())
+
+
+def trainer(tmp_path, cfg, reward="redness", model=None, name="run"):
+    items = [PromptItem(p, {}) for p in PROMPTS]
+    return Trainer(model or tiny(), cfg, items, build_reward(reward), tmp_path / name, progress=False)
+
+
+def test_fix_decoder_leaves_head_bit_identical_and_trains_ar(tmp_path):
+    m = tiny()
+    head0 = [p.detach().clone() for p in m.head_parameters()]
+    ar0 = [p.detach().clone() for p in m.ar_parameters()]
+    trainer(tmp_path, grpo(fix_decoder=True, steps=2), model=m).train()
+    assert all(torch.equal(a, b) for a, b in zip(head0, m.head_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(ar0, m.ar_parameters()))
+
+
+def test_head_warmup_leaves_ar_bit_identical(tmp_path):
+    m = tiny("tiny-harmon")
+    ar0 = [p.detach().clone() for p in m.ar_parameters()]
+    head0 = [p.detach().clone() for p in m.head_parameters()]
+    trainer(tmp_path, grpo(trainable="head", steps=2), model=m).train()
+    assert all(torch.equal(a, b) for a, b in zip(ar0, m.ar_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(head0, m.head_parameters()))
+
+
+def test_kill_and_resume_ends_bit_identical(tmp_path):
+    cfg = grpo(fix_decoder=True, mte=True, sim=True, steps=4, save_every=2)
+    full = trainer(tmp_path, cfg, name="full")
+    full.train()
+    part = trainer(tmp_path, cfg, name="part")
+    reward, calls = part.reward, []
+
+    def killed_in_step_3(images, prompts, metadata):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the job is killed in the middle of step 3
+        return reward(images, prompts, metadata)
+    part.reward = killed_in_step_3
+    with pytest.raises(KeyboardInterrupt):
+        part.train()
+    # a kill during a later save leaves a torn file behind: it must be skipped
+    torn = ckpt.checkpoint_path(tmp_path / "part" / "checkpoints", 4)
+    torn.write_bytes(ckpt.checkpoint_path(tmp_path / "part" / "checkpoints", 2).read_bytes()[:1000])
+    assert ckpt.latest_valid(tmp_path / "part" / "checkpoints").name == "step-000002.safetensors"
+    torn.unlink()
+    resumed = trainer(tmp_path, cfg, name="part")
+    resumed.train(resume=True)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    rows_full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    rows_part = read_jsonl(tmp_path / "part" / "metrics.jsonl")
+    assert [r["step"] for r in rows_part] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows_full] == [r["loss"] for r in rows_part]
+
+
+def test_non_finite_loss_stops_with_the_step_named(tmp_path):
+    from marpipe.rewards import register_reward
+
+    @register_reward("nan_after_first")
+    def _nan():
+        calls = {"n": 0}
+
+        def score(images, prompts, metadata):
+            calls["n"] += 1
+            r = torch.rand(len(prompts))
+            return r * float("nan") if calls["n"] >= 2 else r
+        return score
+
+    with pytest.raises(NonFiniteError, match="step 2: non-finite loss"):
+        trainer(tmp_path, grpo(steps=3), reward="nan_after_first").train()
+    t = trainer(tmp_path, grpo(steps=3, skip_nonfinite=True), reward="nan_after_first", name="skip")
+    rows = t.train()
+    assert [r["skipped"] for r in rows] == [0, 1, 1]
