@@ -22,7 +22,10 @@ VARIANCE_FLOOR = 1e-12
 
 
 def betas_for(kind: str, num_steps: int) -> torch.Tensor:
-    """Training betas: ``linear`` (DDPM, NOVA's scaled-linear is close) or ``cosine`` (Harmon)."""
+    """Training betas: ``scaled_linear`` (Stable Diffusion's, used by NOVA's DDPM scheduler),
+    ``linear`` (DDPM) or ``cosine`` (improved DDPM; Harmon's MAR head)."""
+    if kind == "scaled_linear":
+        return torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, num_steps, dtype=torch.float64) ** 2
     if kind == "linear":
         scale = 1000.0 / num_steps
         return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
@@ -31,7 +34,7 @@ def betas_for(kind: str, num_steps: int) -> torch.Tensor:
         f = lambda t: math.cos((t / num_steps + s) / (1 + s) * math.pi / 2) ** 2
         return torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(num_steps)],
                             dtype=torch.float64)
-    raise ValueError(f"unknown beta schedule {kind!r} (use 'linear' or 'cosine')")
+    raise ValueError(f"unknown beta schedule {kind!r} (use 'scaled_linear', 'linear' or 'cosine')")
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,8 @@ def posterior_log_var(sched: Schedule, step: torch.Tensor, like: torch.Tensor,
     min_log = min_log.reshape(min_log.shape + (1,) * (like.dim() - min_log.dim()))
     frac = (v + 1) / 2
     return frac * max_log + (1 - frac) * min_log
+
+
+def sched_true_mean(sched: Schedule, step: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Mean of the true posterior ``q(x_{t-1} | x_t, x0)`` (pre-training's variational bound)."""
+    return sched.at("coef_x0", step, x_t) * x0 + sched.at("coef_xt", step, x_t) * x_t

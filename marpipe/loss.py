@@ -89,7 +89,8 @@ def mar_grpo_loss(model: MARModel, ro: Rollout, advantages: torch.Tensor, cfg: G
     mean = _posterior_means(model, ro, z, rows, cfg.guided_logp, z_u, cfg_scale)
     logp = grpo.gaussian_log_prob(ro.x_prev[rows], mean, ro.log_var[rows])
 
-    log_prob = torch.zeros(J, S, Tp, B, N, device=dev, dtype=logp.dtype).index_put(rows, logp)
+    # transitions not evaluated keep their recorded log-prob: ratio exactly 1, no overflow
+    log_prob = ro.old_log_prob.to(logp.dtype).index_put(rows, logp)
     ratio = grpo.importance_ratio(log_prob, ro.old_log_prob)
     adv = advantages.to(dev)[None, None, None, :, None]
     policy, clipped = grpo.clipped_policy_loss(ratio, adv, cfg.clip_range)  # [J,S,T',B,N]

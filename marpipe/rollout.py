@@ -148,7 +148,8 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
         for t in range(T):
             mean, log_var, logp_mean = _head_step(model, x, t, zc, zu, cfg_scale, guided_logp)
             eps = noise(n_traj, pos.shape[1])
-            x_next = mean + torch.exp(0.5 * log_var) * eps
+            # the last transition adds no noise (DDPM / MAR p_sample at t = 0)
+            x_next = mean + torch.exp(0.5 * log_var) * eps if t < T - 1 else mean
             if j is not None and (plan.diffusion_steps[j] == t).any():
                 i = int((plan.diffusion_steps[j] == t).nonzero())
                 for name, val in (("x_t", x), ("x_prev", x_next), ("log_var", log_var)):

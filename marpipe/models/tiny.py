@@ -50,7 +50,7 @@ class TinyMARConfig:
     max_prompt_len: int = 16
     head_width: int = 40
     head_blocks: int = 3
-    beta_schedule: str = "linear"    # NOVA: linear DDPM; Harmon: cosine
+    beta_schedule: str = "scaled_linear"  # NOVA: scaled-linear DDPM; Harmon: cosine
     zero_init: bool = True           # AdaLN-zero init (pre-training); False gives a random head that
                                      # already depends on z (useful for RL tests without pre-training)
     train_steps: int = 1000
@@ -59,7 +59,7 @@ class TinyMARConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "TinyMARConfig":
         presets = {
-            "tiny-nova": dict(kind="nova", beta_schedule="linear",
+            "tiny-nova": dict(kind="nova", beta_schedule="scaled_linear",
                               sampling={"ar_steps": 8, "diffusion_steps": 10, "cfg_scale": 5.0}),
             "tiny-harmon": dict(kind="harmon", beta_schedule="cosine",
                                 sampling={"ar_steps": 8, "diffusion_steps": 10, "cfg_scale": 3.0}),

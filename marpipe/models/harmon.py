@@ -1,0 +1,247 @@
+"""Harmon (``wusize/Harmon-1_5B``, 1.5B) behind the MAR protocol.
+
+The official ``HarmonModel`` (transformers remote code shipped in the HF repo; the
+same code as github wusize/Harmon ``src/models``) supplies the modules; the
+adapter maps them onto the protocol (facts from wusize/Harmon at 4eb6087 and
+AMAP-ML/mar-grpo at fcb7969):
+
+* prompts: ``"Generate an image: {p}"`` inside the Qwen chat template
+  ``<|im_start|>user\\n{input}<|im_end|>\\n<|im_start|>assistant\\n``, tokenized with special
+  tokens, embedded by the (frozen) LLM input embeddings -> ``Prompts.emb [B, L, 1536]``
+  right-padded, ``pad`` = not attended. Negative: ``"Generate an image."`` in the same template.
+* one AR step (``HarmonModel.forward_mae_encoder`` + ``mar.forward_mae_decoder``):
+  ``mar.forward_mae_encoder(tokens, mask, fake_latent, image_shape)`` (only known tokens and
+  the 64 buffer slots), ``proj_in``, buffers moved to the end, the Qwen2 LLM over
+  ``[prompt ; image]`` (attention mask from ``pad``, positions = cumsum - 1), buffers moved
+  back, residual ``+ proj_out``, then ``mar.forward_mae_decoder(x, mask, image_shape)`` ->
+  ``z [B, 1024, 1280]``. The prompt goes through the LLM on every step (no KV cache), which
+  is what the training-time recomputation needs anyway.
+* head: ``mar.diffloss.net(x, t, z)`` -> ``[eps ; v]`` (learned-range variance), ``t`` the
+  original timestep of a 25-step respacing (ADM ``space_timesteps``: 999, 957, ..., 0) of the
+  1000-step cosine schedule.
+* decode: ``tokens / vae_scale (0.2325)``, ``'b (m n) c -> b c m n'`` (patch 1), ``vae.decode``,
+  ``[-1, 1] -> [0, 1]``.
+* trainable (paper): the MAR encoder/decoder (``ar_parameters``: every ``mar`` parameter outside
+  ``diffloss``) and the diffusion MLP (``head_parameters``: ``mar.diffloss``). The LLM,
+  ``proj_in``/``proj_out`` and the VAE are frozen and are not parameters of this module.
+
+Sampling defaults: CFG 3 (constant), 64 AR steps, 25 head steps, 512x512 (32x32 tokens).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from marpipe.diffusion import betas_for
+from marpipe.models.nova import (FrozenPartsMixin, disable_dropout, merge_rows, rows_by_known_count,
+                                 schedule_from_alphas_cumprod, to_float)
+from marpipe.models.protocol import Prompts, SamplingSpec
+
+HARMON_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 3.0}
+CHAT_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
+GENERATION_TEMPLATE = "Generate an image: {text}"
+NEGATIVE_PROMPT = "Generate an image."
+HARMON_GITHUB_COMMIT = "4eb608765629a1d1b1ce28a85f4c3d126d98b690"   # wusize/Harmon, for reference (envs/harmon.yaml)
+
+
+def space_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """ADM's evenly strided respacing for one section: ``round(i * (T - 1) / (count - 1))``."""
+    if count > num_timesteps:
+        raise ValueError(f"cannot take {count} of {num_timesteps} steps")
+    if count <= 1:
+        return [0]
+    stride = (num_timesteps - 1) / (count - 1)
+    return sorted({int(round(i * stride)) for i in range(count)})
+
+
+class HarmonMAR(FrozenPartsMixin, nn.Module):
+    """Harmon's modules driven through :class:`MARModel`."""
+
+    learned_variance = True
+
+    def __init__(self, harmon: nn.Module, tokenizer, sampling: dict | None = None, image_size: int = 512,
+                 gradient_checkpointing: bool = False, source: str = ""):
+        super().__init__()
+        self.mar = harmon.mar
+        self._init_frozen(llm=harmon.llm, proj_in=harmon.proj_in, proj_out=harmon.proj_out, vae=harmon.vae)
+        self.vae_scale = float(harmon.vae_scale)
+        self.tokenizer, self.source = tokenizer, source
+        self.sampling = SamplingSpec(**(sampling or HARMON_SAMPLING))
+        p = int(self.mar.patch_size)
+        stride = 16 * p                                   # KL-16 VAE x MAR patch
+        if image_size % stride:
+            raise ValueError(f"image_size {image_size} is not a multiple of {stride}")
+        self.image_size, self.patch = image_size, p
+        self.grid = (image_size // stride, image_size // stride)
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.latent_channels = int(harmon.vae.embed_dim)
+        self.token_dim = self.latent_channels * p * p
+        diff = self.mar.diffloss
+        abar = getattr(getattr(diff, "train_diffusion", None), "alphas_cumprod", None)
+        if abar is None:
+            abar = torch.cumprod(1 - betas_for("cosine", 1000), 0)
+        abar = torch.as_tensor(abar, dtype=torch.float64)
+        ts = space_timesteps(len(abar), self.sampling.diffusion_steps)[::-1]
+        self.schedule = schedule_from_alphas_cumprod(abar, ts)
+        disable_dropout(self.mar)
+        disable_dropout(harmon.llm)
+        self.set_gradient_checkpointing(gradient_checkpointing)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mar.fake_latent.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.mar.fake_latent.device
+
+    def set_gradient_checkpointing(self, on: bool = True) -> None:
+        self.mar.grad_checkpointing = on
+        self.mar.diffloss.net.grad_checkpointing = on
+
+    # --- prompts -------------------------------------------------------------------------------
+    def _encode(self, texts: Sequence[str]) -> Prompts:
+        llm = self._frozen["llm"]
+        ids = [self.tokenizer.encode(CHAT_TEMPLATE.format(input=t), add_special_tokens=True,
+                                     return_tensors="pt")[0] for t in texts]
+        width = max(len(i) for i in ids)
+        eos = self.tokenizer.eos_token_id
+        batch = torch.full((len(ids), width), eos, dtype=torch.long)
+        pad = torch.ones(len(ids), width, dtype=torch.bool)
+        for r, i in enumerate(ids):
+            batch[r, : len(i)], pad[r, : len(i)] = i, False
+        with torch.no_grad():
+            emb = llm.get_input_embeddings()(batch.to(self.device))
+        return Prompts(emb, pad.to(self.device))
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Prompts:
+        return self._encode([GENERATION_TEMPLATE.format(text=p) for p in prompts])
+
+    def encode_negative(self, n: int) -> Prompts:
+        return self._encode([NEGATIVE_PROMPT] * n)
+
+    # --- AR step ---------------------------------------------------------------------------------
+    def _forward_rows(self, tokens, mask, prompts: Prompts):
+        mar, f = self.mar, self._frozen
+        b, shape, buf = tokens.shape[0], self.grid, mar.buffer_size
+        x_enc = mar.forward_mae_encoder(tokens, mask, mar.fake_latent.expand(b, -1), image_shape=shape)
+        z_enc = f["proj_in"](x_enc)
+        z_enc = torch.cat([z_enc[:, buf:], z_enc[:, :buf]], 1)            # buffers to the end
+        attn = torch.cat([~prompts.pad, prompts.pad.new_ones(b, z_enc.shape[1])], 1)
+        pos = (attn.long().cumsum(1) - 1).clamp_min(0)
+        out = f["llm"].model(inputs_embeds=torch.cat([prompts.emb.to(z_enc.dtype), z_enc], 1),
+                             attention_mask=attn.long(), position_ids=pos, return_dict=True)
+        z_llm = out.last_hidden_state[:, -z_enc.shape[1]:]
+        z_llm = torch.cat([z_llm[:, -buf:], z_llm[:, :-buf]], 1)           # buffers back to the start
+        x_enc = x_enc + f["proj_out"](z_llm)
+        return mar.forward_mae_decoder(x_enc, mask, image_shape=shape)
+
+    def ar_forward(self, canvas: torch.Tensor, known: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+        parts = []
+        for rows in rows_by_known_count(known):
+            mask = (~known[rows]).to(self.dtype)                            # 1 = still unknown (official)
+            parts.append((rows, self._forward_rows(canvas[rows].to(self.dtype), mask, prompts.index(rows))))
+        return to_float(merge_rows(parts, canvas.shape[0]))
+
+    # --- head --------------------------------------------------------------------------------
+    def head(self, x_t: torch.Tensor, step: torch.Tensor, z: torch.Tensor):
+        tt = self.schedule.timesteps.to(step.device)[step]
+        out = self.mar.diffloss.net(x_t.to(self.dtype), tt, z.to(self.dtype))
+        eps, v = out.float().split(self.token_dim, dim=-1)
+        return eps, v
+
+    # --- decode ---------------------------------------------------------------------------------
+    def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, m*n, c*p*p]`` ('b m n (c p q)') -> ``[B, c, m*p, n*p]``."""
+        b, p, c, (h, w) = tokens.shape[0], self.patch, self.latent_channels, self.grid
+        x = tokens.reshape(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(b, c, h * p, w * p)
+
+    def latents_to_tokens(self, lat: torch.Tensor) -> torch.Tensor:
+        b, p, c, (h, w) = lat.shape[0], self.patch, self.latent_channels, self.grid
+        return lat.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        vae = self._frozen["vae"]
+        vdtype = next(vae.parameters()).dtype
+        out = [to_float(vae.decode(self.tokens_to_latents(part / self.vae_scale).to(vdtype)))
+               for part in latents.split(chunk)]
+        return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+    # --- parameters ------------------------------------------------------------------------------
+    def ar_parameters(self):
+        for name, p in self.mar.named_parameters():
+            if not name.startswith("diffloss."):
+                yield p
+
+    def head_parameters(self):
+        return self.mar.diffloss.parameters()
+
+    # --- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device="cuda", dtype=torch.bfloat16, verify: bool = True,
+                        gradient_checkpointing: bool = False, sampling: dict | None = None,
+                        image_size: int = 512) -> "HarmonMAR":
+        """Load a downloaded ``wusize/Harmon-1_5B`` folder (or a stand-in folder marked by
+        ``marpipe_standin.json``): manifest check, official classes, strict safetensors loading."""
+        from marpipe.models.download import load_strict, load_weights, verify_manifest
+        from marpipe.models.standins import STANDIN_MARKER
+        folder = Path(folder)
+        if verify:
+            verify_manifest(folder)
+        if (folder / STANDIN_MARKER).exists():
+            from marpipe.models.standins.harmon import HarmonStandinConfig, build_harmon_standin
+            meta = json.loads((folder / STANDIN_MARKER).read_text())
+            if meta.pop("family", None) != "harmon":
+                raise ValueError(f"{folder}: stand-in is not a Harmon stand-in")
+            scfg = HarmonStandinConfig(**meta)
+            harmon, tokenizer = build_harmon_standin(scfg)
+            sampling, image_size = sampling or scfg.sampling, scfg.image_size
+        else:
+            harmon, tokenizer = _build_official_harmon(folder)
+        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+        if not files:
+            raise FileNotFoundError(f"{folder}: no weight files (safetensors or .bin)")
+        load_strict(harmon, load_weights(files), f"Harmon ({folder})")
+        model = cls(harmon, tokenizer, sampling=sampling, image_size=image_size,
+                    gradient_checkpointing=gradient_checkpointing, source=str(folder))
+        return model.to(device=device, dtype=dtype)
+
+
+def _build_official_harmon(folder: Path):
+    """``HarmonModel`` from the folder's own remote code (pinned by the manifest), random init;
+    the caller loads the weights strictly."""
+    try:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
+        model = AutoModel.from_config(config, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
+    except ImportError as exc:
+        raise ImportError("loading real Harmon weights needs Harmon's remote-code dependencies (einops, timm, "
+                          "scipy); run inside the conda env envs/harmon.yaml") from exc
+    return model, tokenizer
+
+
+def save_harmon_standin(folder: str | Path, cfg=None, seed: int = 0) -> Path:
+    """Write a stand-in Harmon folder (``model.safetensors`` in ``HarmonModel``'s key layout,
+    ``marpipe_standin.json``) and its manifest (tests)."""
+    from safetensors.torch import save_file
+
+    from marpipe.models.download import write_manifest
+    from marpipe.models.standins import STANDIN_MARKER
+    from marpipe.models.standins.harmon import HarmonStandinConfig, build_harmon_standin
+    cfg = cfg or HarmonStandinConfig()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    harmon, _ = build_harmon_standin(cfg)
+    sd = {k: v.detach().clone().contiguous() for k, v in harmon.state_dict().items()}
+    save_file(sd, str(folder / "model.safetensors"))
+    (folder / STANDIN_MARKER).write_text(json.dumps(cfg.to_dict(), indent=1))
+    write_manifest(folder)
+    return folder

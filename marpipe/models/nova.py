@@ -1,0 +1,336 @@
+"""NOVA (``BAAI/nova-d48w1024-sd512``, 0.6B, 512x512) behind the MAR protocol.
+
+The official modules (package ``diffnext``, github baaivision/NOVA, installed in
+``envs/nova.yaml`` at a pinned commit) do the computing; :class:`NovaMAR` only maps
+their methods onto the protocol primitives (facts from ``diffnext`` at commit
+2cd254a and AMAP-ML/mar-grpo at fcb7969):
+
+* prompts: ``transformer.text_embed`` (Phi encoder, 256 tokens, padded with the learned
+  ``weight`` rows; projection + norm) feeds ``transformer.video_encoder`` over 256
+  ``bos_token`` tokens (+ time and 2-D sin-cos embeddings) -> ``Prompts.emb [B, 256, 1024]``,
+  the prefix that every image-encoder call attends to. Negative prompt: ``""``.
+* one AR step: ``image_encoder.patch_embed`` of the known-token latent, ``mask_token`` on
+  the unknown positions, ``image_encoder(z, c, prev_ids)`` with ``prev_ids`` = the known
+  positions (its first half encodes only those, MAE style) -> ``z [B, 1024, 1024]``.
+* head: ``image_decoder(x [M, 4, 2, 2], t [M], z [M, 1, 1024])`` = eps for one token
+  (``DiffusionMLP``, 6 AdaLN-zero blocks); DDPM posterior with the fixed variance
+  (``prediction_type`` must be ``epsilon``); timesteps and ``alphas_cumprod`` from the
+  pipeline's own ``DDPMScheduler.set_timesteps(25)``.
+* decode: tokens -> latent ``[B, 4, 64, 64]`` (``PatchEmbed.unpatchify`` layout: token
+  ``(h, w)``, vector ``(py, px, c)``), ``vae.unscale_`` (scaling factor), ``vae.decode``,
+  ``[-1, 1] -> [0, 1]``.
+* trainable: the whole transformer; ``head_parameters`` = ``image_decoder``, ``ar_parameters``
+  = the rest of the transformer. Phi and the VAE are frozen and are not parameters of this
+  module (they are kept outside the module tree, shared by deep copies such as the
+  reference model, and moved by ``.to()``).
+
+Sampling defaults: CFG 5 (batch [cond; uncond]), 64 AR steps, 25 head steps.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from marpipe.diffusion import VARIANCE_FLOOR, Schedule
+from marpipe.models.protocol import Prompts, SamplingSpec
+
+NOVA_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 5.0}
+DIFFNEXT_COMMIT = "2cd254afdedae8670ccb492c28c53caa08f7b5a0"   # baaivision/NOVA, pinned in envs/nova.yaml
+
+
+# ============================================================ helpers shared with harmon.py
+def schedule_from_alphas_cumprod(abar_all, timesteps) -> Schedule:
+    """A :class:`Schedule` for sampling at training ``timesteps`` (decreasing) of a model trained
+    with cumulative ``abar_all``; same algebra as :meth:`Schedule.respaced` (the next sampled
+    timestep is the previous one of the chain, ``abar_prev = 1`` after the last)."""
+    abar_all = torch.as_tensor(abar_all, dtype=torch.float64).cpu()
+    ts = torch.as_tensor(timesteps, dtype=torch.long).cpu()
+    if ts.numel() > 1 and not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError("sampling timesteps must be strictly decreasing")
+    abar = abar_all[ts]
+    abar_prev = torch.cat([abar[1:], torch.ones(1, dtype=abar.dtype)])
+    beta = 1.0 - abar / abar_prev
+    post_var = (beta * (1.0 - abar_prev) / (1.0 - abar)).clamp_min(VARIANCE_FLOOR)
+    coef_x0 = beta * abar_prev.sqrt() / (1.0 - abar)
+    coef_xt = (1.0 - abar_prev) * (1.0 - beta).sqrt() / (1.0 - abar)
+    return Schedule(ts, abar, abar_prev, beta, post_var, coef_x0, coef_xt)
+
+
+def disable_dropout(module: nn.Module) -> None:
+    """Zero every dropout probability: log-probs recomputed in ``train()`` mode must equal the
+    rollout's (the ratio is 1 at theta = theta_old), so no module may be stochastic."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        for name in ("attn_drop", "proj_drop", "dropout"):
+            v = getattr(m, name, None)
+            if isinstance(v, float):
+                setattr(m, name, 0.0)
+
+
+def rows_by_known_count(known: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices grouped by their number of known tokens (the official encoders keep only
+    the known tokens, which needs the same count within a batch)."""
+    counts = known.sum(1)
+    return [(counts == c).nonzero(as_tuple=True)[0] for c in torch.unique(counts)]
+
+
+class FrozenPartsMixin:
+    """Frozen sub-models (text encoder, LLM, VAE) live in ``self._frozen`` (a plain dict, so
+    not in ``parameters()``/``state_dict()``: ``set_trainable(model, 'all')`` can never unfreeze
+    them and checkpoints hold only the trained weights). ``.to()/.cuda()/.half()`` reach them;
+    ``copy.deepcopy`` shares them (the reference model costs no second LLM)."""
+
+    def _init_frozen(self, **parts: nn.Module) -> None:
+        self._frozen = {}
+        for name, m in parts.items():
+            m.requires_grad_(False).eval()
+            self._frozen[name] = m
+
+    def _apply(self, fn, *args, **kwargs):
+        for m in self._frozen.values():
+            m._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen.values():
+            m.eval()
+        return self
+
+    def __deepcopy__(self, memo):
+        memo[id(self._frozen)] = self._frozen
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            object.__setattr__(new, k, copy.deepcopy(v, memo))
+        return new
+
+
+def merge_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+    """Reassemble per-group outputs ``[(rows, out)]`` into ``[n, ...]`` (differentiably)."""
+    if len(parts) == 1:
+        rows, out = parts[0]
+        if torch.equal(rows, torch.arange(n, device=rows.device)):
+            return out
+    first = parts[0][1]
+    out = first.new_zeros(n, *first.shape[1:])
+    for rows, h in parts:
+        out = out.index_copy(0, rows, h)
+    return out
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype != torch.float32 else x
+
+
+# ============================================================ the adapter
+class NovaMAR(FrozenPartsMixin, nn.Module):
+    """NOVA's ``diffnext`` pipeline components driven through :class:`MARModel`."""
+
+    learned_variance = False
+
+    def __init__(self, transformer: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer,
+                 scheduler, sampling: dict | None = None, negative_prompt: str = "",
+                 gradient_checkpointing: bool = False, source: str = ""):
+        super().__init__()
+        self.transformer = transformer
+        self._init_frozen(vae=vae, text_encoder=text_encoder)
+        self.tokenizer, self.negative_prompt, self.source = tokenizer, negative_prompt, source
+        tcfg = transformer.config
+        self.sampling = SamplingSpec(**(sampling or NOVA_SAMPLING))
+        pe = transformer.image_encoder.patch_embed
+        self.patch, self.latent_channels = int(pe.patch_size), int(pe.image_dim)
+        self.grid = tuple(int(s) for s in tcfg.image_base_size)              # (32, 32)
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.token_dim = self.patch ** 2 * self.latent_channels             # 16
+        size = tcfg.image_size
+        self.image_size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        self.vae_stride = int(tcfg.image_stride)
+        if self.grid[0] * self.patch * self.vae_stride != self.image_size:
+            raise ValueError(f"NOVA config: image_base_size {self.grid} x patch {self.patch} x stride "
+                             f"{self.vae_stride} != image_size {self.image_size}")
+        # scheduler facts: epsilon prediction, fixed small variance, no x0 clipping
+        scfg = scheduler.config
+        if getattr(scfg, "prediction_type", "epsilon") != "epsilon":
+            raise ValueError(f"NOVA scheduler predicts {scfg.prediction_type!r}; marpipe's posterior needs epsilon")
+        if getattr(scfg, "variance_type", "fixed_small") not in ("fixed_small", "fixed_small_log"):
+            raise ValueError(f"NOVA scheduler variance_type {scfg.variance_type!r}: expected fixed_small")
+        if getattr(scfg, "clip_sample", False) or getattr(scfg, "thresholding", False):
+            warnings.warn("the NOVA scheduler clips/thresholds x0 at sampling; marpipe's DDPM posterior does not, "
+                          "so samples differ slightly from the official pipeline's")
+        scheduler.set_timesteps(self.sampling.diffusion_steps)
+        self.schedule = schedule_from_alphas_cumprod(scheduler.alphas_cumprod, scheduler.timesteps)
+        self.scheduler = scheduler
+        transformer.text_embed.encoders = [tokenizer, text_encoder]
+        transformer.text_embed.dropout = 0.0          # training-time prompt dropout must stay off
+        disable_dropout(transformer)
+        self.set_gradient_checkpointing(gradient_checkpointing)
+
+    # --- sizes / dtype -----------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.mask_embed.mask_token.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.mask_embed.mask_token.device
+
+    def set_gradient_checkpointing(self, on: bool = True) -> None:
+        t = self.transformer
+        for enc in (t.video_encoder, t.image_encoder):
+            for blk in enc.blocks:
+                blk.attn_checkpointing = blk.mlp_checkpointing = on
+        for blk in t.image_decoder.blocks:
+            blk.mlp_checkpointing = on
+
+    # --- token <-> latent layout (PatchEmbed.patchify / unpatchify) ---------------------------
+    def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N, p*p*c]`` (token (h, w) row-major, vector (py, px, c)) -> ``[B, c, h*p, w*p]``."""
+        b, p, c, (h, w) = tokens.shape[0], self.patch, self.latent_channels, self.grid
+        x = tokens.reshape(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, h * p, w * p)
+
+    def latents_to_tokens(self, lat: torch.Tensor) -> torch.Tensor:
+        b, p, c, (h, w) = lat.shape[0], self.patch, self.latent_channels, self.grid
+        x = lat.reshape(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(b, h * w, p * p * c)
+
+    # --- prompts -------------------------------------------------------------------------------
+    def _encode(self, texts: Sequence[str]) -> Prompts:
+        t = self.transformer
+        text = t.text_embed(list(texts))                                       # [B, 256, D]
+        b = text.shape[0]
+        x = torch.zeros(b, self.latent_channels, *(g * self.patch for g in self.grid), device=self.device, dtype=self.dtype)
+        n_video = t.video_encoder.patch_embed(x).shape[1]                      # sets patch_embed.hw as official
+        c = t.mask_embed.bos_token.expand(b, n_video, -1).clone()
+        pos = None
+        if t.image_pos_embed is not None:   # RoPE variant: time/space positions come from the rotary embedding
+            pos = t.video_pos_embed.get_pos(1)
+        else:
+            c = t.video_pos_embed(c + t.video_pos_embed.get_time_embed(1)[0])
+        t.video_encoder.enable_kvcache(False)
+        c = t.video_encoder(c, text, pos=pos)                                   # [B, 256, D]
+        return Prompts(c, torch.zeros(c.shape[:2], dtype=torch.bool, device=c.device))
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Prompts:
+        return self._encode(list(prompts))
+
+    def encode_negative(self, n: int) -> Prompts:
+        return self._encode([self.negative_prompt] * n)
+
+    # --- AR step ---------------------------------------------------------------------------------
+    def ar_forward(self, canvas: torch.Tensor, known: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+        if prompts.pad.any():
+            raise ValueError("NOVA prompt encodings never have padding (all 256 positions are used)")
+        t = self.transformer
+        parts = []
+        for rows in rows_by_known_count(known):
+            kn = known[rows]
+            lat = self.tokens_to_latents(canvas[rows].to(self.dtype))
+            z = t.image_encoder.patch_embed(lat)                                 # [b, N, D]
+            m = (~kn).unsqueeze(-1).to(z.dtype)
+            z = z * (1 - m) + t.mask_embed.mask_token * m
+            k = int(kn[0].sum())
+            prev_ids = kn.nonzero(as_tuple=True)[1].view(len(rows), k, 1) if k else \
+                torch.zeros(len(rows), 0, 1, dtype=torch.long, device=z.device)
+            pos = t.image_pos_embed.get_pos(1, len(rows)) if t.image_pos_embed is not None else None
+            parts.append((rows, t.image_encoder(z, prompts.emb[rows].to(z.dtype), prev_ids, pos=pos)))
+        out = merge_rows(parts, canvas.shape[0])
+        return to_float(out)
+
+    # --- head --------------------------------------------------------------------------------
+    def head(self, x_t: torch.Tensor, step: torch.Tensor, z: torch.Tensor):
+        m, p, c = x_t.shape[0], self.patch, self.latent_channels
+        tt = self.schedule.timesteps.to(step.device)[step]
+        x = x_t.to(self.dtype).reshape(m, p, p, c).permute(0, 3, 1, 2)         # one token as a p x p latent patch
+        eps = self.transformer.image_decoder(x, tt, z.to(self.dtype).unsqueeze(1))
+        return to_float(eps.reshape(m, self.token_dim)), None
+
+    # --- decode ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        vae = self._frozen["vae"]
+        out = []
+        for part in latents.split(chunk):
+            lat = vae.unscale_(self.tokens_to_latents(part.to(self.dtype)).clone())
+            out.append(to_float(vae.decode(lat).sample))
+        return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+    # --- parameters ------------------------------------------------------------------------------
+    def ar_parameters(self):
+        for name, p in self.transformer.named_parameters():
+            if not name.startswith("image_decoder."):
+                yield p
+
+    def head_parameters(self):
+        return self.transformer.image_decoder.parameters()
+
+    # --- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device="cuda", dtype=torch.bfloat16, verify: bool = True,
+                        gradient_checkpointing: bool = False, sampling: dict | None = None) -> "NovaMAR":
+        """Load a downloaded ``BAAI/nova-d48w1024-sd512`` folder (or a stand-in folder, marked by
+        ``marpipe_standin.json``): manifest check, official classes, strict safetensors loading."""
+        from marpipe.models.download import load_strict, load_weights, verify_manifest
+        from marpipe.models.standins import STANDIN_MARKER
+        folder = Path(folder)
+        if verify:
+            verify_manifest(folder)
+        if (folder / STANDIN_MARKER).exists():
+            from marpipe.models.standins.nova import NovaStandinConfig, build_nova_standin
+            meta = json.loads((folder / STANDIN_MARKER).read_text())
+            if meta.pop("family", None) != "nova":
+                raise ValueError(f"{folder}: stand-in is not a NOVA stand-in")
+            scfg = NovaStandinConfig(**meta)
+            parts = build_nova_standin(scfg)
+            sampling = sampling or scfg.sampling
+        else:
+            parts = _load_official_nova(folder, dtype)
+        for name in ("transformer", "vae", "text_encoder"):
+            files = sorted((folder / name).glob("*.safetensors")) or sorted((folder / name).glob("*.bin"))
+            if not files:
+                raise FileNotFoundError(f"{folder}/{name}: no weight files (safetensors or .bin)")
+            load_strict(parts[name], load_weights(files), f"NOVA {name} ({folder / name})")
+        model = cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
+                    sampling=sampling, gradient_checkpointing=gradient_checkpointing, source=str(folder))
+        return model.to(device=device, dtype=dtype)
+
+
+def _load_official_nova(folder: Path, dtype) -> dict:
+    """Build the pipeline components with ``diffnext``'s own classes (weights then loaded strictly)."""
+    try:
+        from diffnext.pipelines import NOVAPipeline
+    except ImportError as exc:
+        raise ImportError("loading real NOVA weights needs the 'diffnext' package (github baaivision/NOVA at "
+                          f"{DIFFNEXT_COMMIT[:12]}); run inside the conda env envs/nova.yaml") from exc
+    pipe = NOVAPipeline.from_pretrained(str(folder), torch_dtype=dtype, trust_remote_code=True)
+    return dict(transformer=pipe.transformer, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                tokenizer=pipe.tokenizer, scheduler=pipe.scheduler)
+
+
+def save_nova_standin(folder: str | Path, cfg=None, seed: int = 0) -> Path:
+    """Write a stand-in NOVA folder in the pipeline's layout (``transformer/``, ``vae/``,
+    ``text_encoder/`` safetensors + ``marpipe_standin.json``) and its manifest (tests)."""
+    from safetensors.torch import save_file
+
+    from marpipe.models.download import write_manifest
+    from marpipe.models.standins import STANDIN_MARKER
+    from marpipe.models.standins.nova import NovaStandinConfig, build_nova_standin
+    cfg = cfg or NovaStandinConfig()
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    parts = build_nova_standin(cfg)
+    for name in ("transformer", "vae", "text_encoder"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        sd = {k: v.detach().contiguous() for k, v in parts[name].state_dict().items()}
+        save_file(sd, str(folder / name / "diffusion_pytorch_model.safetensors"))
+    (folder / STANDIN_MARKER).write_text(json.dumps(cfg.to_dict(), indent=1))
+    write_manifest(folder)
+    return folder

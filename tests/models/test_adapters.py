@@ -1,0 +1,141 @@
+"""Adapter facts checked on the STAND-INS (not the real NOVA / Harmon): trainable parts,
+frozen parts, strict loading, manifest checks, schedules, prompt templates, registry."""
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from marpipe.models.download import ManifestError, write_manifest
+from marpipe.models.harmon import CHAT_TEMPLATE, HarmonMAR, save_harmon_standin, space_timesteps
+from marpipe.models.nova import NovaMAR, save_nova_standin
+from marpipe.models.registry import load_model
+from marpipe.models.tiny import TinyMAR
+from marpipe.trainer import set_trainable
+
+
+@pytest.fixture(scope="module")
+def harmon():
+    return load_model("harmon-standin")
+
+
+def test_harmon_trains_exactly_mar_encoder_decoder_and_head(harmon):
+    ar = {id(p) for p in harmon.ar_parameters()}
+    head = {id(p) for p in harmon.head_parameters()}
+    mar_enc_dec = {id(p) for n, p in harmon.mar.named_parameters() if not n.startswith("diffloss.")}
+    assert ar == mar_enc_dec and head == {id(p) for p in harmon.mar.diffloss.parameters()}
+    # LLM, projections, VAE: frozen, outside parameters(), untouched by set_trainable('all')
+    frozen = harmon._frozen
+    assert set(frozen) == {"llm", "proj_in", "proj_out", "vae"}
+    set_trainable(harmon, "all")
+    assert {id(p) for p in harmon.parameters()} == ar | head
+    assert not any(p.requires_grad for m in frozen.values() for p in m.parameters())
+    assert not any(k.startswith(("llm.", "proj_", "vae.")) for k in harmon.state_dict())
+
+
+def test_nova_trains_the_transformer_head_is_the_diffusion_mlp():
+    m = load_model("nova-standin")
+    head = {id(p) for p in m.transformer.image_decoder.parameters()}
+    assert {id(p) for p in m.head_parameters()} == head
+    assert {id(p) for p in m.ar_parameters()} == {id(p) for p in m.transformer.parameters()} - head
+    assert set(m._frozen) == {"vae", "text_encoder"}
+    assert all(k.startswith("transformer.") for k in m.state_dict())
+
+
+def test_deepcopy_shares_frozen_parts_and_to_moves_them(harmon):
+    ref = copy.deepcopy(harmon)
+    assert ref._frozen["llm"] is harmon._frozen["llm"] and ref.mar is not harmon.mar
+    m = load_model("nova-standin").to(dtype=torch.bfloat16)
+    assert next(m._frozen["vae"].parameters()).dtype == torch.bfloat16
+
+
+def test_schedules_follow_the_official_respacing(harmon):
+    ts = space_timesteps(1000, 25)
+    assert ts[:3] == [0, 42, 83] and ts[-1] == 999 and len(ts) == 25
+    assert harmon.schedule.timesteps.tolist() == [999, 749, 500, 250, 0]   # 5-step stand-in
+    nova = load_model("nova-standin", sampling={"ar_steps": 4, "diffusion_steps": 25, "cfg_scale": 5.0})
+    assert nova.schedule.timesteps[:2].tolist() == [960, 920] and int(nova.schedule.timesteps[-1]) == 0
+    assert nova.sampling.cfg_scale == 5.0 and not nova.learned_variance and harmon.learned_variance
+
+
+def test_paper_sampling_defaults():
+    from marpipe.models.harmon import HARMON_SAMPLING, NEGATIVE_PROMPT, GENERATION_TEMPLATE
+    from marpipe.models.nova import NOVA_SAMPLING
+    assert NOVA_SAMPLING == {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 5.0}
+    assert HARMON_SAMPLING == {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 3.0}
+    assert GENERATION_TEMPLATE.format(text="a cat") == "Generate an image: a cat"
+    assert NEGATIVE_PROMPT == "Generate an image."
+
+
+def test_harmon_prompts_use_the_chat_template(harmon):
+    seen = []
+    enc = harmon.tokenizer.encode
+    harmon.tokenizer.encode = lambda text, **kw: (seen.append(text), enc(text, **kw))[1]
+    try:
+        p = harmon.encode_prompts(["a cat", "two dogs on a red sofa"])
+        harmon.encode_negative(1)
+    finally:
+        harmon.tokenizer.encode = enc
+    assert seen[0] == CHAT_TEMPLATE.format(input="Generate an image: a cat")
+    assert seen[-1] == CHAT_TEMPLATE.format(input="Generate an image.")
+    assert p.pad[0].any() and not p.pad[1].any()      # right padding of the shorter prompt
+
+
+def test_strict_loading_rejects_missing_unexpected_and_reshaped_keys(tmp_path):
+    folder = save_nova_standin(tmp_path / "nova")
+    f = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(f))
+    bad = dict(sd)
+    bad.pop("image_decoder.head.weight")
+    bad["image_decoder.extra.weight"] = torch.zeros(1)
+    save_file(bad, str(f))
+    write_manifest(folder)
+    with pytest.raises(ValueError, match="1 missing .*image_decoder.head.weight.*1 unexpected .*image_decoder.extra"):
+        NovaMAR.from_pretrained(folder, device="cpu", dtype=torch.float32)
+
+
+def test_loading_refuses_a_tampered_folder(tmp_path):
+    folder = save_harmon_standin(tmp_path / "harmon")
+    sd = load_file(str(folder / "model.safetensors"))
+    sd["mar.mask_token"] = sd["mar.mask_token"] + 1
+    save_file(sd, str(folder / "model.safetensors"))
+    with pytest.raises(ManifestError, match="model.safetensors does not match"):
+        HarmonMAR.from_pretrained(folder, device="cpu", dtype=torch.float32)
+
+
+def test_standin_folder_is_marked_and_family_checked(tmp_path):
+    folder = save_nova_standin(tmp_path / "nova")
+    assert json.loads((folder / "marpipe_standin.json").read_text())["family"] == "nova"
+    with pytest.raises(ValueError, match="not a Harmon stand-in"):
+        HarmonMAR.from_pretrained(folder, device="cpu", dtype=torch.float32)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from marpipe.config import GRPOConfig
+    from marpipe.loss import mar_grpo_loss
+    from marpipe.rollout import RolloutPlan, rollout
+    grads = []
+    for ckpt in (False, True):
+        m = load_model("nova-standin", gradient_checkpointing=ckpt)
+        ro = rollout(m, ["a cat", "a dog"], 2, RolloutPlan.sample(4, 5, 2, 2, 1, seed=1), seed=0)
+        cfg = GRPOConfig(group_size=2, prompts_per_step=2, train_ar_steps=2, train_diffusion_steps=2, beta=0.0)
+        params = set_trainable(m, "all")
+        mar_grpo_loss(m, ro, torch.tensor([1.0, -1.0, 0.5, -0.5]), cfg).loss.backward()
+        grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_registry_specs(tmp_path):
+    tiny = load_model("tiny-harmon", image_size=16, patch=4, width=32, depth=1, heads=2, head_width=16,
+                      head_blocks=1)
+    assert isinstance(tiny, TinyMAR) and tiny.learned_variance
+    tiny.save(tmp_path / "t.safetensors")
+    assert isinstance(load_model(str(tmp_path / "t.safetensors")), TinyMAR)
+    with pytest.raises(FileNotFoundError, match="download the model first"):
+        load_model(f"nova:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="unknown model spec"):
+        load_model("sdxl")
+    with pytest.raises(ManifestError, match="no MANIFEST"):
+        load_model(f"harmon:{tmp_path}")
