@@ -1,21 +1,18 @@
 """The ``marpipe`` command line: one subcommand per pipeline rule family.
 
-Every Snakemake rule calls exactly one of these; each has ``--help``.
+Every Snakemake rule calls exactly one of these; each has ``--help``. Pipeline
+subcommands take the experiment config (``--config config.yaml`` or
+``config/small.yaml``) and name their inputs and outputs explicitly.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from marpipe.config import ConfigError, GRPOConfig
-
-DEFAULT_PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow striped circle",
-                   "a purple square left of a red circle", "three blue dots"]
+from marpipe.config import ConfigError
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -29,144 +26,243 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def load_train_config(path: str | None, variant: str | None, sets: list[str]) -> GRPOConfig:
-    """``train`` section of a config file, then ``variants.<variant>``, then ``--set`` overrides."""
-    d: dict = {}
-    if path:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-        d.update(doc.get("train", {}))
-        if variant:
-            variants = doc.get("variants", {})
-            if variant not in variants:
-                raise ConfigError(f"variants.{variant}: not in {path} (known: {', '.join(variants)})")
-            d.update(variants[variant] or {})
-    elif variant:
-        raise ConfigError("--variant needs --config (the variants are defined there)")
-    d.update(parse_sets(sets))
-    return GRPOConfig.from_dict(d)
+def experiment(args):
+    """Load and validate the experiment config; ``--set a.b=v`` overrides nested keys."""
+    from marpipe import experiment as E
+    raw = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).exists() else None
+    if raw is None:
+        raise ConfigError(f"config file {args.config} not found (use config.yaml or config/small.yaml)")
+    for key, value in parse_sets(getattr(args, "set", [])).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return E.load(raw)
 
 
-def read_prompts(path: str | None):
-    from marpipe.trainer import PromptItem
-    if not path:
-        return [PromptItem(p, {}) for p in DEFAULT_PROMPTS]
-    items = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            items.append(PromptItem(row["prompt"], row.get("metadata", {})))
-    if not items:
-        raise ConfigError(f"{path}: no prompts (expected JSON lines with a 'prompt' key)")
-    return items
+# --- subcommands ---------------------------------------------------------------------------
+def cmd_fetch_model(args):
+    from marpipe.stages.resources import fetch_base_model
+    print(fetch_base_model(experiment(args), args.model, args.root, progress=not args.no_progress))
 
 
-def cmd_train(args) -> int:
+def cmd_verify_model(args):
+    from marpipe.stages.verify import verify_base_model
+    ok = verify_base_model(experiment(args), args.model, args.out, args.grid, args.root)
+    return 0 if ok else 1
+
+
+def cmd_fetch_weights(args):
+    from marpipe.stages.resources import fetch_weights
+    print(fetch_weights(experiment(args), args.name, args.root))
+
+
+def cmd_fetch_prompts(args):
+    from marpipe.stages.resources import fetch_prompts
+    print(fetch_prompts(experiment(args), args.name, args.out))
+
+
+def cmd_warmup(args):
+    from marpipe.stages.train import warmup_run
+    s = warmup_run(experiment(args), args.model, args.out, args.prompts, args.resources, not args.no_progress)
+    if s:
+        print(f"[marpipe] warm-up {args.model}: reward {s['reward_first']:.4f} -> {s['reward_last']:.4f}")
+
+
+def cmd_train(args):
+    from marpipe.stages.train import train_run
+    s = train_run(experiment(args), args.model, args.reward, args.variant, args.out, args.prompts,
+                  args.base_weights, args.resources, not args.no_progress)
+    if s and s["reward_first"] is not None:
+        print(f"[marpipe] {args.model} {args.reward}-{args.variant}: reward "
+              f"{s['reward_first']:.4f} -> {s['reward_last']:.4f} in {s['seconds']:.0f} s")
+
+
+def cmd_select(args):
+    from marpipe.stages.select import select_checkpoint
+    info = select_checkpoint(experiment(args), args.reward, args.variant, args.run, args.out_weights, args.out_json)
+    print(f"[marpipe] {args.run}: step {info['step']} ({info['rule']})")
+
+
+def cmd_generate(args):
+    from marpipe.stages.evaluate import generate
+    print(generate(experiment(args), args.model, args.suite, args.out, args.prompt_dir, args.weights,
+                   args.row, args.resources))
+
+
+def cmd_evaluate(args):
+    from marpipe.stages.evaluate import evaluate
+    reward = None if args.reward in (None, "", "none") else args.reward
+    rec = evaluate(experiment(args), args.images, args.suite, args.out, args.model, reward, args.variant,
+                   args.selection, args.resources)
+    print(" ".join(f"{k}={v:.4f}" for k, v in rec["scores"].items()))
+
+
+def cmd_tables(args):
+    from marpipe.stages import tables as T
+    exp = experiment(args)
+    records = (T.score_records_from_mlflow(exp, args.tracking_uri) if args.from_mlflow
+               else T.score_records_from_files(args.scores))
+    tables = T.build_tables(exp, records)
+    comparison = T.compare_with_paper(tables)
+    T.write_tables(tables, comparison, args.out_dir)
+    print(T.format_for_terminal(tables, comparison))
+
+
+def cmd_figures(args):
+    from marpipe.stages.report import make_figures
+    make_figures(experiment(args), args.out_dir, args.results)
+
+
+def cmd_mlflow_sync(args):
+    from marpipe.stages.report import mlflow_sync
+    mlflow_sync(experiment(args), args.results, args.out, args.tracking_uri)
+
+
+def cmd_dvc_push(args):
+    from marpipe.stages.report import dvc_version
+    dvc_version(experiment(args), args.paths, args.out, remote=args.remote)
+
+
+def cmd_demo(args):
+    from marpipe.stages.report import run_demo
+    return run_demo(args.config, args.profile, args.cores, extra=args.snakemake_args)
+
+
+def cmd_init_model(args):
     import torch
-
-    from marpipe import dist
-    from marpipe.io.tracking import MLflowRun
-    from marpipe.models.registry import load_model
-    from marpipe.rewards import build_reward
-    from marpipe.trainer import Trainer
-
-    cfg = load_train_config(args.config, args.variant, args.set)
-    if args.steps:
-        cfg.steps = args.steps
-    device = dist.setup(args.device)
-    torch.manual_seed(cfg.seed)
-    model = load_model(args.model, device=device)
-    reward = build_reward(cfg.reward, **cfg.reward_kwargs)
-    run_key = args.run_key or Path(args.out).name
-    mlflow = MLflowRun(run_key, args.experiment, params=cfg.to_dict(),
-                       tags={"model": args.model, "variant": args.variant or "",
-                             "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}) if dist.rank() == 0 else None
-    trainer = Trainer(model, cfg, read_prompts(args.prompts), reward, args.out, device=device,
-                      mlflow=mlflow, progress=not args.no_progress)
-    history = trainer.train(resume=args.resume)
-    if dist.rank() == 0 and history:
-        first, last = history[0], history[-1]
-        print(f"[marpipe] trained {args.model} ({args.variant or 'custom'}) steps {first['step']}..{last['step']}: "
-              f"reward {first['reward_mean']:.4f} -> {last['reward_mean']:.4f}")
-    dist.teardown()
-    return 0
-
-
-def cmd_init_model(args) -> int:
-    import torch
-
     from marpipe.models.tiny import TinyMAR, TinyMARConfig
     torch.manual_seed(args.seed)
     model = TinyMAR(TinyMARConfig.preset(args.name, **parse_sets(args.set)))
     model.save(args.out)
     print(f"[marpipe] wrote {args.name} ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.out}")
-    return 0
 
 
-def cmd_check_model(args) -> int:
+def cmd_check_model(args):
     from marpipe.models import conformance
     return conformance.main([args.model] + (["--device", args.device] if args.device else []))
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args):
     if args.what == "train-step":
         from marpipe.bench import bench_train_step
-        bench_train_step(steps=args.steps, as_json=args.json, model_names=args.models)
+        bench_train_step(steps=args.steps, as_json=args.json, model_names=args.models, device=args.device)
     else:
         from marpipe.metrics.bench import bench_metrics
         bench_metrics(args.metrics, device=args.device or "cpu", json=args.json)
-    return 0
 
 
+# --- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="marpipe", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="marpipe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="GRPO-train a MAR model (one variant); resumable",
-                       description="GRPO training of one (model, variant, reward). Runs under torchrun too.")
-    t.add_argument("--model", required=True, help="tiny-nova | tiny-harmon | path.safetensors | nova:DIR | harmon:DIR")
-    t.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl")
-    t.add_argument("--config", help="YAML with a 'train' section (and 'variants')")
-    t.add_argument("--variant", help="name under 'variants' in --config (grpo, fix_decoder, mte, sim, ...)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train key")
-    t.add_argument("--prompts", help="JSON lines with 'prompt' (and 'metadata')")
-    t.add_argument("--steps", type=int, help="override train.steps")
-    t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
-    t.add_argument("--device", help="cpu | cuda (default: cuda if available)")
-    t.add_argument("--experiment", default="marpipe", help="MLflow experiment name")
-    t.add_argument("--run-key", help="MLflow run key (default: the --out folder name)")
-    t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=cmd_train)
+    def add(name, func, help, config=True):
+        s = sub.add_parser(name, help=help, description=help)
+        if config:
+            s.add_argument("--config", required=True, help="experiment config (config.yaml, config/small.yaml)")
+            s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config key, e.g. train.top_k=0.5 (YAML value)")
+        s.set_defaults(func=func)
+        return s
 
-    i = sub.add_parser("init-model", help="write a randomly initialised tiny model")
-    i.add_argument("name", choices=["tiny-nova", "tiny-harmon"])
-    i.add_argument("--out", required=True)
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    i.set_defaults(func=cmd_init_model)
+    s = add("fetch-model", cmd_fetch_model, "download a base model at its pinned revision (small world: pre-train it)")
+    s.add_argument("model"); s.add_argument("--root", default="resources/models")
+    s.add_argument("--no-progress", action="store_true")
 
-    c = sub.add_parser("check-model", help="run the MAR protocol conformance suite on a model")
-    c.add_argument("model")
-    c.add_argument("--device")
-    c.set_defaults(func=cmd_check_model)
+    s = add("verify-model", cmd_verify_model, "conformance suite + sample grid on a fetched base model")
+    s.add_argument("model"); s.add_argument("--out", required=True); s.add_argument("--grid", required=True)
+    s.add_argument("--root", default="resources/models")
 
-    b = sub.add_parser("bench", help="benchmarks that print figures (train-step, metrics)")
-    b.add_argument("what", choices=["train-step", "metrics"])
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--steps", type=int, default=5, help="measured steps per variant (train-step)")
-    b.add_argument("--models", nargs="*", default=["tiny-nova", "tiny-harmon"])
-    b.add_argument("--metrics", nargs="*", default=None)
-    b.add_argument("--device")
-    b.set_defaults(func=cmd_bench)
+    s = add("fetch-weights", cmd_fetch_weights, "download scorer/metric weights (small world: train the world scorers)")
+    s.add_argument("name"); s.add_argument("--root", default="resources/metrics")
+
+    s = add("fetch-prompts", cmd_fetch_prompts, "write a prompt set as JSON lines (download, or draw from the world)")
+    s.add_argument("name"); s.add_argument("--out", required=True)
+
+    for name, func, help in (("warmup", cmd_warmup, "diffusion-head warm-up (AR frozen) of a base model"),
+                             ("train", cmd_train, "GRPO training of one (model, reward, variant); resumes")):
+        s = add(name, func, help)
+        s.add_argument("--model", required=True)
+        if name == "train":
+            s.add_argument("--reward", required=True); s.add_argument("--variant", required=True)
+            s.add_argument("--base-weights", help="start from these weights (e.g. the warmed-up head)")
+        s.add_argument("--out", required=True, help="run folder (checkpoints/, metrics.jsonl, summary.json)")
+        s.add_argument("--prompts", required=True, help="training prompt set (JSON lines)")
+        s.add_argument("--resources", default="resources"); s.add_argument("--no-progress", action="store_true")
+
+    s = add("select", cmd_select, "pick the reported checkpoint of a run (best* or the fixed step)")
+    for a in ("--reward", "--variant", "--run", "--out-weights", "--out-json"):
+        s.add_argument(a, required=True)
+
+    s = add("generate", cmd_generate, "sample a benchmark's images for one row")
+    for a in ("--model", "--suite", "--out", "--prompt-dir"):
+        s.add_argument(a, required=True)
+    s.add_argument("--weights", help="fine-tuned weights (default: the base model)")
+    s.add_argument("--row", default="base"); s.add_argument("--resources", default="resources")
+
+    s = add("evaluate", cmd_evaluate, "score a row's images with the suite's metrics; log to MLflow")
+    for a in ("--model", "--variant", "--suite", "--images", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--reward", help="the training reward (omit for a base model)")
+    s.add_argument("--selection", help="the select step's JSON (which checkpoint)")
+    s.add_argument("--resources", default="resources")
+
+    s = add("tables", cmd_tables, "Tables 1-2, ours beside the paper's (from score files or from MLflow)")
+    s.add_argument("--scores", nargs="*", default=[]); s.add_argument("--out-dir", required=True)
+    s.add_argument("--from-mlflow", action="store_true"); s.add_argument("--tracking-uri")
+
+    s = add("figures", cmd_figures, "training dynamics (Fig. 1/2b/5) and sample grids (Fig. 6)")
+    s.add_argument("--out-dir", required=True); s.add_argument("--results", default="results")
+
+    s = add("mlflow-sync", cmd_mlflow_sync, "send every metrics/score file to MLflow (idempotent)")
+    s.add_argument("--results", default="results"); s.add_argument("--out", required=True)
+    s.add_argument("--tracking-uri")
+
+    s = add("dvc-push", cmd_dvc_push, "version the artifacts with DVC and push them to the remote")
+    s.add_argument("paths", nargs="+"); s.add_argument("--out", required=True); s.add_argument("--remote")
+
+    s = sub.add_parser("demo", help="run the small world end to end and print its tables",
+                       description="snakemake all on config/small.yaml with the local profile")
+    s.add_argument("--config", default="config/small.yaml"); s.add_argument("--profile", default="local")
+    s.add_argument("--cores", type=int, default=2)
+    s.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed on to snakemake")
+    s.set_defaults(func=cmd_demo)
+
+    s = add("init-model", cmd_init_model, "write a randomly initialised tiny model", config=False)
+    s.add_argument("name", choices=["tiny-nova", "tiny-harmon"]); s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    s = add("check-model", cmd_check_model, "MAR protocol conformance suite on a model spec", config=False)
+    s.add_argument("model", help="tiny-nova | tiny-harmon | file.safetensors | nova:DIR | harmon:DIR | *-standin")
+    s.add_argument("--device")
+
+    s = add("bench", cmd_bench, "benchmarks that print figures", config=False)
+    s.add_argument("what", choices=["train-step", "metrics"])
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--steps", type=int, default=5, help="measured steps per variant (train-step)")
+    s.add_argument("--models", nargs="*", default=["tiny-nova", "tiny-harmon"])
+    s.add_argument("--metrics", nargs="*", default=None)
+    s.add_argument("--device")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return args.func(args) or 0
     except (ConfigError, FileNotFoundError) as e:
         print(f"marpipe {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a known failure class with a clear message
+        from marpipe.models.download import DownloadError, ManifestError
+        if isinstance(e, (DownloadError, ManifestError)):
+            print(f"marpipe {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

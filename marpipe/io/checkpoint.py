@@ -125,5 +125,9 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module,
 
 
 def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Only the model tensors of a checkpoint (keys without the ``model.`` prefix)."""
-    return {k[len("model."):]: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+    """The model tensors of a checkpoint (keys without the ``model.`` prefix), or of a plain
+    weights file (as saved by the select stage)."""
+    tensors = load_file(str(path))
+    if not any(k.startswith("rng.") for k in tensors):
+        return tensors
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -165,3 +165,41 @@ def mixed_reward(weights: dict | None = None, components: dict | None = None, **
     components = components or {"hps": {}, "git_vqa": {}, "gdino": {}}
     built = {n: build_reward(n, **{**shared, **(kw or {})}) for n, kw in components.items()}
     return combine(built, weights)
+
+
+@register_reward("compbench")
+def compbench_reward(category: str, vqa_dir=None, clip_dir=None, detector_dir=None, depth_dir=None,
+                     device="cpu", **_):
+    """One T2I-CompBench category as a per-image scorer (the category's models load on first call).
+
+    Each image is scored against its own prompt, so the per-image scores averaged by the
+    evaluate stage equal the category score however images are batched.
+    """
+    from marpipe.metrics.compbench import evaluate_category
+    needs = {"color": ("vqa",), "shape": ("vqa",), "texture": ("vqa",), "non_spatial": ("clip",),
+             "spatial": ("detector",), "3d_spatial": ("detector", "depth"), "numeracy": ("detector",),
+             "complex": ("vqa", "clip", "detector")}
+    if category not in needs:
+        raise KeyError(f"unknown T2I-CompBench category {category!r}; known: {', '.join(needs)}")
+    dirs = {"vqa": vqa_dir, "clip": clip_dir, "detector": detector_dir, "depth": depth_dir}
+    models: dict = {}
+
+    def load():
+        from marpipe.metrics import load_metric
+        from marpipe.metrics.detection import DepthEstimator, ZeroShotDetector
+        loaders = {"vqa": lambda d: load_metric("blip_vqa", d, device=device),
+                   "clip": lambda d: load_metric("clip_b32", d, device=device),
+                   "detector": lambda d: ZeroShotDetector.from_pretrained(d, device=device),
+                   "depth": lambda d: DepthEstimator.from_pretrained(d, device=device)}
+        for part in needs[category]:
+            if dirs[part] is None:
+                raise ValueError(f"compbench {category}: needs {part}_dir (config scorers.compbench)")
+            models[part] = loaders[part](dirs[part])
+
+    def score(images, prompts, metadata):
+        if not models:
+            load()
+        out = evaluate_category(category, images, list(prompts), list(range(len(prompts))),
+                                metadata=list(metadata), **models)
+        return torch.tensor(out["per_image"], dtype=torch.float32)
+    return score

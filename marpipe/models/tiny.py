@@ -66,7 +66,10 @@ class TinyMARConfig:
         }
         if name not in presets:
             raise KeyError(f"unknown tiny model {name!r}; use one of {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        base = {**presets[name]}
+        if overrides.get("sampling"):
+            overrides = {**overrides, "sampling": {**base["sampling"], **overrides["sampling"]}}
+        return cls(**{**base, **overrides})
 
 
 def head_to_ar_ratio(cfg: TinyMARConfig) -> float:
@@ -274,7 +277,10 @@ class TinyMAR(nn.Module):
             meta = f.metadata() or {}
         if "marpipe_config" not in meta:
             raise ValueError(f"{path}: not a marpipe tiny-model file (no 'marpipe_config' metadata)")
-        cfg = TinyMARConfig(**{**json.loads(meta["marpipe_config"]), **overrides})
+        stored = json.loads(meta["marpipe_config"])
+        if overrides.get("sampling"):  # partial sampling overrides keep the stored values
+            overrides = {**overrides, "sampling": {**stored["sampling"], **overrides["sampling"]}}
+        cfg = TinyMARConfig(**{**stored, **overrides})
         model = cls(cfg)
         model.load_state_dict(load_file(str(path)), strict=True)
         return model

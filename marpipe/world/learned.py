@@ -410,6 +410,18 @@ def world_hps(weights_dir: str) -> Reward:
     return clip_cosine_reward(weights_dir)
 
 
+@register_reward("world_pickscore")
+def world_pickscore(weights_dir: str) -> Reward:
+    """PickScore role: ``logit_scale.exp() * cosine`` of the world CLIP (PickScore's formula)."""
+    directory = str(resolve_clip_dir(weights_dir))
+
+    @torch.no_grad()
+    def score(images, prompts, metadata):
+        clip = _cached_clip(directory, str(images.device))
+        return clip.model.logit_scale.exp() * clip.cosine(images, prompts)
+    return score
+
+
 @register_reward("world_aesthetic")
 def world_aesthetic(weights_dir: str) -> Reward:
     """LAION-aesthetic role: quality MLP on the world CLIP image embedding (~1 clean, ~0 corrupted)."""

@@ -1,6 +1,6 @@
 """Shared helpers for the infrastructure tests (real SLURM cluster, real MLflow server).
 
-These tests use what `.ci/cluster.sh up` and `.ci/mlflow.sh up` started (`.ci/run`
+These tests use what `.ci/cluster.sh up` and `workflow/scripts/mlflow-server.sh up` started (`.ci/run`
 always starts both). Where that infrastructure is absent they skip and say why; they
 are never faked.
 """
@@ -22,7 +22,7 @@ STATE = Path(os.environ.get("MARPIPE_STATE", "/tmp/marpipe-ci"))
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "infra: needs the CI infrastructure (.ci/cluster.sh, .ci/mlflow.sh); "
+        "infra: needs the CI infrastructure (.ci/cluster.sh, workflow/scripts/mlflow-server.sh); "
         "skipped with a reason when it is not up",
     )
 
@@ -70,15 +70,15 @@ def mlflow_server() -> str:
     """URI of a running MLflow tracking server; skips if there is none.
 
     Taken from MLFLOW_TRACKING_URI when it is an http(s) URI, else from the file
-    that `.ci/mlflow.sh up` writes ($MARPIPE_STATE/mlflow/uri).
+    that `workflow/scripts/mlflow-server.sh up` writes ($MARPIPE_STATE/mlflow/uri).
     """
     pytest.importorskip("mlflow", reason="mlflow is not installed (extra `pipeline`)")
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith("http"):
         uri_file = STATE / "mlflow" / "uri"
         if not uri_file.is_file():
-            pytest.skip(f"no MLflow server: {uri_file} missing; run `.ci/mlflow.sh up`")
+            pytest.skip(f"no MLflow server: {uri_file} missing; run `workflow/scripts/mlflow-server.sh up`")
         uri = uri_file.read_text().strip()
     if not _healthy(uri):
-        pytest.skip(f"MLflow server at {uri} does not answer /health: run `.ci/mlflow.sh up`")
+        pytest.skip(f"MLflow server at {uri} does not answer /health: run `workflow/scripts/mlflow-server.sh up`")
     return uri

@@ -1,4 +1,4 @@
-"""The MLflow server from `.ci/mlflow.sh` takes runs from concurrent processes.
+"""The MLflow server from `workflow/scripts/mlflow-server.sh` takes runs from concurrent processes.
 
 SLURM jobs log to one tracking server at the same time; two processes here log
 params, metric series and an artifact at once, then `mlflow.search_runs` must

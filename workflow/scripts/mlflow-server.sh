@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # MLflow tracking server for CI, the tests and SLURM jobs on this machine.
 #
-#   .ci/mlflow.sh up      start (idempotent); prints the tracking URI
-#   .ci/mlflow.sh down    stop the server's whole process group
-#   .ci/mlflow.sh status  print the URI if the server answers /health
+#   workflow/scripts/mlflow-server.sh up      start (idempotent); prints the tracking URI
+#   workflow/scripts/mlflow-server.sh down    stop the server's whole process group
+#   workflow/scripts/mlflow-server.sh status  print the URI if the server answers /health
 #
 # State under $MARPIPE_STATE/mlflow (default /tmp/marpipe-ci/mlflow):
 #   mlflow.db   sqlite backend store (only the server writes it: many SLURM
@@ -17,7 +17,7 @@
 # mlflow binary: $MLFLOW_BIN, else <repo>/.venv/bin/mlflow, else PATH.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STATE="${MARPIPE_STATE:-/tmp/marpipe-ci}"
 DIR="$STATE/mlflow"
 PIDF="$DIR/server.pid"

@@ -1,0 +1,5 @@
+import sys
+
+from marpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,235 @@
+"""The experiment configuration: validation and the questions every rule asks.
+
+One config file (``config.yaml`` for the paper, ``config/small.yaml`` for the
+small world) describes the whole experiment. It is validated against
+``workflow/schemas/config.schema.yaml`` (defaults filled in) and checked for
+cross-references; every error names the key and the fix. The Snakefile and the
+CLI both go through :func:`load`, so a bad config fails before any job starts.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from marpipe.config import ConfigError, GRPOConfig
+
+SCHEMA_PATH = Path(__file__).parent / "data" / "config.schema.yaml"
+BASE = "base"                       # the untrained row of each model
+SUITES = ("preference", "compbench")
+
+
+def _validator():
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+
+    def set_defaults(validator, properties, instance, schema):
+        for key, sub in properties.items():
+            if isinstance(instance, dict) and "default" in sub and key not in instance:
+                instance[key] = copy.deepcopy(sub["default"])
+        yield from cls.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})(schema)
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    path = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        known = ", ".join(sorted(err.schema.get("properties", {})))
+        return f"{path}.{extra[0]}: unknown key (known keys: {known})"
+    if err.validator == "required":
+        return f"{path}: {err.message}"
+    return f"{path} = {err.instance!r}: {err.message}"
+
+
+def validate(raw: dict) -> dict:
+    """Schema-validate ``raw`` (a copy; defaults filled in) and check cross-references."""
+    cfg = copy.deepcopy(raw)
+    errors = sorted(_validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_describe(best))
+    _check_references(cfg)
+    return cfg
+
+
+def _check_references(cfg: dict) -> None:
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+    from marpipe.rewards import available_rewards
+    registered = set(available_rewards())
+    ev = cfg["evaluation"]
+    used = set(cfg.get("scorers", {})) | {m["scorer"] for m in ev["preference"]["metrics"].values()} | {
+        c["scorer"] for c in ev["compbench"]["categories"].values()}
+    for scorer in sorted(used):
+        need(scorer in registered, f"scorer {scorer!r} (config.scorers / config.evaluation) is not a registered "
+                                   f"scorer; known: {', '.join(sorted(registered))}")
+    for name, kwargs in cfg.get("scorers", {}).items():
+        w = kwargs.get("weights")
+        for ref in ([] if w is None else [w] if isinstance(w, str) else list(w.values())):
+            need(ref in cfg["weights"], f"config.scorers.{name}.weights: {ref!r} is not an entry of config.weights")
+    for reward, parts in cfg["rewards"].items():
+        for scorer in parts:
+            need(scorer in cfg["scorers"], f"config.rewards.{reward}.{scorer}: not a scorer in config.scorers")
+    need(cfg["warmup"]["reward"] in cfg["rewards"],
+         f"config.warmup.reward = {cfg['warmup']['reward']!r}: not in config.rewards")
+    for suite in SUITES:
+        r = ev[suite]["reward"]
+        need(r in cfg["rewards"], f"config.evaluation.{suite}.reward = {r!r}: not in config.rewards")
+    need(ev["preference"]["prompts"] in cfg["prompts"],
+         f"config.evaluation.preference.prompts = {ev['preference']['prompts']!r}: not in config.prompts")
+    for col, spec in ev["compbench"]["categories"].items():
+        need(spec["prompts"] in cfg["prompts"],
+             f"config.evaluation.compbench.categories.{col}.prompts = {spec['prompts']!r}: not in config.prompts")
+    for reward in {ev[s]["reward"] for s in SUITES}:
+        need(reward in cfg["selection"]["fixed_step"],
+             f"config.selection.fixed_step: no step for reward {reward!r}")
+    for v in cfg["selection"]["best_of"]:
+        need(v in cfg["variants"], f"config.selection.best_of: {v!r} is not in config.variants")
+    exp = Experiment(cfg)
+    for model in cfg["models"]:          # every (model, variant) must resolve to a valid GRPOConfig
+        for variant in cfg["variants"]:
+            for reward in exp.trained_rewards:
+                exp.train_config(model, reward, variant)
+        if exp.has_warmup(model):
+            exp.warmup_config(model)
+
+
+def load(path_or_dict: str | Path | dict) -> "Experiment":
+    if isinstance(path_or_dict, dict):
+        raw = path_or_dict
+    else:
+        path = Path(path_or_dict)
+        if not path.exists():
+            raise ConfigError(f"config file {path} not found")
+        raw = yaml.safe_load(path.read_text()) or {}
+    return Experiment(validate(raw))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the results: a model, a reward it was trained with (None for the base) and a variant."""
+    model: str
+    reward: str | None
+    variant: str
+
+    @property
+    def name(self) -> str:
+        return BASE if self.reward is None else f"{self.reward}-{self.variant}"
+
+
+class Experiment:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    # --- identity -----------------------------------------------------------------
+    @cached_property
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.cfg["models"])
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.cfg["variants"])
+
+    @property
+    def trained_rewards(self) -> list[str]:
+        """Rewards used for training: those of the two evaluation suites."""
+        ev = self.cfg["evaluation"]
+        return list(dict.fromkeys(ev[s]["reward"] for s in SUITES))
+
+    def has_warmup(self, model: str) -> bool:
+        return bool(self.cfg["models"][model].get("warmup"))
+
+    # --- training -------------------------------------------------------------------
+    def _merged_train(self, model: str, variant: str | None) -> dict:
+        m = self.cfg["models"][model]
+        d = {**self.cfg["train"], **m.get("train", {})}
+        if variant is not None:
+            d.update(self.cfg["variants"][variant])
+            d.update(m.get("variants", {}).get(variant, {}))
+        return d
+
+    def train_config(self, model: str, reward: str, variant: str) -> GRPOConfig:
+        d = self._merged_train(model, variant)
+        d["reward"] = reward
+        d.setdefault("seed", self.cfg["seed"])
+        if variant not in self.cfg["selection"]["best_of"]:
+            d["steps"] = self.cfg["selection"]["fixed_step"][reward]   # fixed in advance: train to it
+        try:
+            return GRPOConfig.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"models.{model} x variants.{variant}: {e}") from None
+
+    def warmup_config(self, model: str) -> GRPOConfig:
+        w = self.cfg["warmup"]
+        d = self._merged_train(model, None)
+        d.update(trainable="head", fix_decoder=False, mte=False, sim=False, lr=w["lr"], steps=w["steps"],
+                 reward=w["reward"], save_every=min(d.get("save_every", 50), w["steps"]))
+        d.setdefault("seed", self.cfg["seed"])
+        return GRPOConfig.from_dict(d)
+
+    # --- rows, suites and files ---------------------------------------------------------
+    def rows(self, model: str) -> list[Row]:
+        return [Row(model, None, BASE)] + [Row(model, r, v) for r in self.trained_rewards for v in self.variants]
+
+    def suite_rows(self, suite: str) -> list[Row]:
+        reward = self.cfg["evaluation"][suite]["reward"]
+        return [row for m in self.models for row in self.rows(m) if row.reward in (None, reward)]
+
+    def suite_prompt_sets(self, suite: str) -> dict[str, str]:
+        """column -> prompt set (preference: one set for all columns)."""
+        ev = self.cfg["evaluation"][suite]
+        if suite == "preference":
+            return {col: ev["prompts"] for col in ev["metrics"]}
+        return {col: spec["prompts"] for col, spec in ev["categories"].items()}
+
+    def columns(self, suite: str) -> list[str]:
+        ev = self.cfg["evaluation"][suite]
+        return list(ev["metrics"] if suite == "preference" else ev["categories"])
+
+    def _weights_kwargs(self, scorer: str) -> dict[str, str]:
+        """``weights: NAME`` -> ``{weights_dir: NAME}``; ``weights: {kwarg: NAME}`` as given."""
+        w = self.cfg["scorers"].get(scorer, {}).get("weights")
+        return {} if w is None else ({"weights_dir": w} if isinstance(w, str) else dict(w))
+
+    def scorer_kwargs(self, scorer: str, resources: str | Path = "resources") -> dict:
+        kwargs = {k: v for k, v in self.cfg["scorers"].get(scorer, {}).items() if k != "weights"}
+        for kwarg, name in self._weights_kwargs(scorer).items():
+            kwargs[kwarg] = str(Path(resources) / "metrics" / name)
+        return kwargs
+
+    def weights_for(self, scorers) -> list[str]:
+        return sorted({n for s in scorers for n in self._weights_kwargs(s).values()})
+
+    def reward_scorers(self, reward: str) -> list[str]:
+        return list(self.cfg["rewards"][reward])
+
+    def suite_scorers(self, suite: str) -> list[str]:
+        ev = self.cfg["evaluation"][suite]
+        specs = ev["metrics"].values() if suite == "preference" else ev["categories"].values()
+        return sorted({s["scorer"] for s in specs})
+
+    def build_reward(self, reward: str, resources: str | Path = "resources"):
+        from marpipe.rewards import build_reward, combine
+        parts = self.cfg["rewards"][reward]
+        fns = {s: build_reward(s, **self.scorer_kwargs(s, resources)) for s in parts}
+        return combine(fns, parts)
+
+    def label(self, model: str) -> str:
+        return self.cfg["models"][model]["label"]
+
+    def to_json(self) -> dict[str, Any]:
+        return copy.deepcopy(self.cfg)

@@ -1,0 +1,108 @@
+"""The generate and evaluate stages: images for each benchmark, then their scores.
+
+Every row (model x reward x variant, and each base model) is sampled on the same
+prompts with the same seeds, so rows differ only by their weights. Scores are
+written as JSON and logged to the row's MLflow run.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from marpipe.experiment import Experiment
+from marpipe.io.files import load_images, read_json, read_prompt_set, save_images, write_json
+from marpipe.rollout import RolloutPlan, rollout
+from marpipe.stages.resources import load_base_model
+
+
+def suite_prompts(exp: Experiment, suite: str, prompt_dir: str | Path) -> list[dict]:
+    """The suite's prompts in a fixed order; compbench prompts carry their column."""
+    sets = exp.suite_prompt_sets(suite)
+    if suite == "preference":
+        return read_prompt_set(Path(prompt_dir) / f"{next(iter(sets.values()))}.jsonl")
+    rows = []
+    for col, name in sets.items():
+        rows += [{"prompt": r["prompt"], "metadata": {**r["metadata"], "column": col}}
+                 for r in read_prompt_set(Path(prompt_dir) / f"{name}.jsonl")]
+    return rows
+
+
+@torch.no_grad()
+def generate(exp: Experiment, model: str, suite: str, out: str | Path, prompt_dir: str | Path,
+             weights: str | Path | None = None, row: str = "base", resources: str = "resources") -> Path:
+    ev = exp.cfg["evaluation"]
+    ipp, seed, bs = ev[suite]["images_per_prompt"], ev["seed"], ev["batch_size"]
+    device = torch.device(exp.cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net = load_base_model(exp, model, device, Path(resources) / "models", weights=weights).eval()
+    prompts = suite_prompts(exp, suite, prompt_dir)
+    plan = RolloutPlan((), torch.zeros(0, 0, dtype=torch.long), 1)
+    per_batch = max(1, bs // ipp)
+    images, index = [], []
+    for start in range(0, len(prompts), per_batch):
+        chunk = prompts[start: start + per_batch]
+        ids = list(range(start, start + len(chunk)))
+        ro = rollout(net, [p["prompt"] for p in chunk], ipp, plan, seed=seed, step=0, prompt_ids=ids, device=device)
+        images.append(ro.images.float().cpu())
+        index += [i for i in ids for _ in range(ipp)]
+    info = {"model": model, "row": row, "suite": suite, "images_per_prompt": ipp, "seed": seed,
+            "weights": str(weights) if weights else "base"}
+    return save_images(out, torch.cat(images), [p["prompt"] for p in prompts], [p["metadata"] for p in prompts],
+                       index, info)
+
+
+def evaluate(exp: Experiment, bundle: str | Path, suite: str, out: str | Path, model: str, reward: str | None,
+             variant: str, selection: str | Path | None = None, resources: str = "resources") -> dict:
+    from marpipe.rewards import build_reward
+    data = load_images(bundle)
+    ev = exp.cfg["evaluation"]
+    images, idx = data["images"], data["prompt_index"]
+    prompts = [data["prompts"][i] for i in idx]
+    meta = [data["metadata"][i] for i in idx]
+    specs = ev["preference"]["metrics"] if suite == "preference" else ev["compbench"]["categories"]
+    scores, per_style, scorer_for = {}, {}, {}
+    for col, spec in specs.items():
+        sel = [k for k, m in enumerate(meta) if suite == "preference" or m.get("column") == col]
+        if not sel:
+            continue
+        fn = build_reward(spec["scorer"], **{**exp.scorer_kwargs(spec["scorer"], resources), **spec.get("kwargs", {})})
+        vals = []
+        for s in range(0, len(sel), ev["batch_size"]):
+            part = sel[s: s + ev["batch_size"]]
+            vals.append(fn(images[part], [prompts[k] for k in part], [meta[k] for k in part]).float().cpu())
+        v = torch.cat(vals) * spec.get("scale", 1.0)
+        scores[col] = float(v.mean())
+        scorer_for[col] = spec["scorer"]
+        styles = defaultdict(list)
+        for k, val in zip(sel, v.tolist()):
+            if "style" in meta[k]:
+                styles[meta[k]["style"]].append(val)
+        if styles:
+            per_style[col] = {s: sum(x) / len(x) for s, x in sorted(styles.items())}
+    checkpoint = read_json(selection) if selection else {"step": 0, "rule": "base"}
+    row = "base" if reward is None else f"{reward}-{variant}"
+    record = {"model": model, "label": exp.label(model), "row": row, "reward": reward, "variant": variant,
+              "suite": suite, "scores": scores, "per_style": per_style, "n_images": len(images),
+              "checkpoint": {"step": checkpoint["step"], "rule": checkpoint["rule"]},
+              "scorer_for": scorer_for, "world": exp.cfg["world"]}
+    write_json(out, record)
+    log_scores(exp, record)
+    return record
+
+
+def log_scores(exp: Experiment, record: dict, tracking_uri: str | None = None) -> bool:
+    """Best effort: send a score record to its MLflow run (``marpipe mlflow-sync`` replays later)."""
+    from marpipe.io.tracking import MLflowRun
+    from marpipe.stages.train import run_key, run_tags
+    tags = {**run_tags(exp, record["model"], record["reward"], record["variant"]),
+            "checkpoint_rule": record["checkpoint"]["rule"], "checkpoint_step": str(record["checkpoint"]["step"])}
+    run = MLflowRun(run_key(record["model"], record["row"]), exp.cfg["experiment"], tags=tags,
+                    tracking_uri=tracking_uri or exp.cfg["mlflow"].get("tracking_uri"))
+    if not run.active:
+        return False
+    run.log(0, {f"eval.{record['suite']}.{col}": v for col, v in record["scores"].items()})
+    if not run.active:
+        print("[marpipe] scores not in MLflow yet; `marpipe mlflow-sync` will send them", file=sys.stderr)
+    return run.active

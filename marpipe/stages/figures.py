@@ -1,0 +1,177 @@
+"""Figures: training dynamics (the paper's Fig. 1, 2b and 5) and sample grids (Fig. 6).
+
+Headless and deterministic: figures are drawn on matplotlib's Agg canvas without pyplot
+(no global state, no display), at a fixed size and dpi, with no version string in the
+PNG metadata, so the same inputs give the same bytes.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from marpipe.experiment import BASE
+from marpipe.io.files import load_images, to_uint8
+from marpipe.io.tracking import read_jsonl
+
+# display names and colours shared by all figures (the paper's names)
+VARIANT_LABELS = {BASE: "Base", "grpo": "GRPO", "fix_decoder": "+Fix Decoder", "mte": "+MTE", "sim": "+Sim (Ours)"}
+VARIANT_COLORS = {BASE: "#7f7f7f", "grpo": "#1f77b4", "fix_decoder": "#ff7f0e", "mte": "#2ca02c", "sim": "#d62728"}
+DYNAMICS_PANELS = (("reward_mean", "reward (mean)"), ("kl", "KL"), ("grad_norm", "gradient norm"))
+DYNAMICS_SIZE = (12.0, 3.6)          # inches
+DPI = 100
+PNG_METADATA = {"Software": None}   # no matplotlib version in the file
+
+
+def _variant_of(key: str) -> str:
+    """"hps-sim" -> "sim", "fix_decoder" -> "fix_decoder", "base" -> "base"."""
+    if key in VARIANT_LABELS:
+        return key
+    tail = key.split("-", 1)[-1]
+    return tail if tail in VARIANT_LABELS else key
+
+
+def display_label(key: str) -> str:
+    return VARIANT_LABELS.get(_variant_of(key), key)
+
+
+def _save(fig: Figure, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA)
+    tmp.replace(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# training dynamics
+# ------------------------------------------------------------------------------------------
+def metrics_paths(exp, model: str, reward: str, results: str | Path = "results") -> dict[str, Path]:
+    """variant -> ``{results}/runs/{model}/{reward}/{variant}/metrics.jsonl``, in config order."""
+    return {v: Path(results) / "runs" / model / reward / v / "metrics.jsonl" for v in exp.variants}
+
+
+def plot_dynamics(metrics_by_variant: dict[str, str | Path], title: str, out_png: str | Path) -> Path:
+    """Reward mean, KL and gradient norm against the training step, one line per variant.
+
+    ``metrics_by_variant``: variant (or row) name -> a training ``metrics.jsonl``. A file that
+    does not exist raises; a step lacking a metric is a gap in that line.
+    """
+    series = {}
+    for name, path in metrics_by_variant.items():
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no training metrics for {name!r} (train it first)")
+        rows = sorted(read_jsonl(path), key=lambda r: r["step"])
+        series[name] = {"step": np.array([r["step"] for r in rows], dtype=float),
+                        **{k: np.array([_num(r.get(k)) for r in rows], dtype=float) for k, _ in DYNAMICS_PANELS}}
+    fig = Figure(figsize=DYNAMICS_SIZE, dpi=DPI)
+    axes = fig.subplots(1, len(DYNAMICS_PANELS))
+    for ax, (key, ylabel) in zip(axes, DYNAMICS_PANELS):
+        for i, (name, s) in enumerate(series.items()):
+            color = VARIANT_COLORS.get(_variant_of(name), f"C{i % 10}")
+            ax.plot(s["step"], s[key], label=display_label(name), color=color, linewidth=1.4)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(ylabel)
+        ax.grid(True, alpha=0.3)
+    if series:
+        axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+# ------------------------------------------------------------------------------------------
+# sample grids
+# ------------------------------------------------------------------------------------------
+def grid_bundles(exp, model: str, suite: str, results: str | Path = "results") -> dict[str, Path]:
+    """row name -> ``{results}/images/{model}/{row}/{suite}.npz`` for the base and each variant
+    trained with the suite's reward, in config order (base, grpo, fix_decoder, mte, sim)."""
+    reward = exp.cfg["evaluation"][suite]["reward"]
+    rows = [BASE] + [f"{reward}-{v}" for v in exp.variants]
+    return {r: Path(results) / "images" / model / r / f"{suite}.npz" for r in rows}
+
+
+GRID_MIN_CELL = 128      # images are upscaled (nearest) by an integer factor to at least this many pixels
+GRID_PAD = 4
+GRID_LABEL_W = 130       # pixels left of the images for the row labels
+GRID_TITLE_H = 56        # pixels above the images for the prompts
+
+
+def grid_size(n_rows: int, n_cols: int, image_size: int) -> tuple[int, int]:
+    """(width, height) in pixels of :func:`sample_grid`'s PNG."""
+    cell = image_size * max(1, math.ceil(GRID_MIN_CELL / image_size))
+    return (GRID_LABEL_W + n_cols * cell + (n_cols + 1) * GRID_PAD,
+            GRID_TITLE_H + n_rows * cell + (n_rows + 1) * GRID_PAD)
+
+
+def sample_grid(bundles: dict[str, str | Path], out_png: str | Path, n_prompts: int = 8,
+                labels: dict[str, str] | None = None) -> Path:
+    """A grid of samples like the paper's Fig. 6: one row per bundle (base, GRPO, ... in the given
+    order), one column per prompt (the first ``n_prompts`` prompts of the first bundle, each
+    prompt's first image), row labels on the left, prompts on top. Small images are upscaled
+    by an integer factor with nearest neighbour so that each pixel stays visible.
+
+    ``labels``: optional row name -> label (default: the paper's variant names, "Base").
+    """
+    if not bundles:
+        raise ValueError("sample_grid: no image bundles given")
+    loaded = {}
+    for name, path in bundles.items():
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no image bundle for {name!r} (run the evaluate stage first)")
+        loaded[name] = load_images(path)
+    first = next(iter(loaded.values()))
+    prompts = first["prompts"][:n_prompts]
+    n_cols, n_rows = len(prompts), len(loaded)
+    if n_cols == 0:
+        raise ValueError(f"sample_grid: {next(iter(bundles.values()))} holds no prompts")
+    size = int(first["images"].shape[-1])
+    scale = max(1, math.ceil(GRID_MIN_CELL / size))
+    cell = size * scale
+    width, height = grid_size(n_rows, n_cols, size)
+    mosaic_w, mosaic_h = width - GRID_LABEL_W, height - GRID_TITLE_H
+    mosaic = np.full((mosaic_h, mosaic_w, 3), 255, dtype=np.uint8)
+    for r, bundle in enumerate(loaded.values()):
+        images = to_uint8(bundle["images"])
+        index = list(bundle["prompt_index"])
+        for c, prompt in enumerate(prompts):
+            y, x = GRID_PAD + r * (cell + GRID_PAD), GRID_PAD + c * (cell + GRID_PAD)
+            j = _first_image_of(bundle, index, prompt, c)
+            if j is None or images.shape[1] != size:
+                mosaic[y:y + cell, x:x + cell] = 200          # gray: no image for this prompt
+                continue
+            mosaic[y:y + cell, x:x + cell] = images[j].repeat(scale, axis=0).repeat(scale, axis=1)
+
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes((GRID_LABEL_W / width, 0, mosaic_w / width, mosaic_h / height))
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto", extent=(0, mosaic_w, mosaic_h, 0))
+    ax.set_axis_off()
+    for r, name in enumerate(loaded):
+        y = 1 - (GRID_TITLE_H + GRID_PAD + r * (cell + GRID_PAD) + cell / 2) / height
+        text = (labels or {}).get(name, display_label(name))
+        fig.text(6 / width, y, "\n".join(textwrap.wrap(text, 16)), ha="left", va="center", fontsize=10)
+    for c, prompt in enumerate(prompts):
+        x = (GRID_LABEL_W + GRID_PAD + c * (cell + GRID_PAD) + cell / 2) / width
+        wrapped = textwrap.wrap(prompt, max(8, cell // 6))[:3]
+        fig.text(x, 1 - 4 / height, "\n".join(wrapped), ha="center", va="top", fontsize=7)
+    return _save(fig, out_png)
+
+
+def _first_image_of(bundle: dict, index: list[int], prompt: str, c: int) -> int | None:
+    """The first image of prompt ``prompt`` (matched by text; by position if the texts differ)."""
+    prompts = bundle["prompts"]
+    p = prompts.index(prompt) if prompt in prompts else (c if c < len(prompts) else None)
+    if p is None:
+        return None
+    return next((i for i, k in enumerate(index) if k == p), None)

@@ -1,0 +1,110 @@
+"""The pipeline's last boxes: figures, MLflow sync, DVC versioning, and the demo driver."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from marpipe.experiment import Experiment
+from marpipe.io.files import read_json, write_json
+
+
+def make_figures(exp: Experiment, out_dir: str | Path, results: str | Path = "results") -> list[Path]:
+    from marpipe.stages.figures import plot_dynamics, sample_grid
+    out_dir, results = Path(out_dir), Path(results)
+    made = []
+    for model in exp.models:
+        for reward in exp.trained_rewards:
+            runs = {v: results / "runs" / model / reward / v / "metrics.jsonl" for v in exp.variants}
+            runs = {v: p for v, p in runs.items() if p.exists()}
+            if runs:
+                made.append(plot_dynamics(runs, f"{exp.label(model)}, {reward} reward",
+                                          out_dir / f"dynamics_{model}_{reward}.png"))
+        suite = "preference"
+        rows = {r.name: results / "images" / model / r.name / f"{suite}.npz" for r in exp.rows(model)
+                if r.reward in (None, exp.cfg["evaluation"][suite]["reward"])}
+        rows = {k: p for k, p in rows.items() if p.exists()}
+        if rows:
+            made.append(sample_grid(rows, out_dir / f"samples_{model}.png", n_prompts=exp.cfg["figures"]["grid_prompts"]))
+    return made
+
+
+def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_uri: str | None = None) -> dict:
+    """Replay every training metrics file and score file into MLflow (only what is missing)."""
+    from marpipe.io.tracking import sync_to_mlflow
+    from marpipe.stages.evaluate import log_scores
+    from marpipe.stages.train import run_key, run_tags
+    uri = tracking_uri or exp.cfg["mlflow"].get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise RuntimeError("no MLflow tracking server: set config mlflow.tracking_uri or MLFLOW_TRACKING_URI")
+    results = Path(results)
+    sent = {"runs": 0, "scores": 0}
+    for metrics in sorted(results.glob("runs/*/*/*/metrics.jsonl")):
+        model, reward, variant = metrics.parts[-4:-1]
+        summary = metrics.with_name("summary.json")
+        params = read_json(summary)["config"] if summary.exists() else {}
+        sync_to_mlflow(metrics, run_key(model, f"{reward}-{variant}"), exp.cfg["experiment"],
+                       params={"train": params, "model": model}, tags=run_tags(exp, model, reward, variant),
+                       tracking_uri=uri)
+        sent["runs"] += 1
+    for score in sorted(results.glob("scores/*/*/*.json")):
+        if not log_scores(exp, read_json(score), tracking_uri=uri):
+            raise RuntimeError(f"MLflow at {uri} did not take {score}; is the server up?")
+        sent["scores"] += 1
+    write_json(out, {"tracking_uri": uri, "experiment": exp.cfg["experiment"], **sent})
+    print(f"[marpipe] MLflow {uri}: {sent['runs']} training runs and {sent['scores']} score files in sync")
+    return sent
+
+
+def _dvc(*args: str, cwd: Path) -> str:
+    exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    r = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"dvc {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+    return r.stdout
+
+
+def dvc_version(exp: Experiment, paths: list[str], out: str | Path, remote: str | None = None,
+                repo: str | Path = ".") -> dict:
+    """``dvc add`` the artifact folders (writing ``<path>.dvc`` files to commit to git) and push
+    them to the remote (config ``dvc.remote`` or ``$MARPIPE_DVC_REMOTE``)."""
+    repo = Path(repo).resolve()
+    if not (repo / ".dvc").is_dir():
+        _dvc("init", "--subdir" if not (repo / ".git").exists() else "-q", cwd=repo)
+    remote = remote or exp.cfg["dvc"].get("remote") or os.environ.get("MARPIPE_DVC_REMOTE")
+    present = [p for p in paths if Path(repo, p).exists()]
+    _dvc("add", "-q", *present, cwd=repo)
+    pushed = False
+    if remote and exp.cfg["dvc"].get("push", True):
+        Path(remote).mkdir(parents=True, exist_ok=True) if "://" not in remote else None
+        _dvc("remote", "add", "--local", "-f", "-d", "marpipe", remote, cwd=repo)
+        _dvc("push", "-q", *[f"{p}.dvc" for p in present], cwd=repo)
+        pushed = True
+    pointers = {p: read_pointer(Path(repo, f"{p}.dvc")) for p in present}
+    info = {"remote": remote, "pushed": pushed, "pointers": pointers}
+    write_json(out, info)
+    print(f"[marpipe] DVC: {len(present)} artifact folders versioned"
+          + (f", pushed to {remote}" if pushed else " (no remote set: not pushed)")
+          + f"; commit them with: git add {' '.join(f'{p}.dvc' for p in present)}")
+    return info
+
+
+def read_pointer(path: Path) -> str:
+    import yaml
+    d = yaml.safe_load(path.read_text())
+    return d["outs"][0]["md5"]
+
+
+def run_demo(config: str, profile: str, cores: int, extra: list[str] | None = None) -> int:
+    """``snakemake all`` on the small world, then print its tables."""
+    exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+    cmd = [exe, "--profile", profile, "--configfile", config, "--cores", str(cores), "all", *(extra or [])]
+    print("[marpipe] " + " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd)
+    md = Path("results/tables/tables.md")
+    if rc == 0 and md.exists():
+        print(md.read_text())
+    return rc

@@ -1,0 +1,51 @@
+"""Checkpoint selection, as the paper reports it (Table 2).
+
+Baselines (``selection.best_of``: GRPO, +Fix Decoder) are unstable, so they are
+reported at their best checkpoint by training reward (marked ``*``): the saved
+step whose mean training reward over the preceding ``window`` steps is highest.
+The other variants use the step fixed in advance (``selection.fixed_step``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from marpipe.experiment import Experiment
+from marpipe.io.checkpoint import checkpoint_path, is_valid, list_checkpoints, load_model_weights
+from marpipe.io.files import write_json
+from marpipe.io.tracking import read_jsonl
+
+
+def windowed_reward(rows: list[dict], step: int, window: int) -> float:
+    vals = [r["reward_mean"] for r in rows if step - window < r["step"] <= step]
+    return sum(vals) / len(vals) if vals else float("-inf")
+
+
+def choose_step(exp: Experiment, reward: str, variant: str, run_dir: Path) -> tuple[int, str, dict]:
+    sel = exp.cfg["selection"]
+    saved = [s for s, p in list_checkpoints(run_dir / "checkpoints") if is_valid(p)]
+    if not saved:
+        raise FileNotFoundError(f"{run_dir}/checkpoints: no valid checkpoint (rerun the train rule)")
+    if variant in sel["best_of"]:
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+        scores = {s: windowed_reward(rows, s, sel["window"]) for s in saved}
+        best = max(saved, key=lambda s: (scores[s], -s))     # ties: the earlier step
+        return best, "best", {str(s): v for s, v in scores.items()}
+    fixed = sel["fixed_step"][reward]
+    if fixed not in saved:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint at the fixed step {fixed} "
+                                f"(saved: {saved}); check selection.fixed_step and train.save_every")
+    return fixed, "fixed", {}
+
+
+def select_checkpoint(exp: Experiment, reward: str, variant: str, run_dir: str | Path,
+                      out_weights: str | Path, out_json: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    step, rule, scores = choose_step(exp, reward, variant, run_dir)
+    src = checkpoint_path(run_dir / "checkpoints", step)
+    Path(out_weights).parent.mkdir(parents=True, exist_ok=True)
+    save_file(load_model_weights(src), str(out_weights))
+    info = {"step": step, "rule": rule, "checkpoint": str(src), "windowed_reward": scores}
+    write_json(out_json, info)
+    return info

@@ -1,0 +1,40 @@
+"""What the Snakefile needs at start-up, kept out of the workflow files: the CLI on PATH and an
+MLflow tracking server shared by every job (never one SQLite file written by many jobs)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "mlflow-server.sh"
+_started: list[dict] = []
+
+
+def ensure_cli_on_path() -> None:
+    """Jobs call ``marpipe``: find it beside the Python running Snakemake when it is not on PATH."""
+    if shutil.which("marpipe") is None:
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def ensure_tracking_server(configured: str | None, state: str | Path = ".marpipe") -> str:
+    """Config ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else start a server for this run.
+
+    The URI is exported so that every job (local, or SLURM with ``--export=ALL``) logs to it.
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        env = {**os.environ, "MARPIPE_STATE": str(Path(state).resolve())}
+        uri = subprocess.run(["bash", str(SERVER_SCRIPT), "up"], env=env, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        _started.append(env)
+        print(f"[marpipe] MLflow: started a tracking server at {uri} (state in {state}/mlflow)", file=sys.stderr)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+def stop_tracking_server() -> None:
+    """Stop the server :func:`ensure_tracking_server` started (its data stays in the state folder)."""
+    while _started:
+        subprocess.run(["bash", str(SERVER_SCRIPT), "down"], env=_started.pop(), capture_output=True)

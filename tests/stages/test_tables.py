@@ -1,0 +1,222 @@
+"""Tables 1-2: layout, NaN for missing cells, MLflow == files, byte-identical reruns, comparison with the paper."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from marpipe import experiment
+from marpipe.stages import tables as T
+
+ROOT = Path(__file__).resolve().parents[2]
+PREF = ["HPS", "ImageReward", "PickScore", "Aesthetic"]
+COMP = ["Color", "Shape", "Texture", "2d-spatial", "3d-spatial", "Numeracy", "Complex"]
+STEP = {"grpo": 25, "fix_decoder": 20, "mte": 30, "sim": 30}
+
+
+@pytest.fixture(scope="module")
+def exp():
+    return experiment.load(ROOT / "config" / "small.yaml")
+
+
+def _value(model: str, row: str, suite: str, col: str) -> float:
+    """Deterministic fake scores: Ours > GRPO > base in every column (as in most of the paper's)."""
+    rank = {"base": 0, "grpo": 1, "fix_decoder": 2, "mte": 3, "sim": 4}[row.split("-")[-1]]
+    salt = (sum(map(ord, model + col)) % 97) / 97
+    return round(1.0 + salt + 0.01 * rank + (20.0 if col == "HPS" else 0.0), 6) + 1e-9 * rank
+
+
+def _scorers(exp, suite: str) -> dict[str, str]:
+    ev = exp.cfg["evaluation"][suite]
+    return {c: spec["scorer"] for c, spec in (ev["metrics"] if suite == "preference" else ev["categories"]).items()}
+
+
+def _score_file(exp, model, reward, variant, suite, skip=()) -> dict:
+    row = experiment.BASE if reward is None else f"{reward}-{variant}"
+    cols = exp.columns(suite)
+    rule = "base" if reward is None else ("best" if variant in exp.cfg["selection"]["best_of"] else "fixed")
+    d = {"model": model, "label": exp.label(model), "row": row, "reward": reward, "variant": variant,
+         "suite": suite, "scores": {c: _value(model, row, suite, c) for c in cols if c not in skip},
+         "n_images": 32, "checkpoint": {"step": 0 if reward is None else STEP[variant], "rule": rule},
+         "scorer_for": _scorers(exp, suite), "world": "small"}
+    if suite == "preference":
+        d["per_style"] = {"HPS": {"light": 22.0, "dark": 23.0}}
+    return d
+
+
+def write_scores(exp, root: Path, drop=(), skip=()) -> list[Path]:
+    """Score files for every row of both suites (except those in ``drop``: (model, row, suite))."""
+    paths = []
+    for suite in experiment.SUITES:
+        for row in exp.suite_rows(suite):
+            if (row.model, row.name, suite) in drop:
+                continue
+            p = root / "scores" / row.model / row.name / f"{suite}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(_score_file(exp, row.model, row.reward, row.variant, suite, skip)))
+            paths.append(p)
+    return paths
+
+
+def log_to_mlflow(exp, files: list[Path], uri: str) -> None:
+    """What the evaluate stage does: one run per (model, row), tags + eval.{suite}.{column} metrics."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(exp.cfg["experiment"])
+    runs = {}
+    for p in files:
+        d = json.loads(p.read_text())
+        key = f"{d['model']}/{d['row']}"
+        if key not in runs:
+            tags = {"marpipe.run_key": key, "model": d["model"], "row": d["row"], "reward": d["reward"] or "",
+                    "variant": d["variant"], "label": d["label"], "checkpoint_rule": d["checkpoint"]["rule"],
+                    "checkpoint_step": str(d["checkpoint"]["step"]), "world": d["world"]}
+            runs[key] = client.create_run(exp_id, run_name=key, tags=tags).info.run_id
+            client.log_batch(runs[key], metrics=[Metric("loss", 0.5, 0, 3)])   # a training metric, ignored
+        client.log_batch(runs[key], metrics=[Metric(f"eval.{d['suite']}.{c}", float(v), 0, 0)
+                                             for c, v in d["scores"].items()])
+
+
+# --------------------------------------------------------------------------------------------
+def test_paper_csvs_match_shared_reference():
+    ref = Path("/work/shared/reference/paper-tables")
+    if not ref.exists():
+        pytest.skip("shared reference not present")
+    for n in (1, 2):
+        assert (ROOT / "marpipe" / "data" / f"paper_table{n}.csv").read_text() == (ref / f"table{n}.csv").read_text()
+
+
+def test_table_layout_exact(exp, tmp_path):
+    tabs = T.build_tables(exp, T.score_records_from_files(write_scores(exp, tmp_path)))
+    t1, t2 = tabs["table1"], tabs["table2"]
+    assert list(t1.columns) == ["model", "base", *PREF, *COMP]
+    assert list(t1["model"]) == ["NOVA", "+GRPO", "Ours", "Harmon", "+GRPO", "Ours"]
+    assert list(t1["base"]) == ["NOVA"] * 3 + ["Harmon"] * 3
+    assert list(t2.columns) == ["row", "HPS", "Aesthetic", "Shape", "Texture", "2d-spatial", "checkpoint"]
+    assert list(t2["row"]) == ["NOVA", "GRPO", "+Fix Decoder", "+MTE", "+Sim (Ours)"]
+    assert list(t2["checkpoint"]) == ["base", "best* (step 25)", "best* (step 20)", "fixed (step 30)",
+                                      "fixed (step 30)"]
+    # values come from the right rows: preference from hps-*, compbench from mixed-*
+    assert t1.loc[1, "HPS"] == _value("tiny-nova", "hps-grpo", "preference", "HPS")
+    assert t1.loc[2, "Shape"] == _value("tiny-nova", "mixed-sim", "compbench", "Shape")
+    assert t1.loc[3, "Color"] == _value("tiny-harmon", "base", "compbench", "Color")
+    assert t2.loc[2, "Texture"] == _value("tiny-nova", "mixed-fix_decoder", "compbench", "Texture")
+    assert t2.loc[3, "Aesthetic"] == _value("tiny-nova", "hps-mte", "preference", "Aesthetic")
+    assert not t1[PREF + COMP].isna().any().any()
+
+
+def test_missing_cells_are_nan(exp, tmp_path):
+    files = write_scores(exp, tmp_path, drop={("tiny-nova", "hps-sim", "preference"),
+                                              ("tiny-harmon", "mixed-grpo", "compbench")}, skip=("Complex",))
+    tabs = T.build_tables(exp, T.score_records_from_files(files))
+    t1 = tabs["table1"].set_index(["base", "model"])
+    assert t1.loc[("NOVA", "Ours"), PREF].isna().all()
+    assert t1.loc[("NOVA", "Ours"), COMP[:-1]].notna().all()
+    assert t1.loc[("Harmon", "+GRPO"), COMP].isna().all()
+    assert t1["Complex"].isna().all()
+    t2 = tabs["table2"].set_index("row")
+    assert math.isnan(t2.loc["+Sim (Ours)", "HPS"]) and t2.loc["+Sim (Ours)", "checkpoint"] == "fixed (step 30)"
+    # nothing at all: all NaN, the layout unchanged
+    empty = T.build_tables(exp, [])
+    assert empty["table1"].shape == (6, 13) and empty["table1"][PREF + COMP].isna().all().all()
+    assert list(empty["table2"]["checkpoint"]) == [""] * 5
+
+
+def test_duplicate_records_refused(exp, tmp_path):
+    files = write_scores(exp, tmp_path)
+    with pytest.raises(ValueError, match="two score records"):
+        T.build_tables(exp, T.score_records_from_files(files + files[:1]))
+
+
+def test_mlflow_gives_identical_tables(exp, tmp_path):
+    files = write_scores(exp, tmp_path, drop={("tiny-harmon", "hps-mte", "preference")}, skip=("Numeracy",))
+    uri = "sqlite:///" + str(tmp_path / "m.db")
+    log_to_mlflow(exp, files, uri)
+    from_files = T.build_tables(exp, T.score_records_from_files(files))
+    from_mlflow = T.build_tables(exp, T.score_records_from_mlflow(exp, tracking_uri=uri))
+    assert set(from_files) == {"table1", "table2", "stand_ins"}
+    for name in ("table1", "table2", "stand_ins"):
+        pd.testing.assert_frame_equal(from_files[name], from_mlflow[name])
+    # and the written files are identical too
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, tabs in ((a, from_files), (b, from_mlflow)):
+        T.write_tables(tabs, T.compare_with_paper(tabs), out)
+    for name in ("table1.csv", "table2.csv", "table1_vs_paper.csv", "table2_vs_paper.csv", "ordering_vs_paper.csv",
+                 "tables.md"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    with pytest.raises(LookupError, match="not found"):
+        T.score_records_from_mlflow(experiment.Experiment({**exp.cfg, "experiment": "nope"}), tracking_uri=uri)
+
+
+def test_written_files_byte_identical_on_rerun(exp, tmp_path):
+    recs = T.score_records_from_files(write_scores(exp, tmp_path, skip=("Complex",)))
+    outs = []
+    for run in ("one", "two"):
+        tabs = T.build_tables(exp, list(reversed(recs)) if run == "two" else recs)
+        T.write_tables(tabs, T.compare_with_paper(tabs), tmp_path / run)
+        outs.append(tmp_path / run)
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == ["ordering_vs_paper.csv", "table1.csv", "table1_vs_paper.csv", "table2.csv",
+                     "table2_vs_paper.csv", "tables.md"]
+    for n in names:
+        assert (outs[0] / n).read_bytes() == (outs[1] / n).read_bytes(), n
+    t1 = (outs[0] / "table1.csv").read_text().splitlines()
+    assert t1[0] == "model,base,HPS,ImageReward,PickScore,Aesthetic,Color,Shape,Texture,2d-spatial,3d-spatial,Numeracy,Complex"
+    assert t1[1].startswith("NOVA,NOVA,") and t1[1].endswith(",")          # Complex missing: empty cell
+    assert all(len(v.split(".")[1]) == 4 for v in t1[1].split(",")[2:-1])  # fixed 4 decimals
+    md = (outs[0] / "tables.md").read_text()
+    assert "## Stand-ins" in md and "- HPS: `world_hps`" in md and "- Color: `world_compbench`" in md
+    assert "World: **small**" in md
+    assert "SD3" in md and "+Sim (Ours)" in md
+
+
+def test_compare_with_paper(exp, tmp_path):
+    tabs = T.build_tables(exp, T.score_records_from_files(write_scores(exp, tmp_path)))
+    cmp_ = T.compare_with_paper(tabs)
+    c1 = cmp_["table1"]
+    ref = c1[c1["reference_only"]]
+    assert list(dict.fromkeys(ref["model"])) == ["SD3", "FLUX.1-dev", "Sana-1.5", "LlamaGen", "Show-o", "Janus-Pro"]
+    assert ref["ours"].isna().all()
+    flux = c1[(c1["model"] == "FLUX.1-dev") & (c1["column"] == "Complex")]
+    assert flux["paper"].isna().all()                       # the paper's empty cell stays empty
+    hps = c1[(c1["base"] == "Harmon") & (c1["model"] == "Ours") & (c1["column"] == "HPS")].iloc[0]
+    assert hps["paper"] == pytest.approx(29.57)
+    assert hps["delta"] == pytest.approx(hps["ours"] - 29.57)
+    assert len(c1[~c1["reference_only"]]) == 6 * 11
+    c2 = cmp_["table2"]
+    assert list(dict.fromkeys(c2["row"])) == ["NOVA", "GRPO", "+Fix Decoder", "+MTE", "+Sim (Ours)"]
+    assert c2[(c2["row"] == "+MTE") & (c2["column"] == "Shape")]["paper"].iloc[0] == pytest.approx(0.5752)
+    order = cmp_["ordering"]
+    assert len(order) == 2 * 11 + 5
+    t2o = order[order["table"] == "table2"].set_index("column")
+    # our fake scores rise base < grpo < fix_decoder < mte < sim: same order as the paper's HPS
+    assert t2o.loc["HPS", "kendall_tau"] == pytest.approx(1.0)
+    assert t2o.loc["HPS", "ours_order"] == "+Sim (Ours) > +MTE > +Fix Decoder > GRPO > NOVA"
+    # paper Aesthetic: GRPO 5.78 < NOVA 5.79: one discordant pair of 10
+    assert t2o.loc["Aesthetic", "kendall_tau"] == pytest.approx(0.8)
+    n1 = order[(order["table"] == "table1") & (order["base"] == "NOVA")].set_index("column")
+    assert n1.loc["ImageReward", "paper_ours_gt_grpo"] == "yes" and n1.loc["ImageReward", "ours_gt_grpo"] == "yes"
+    # paper NOVA ImageReward: +GRPO 0.38 < NOVA 0.44 < Ours 0.64 vs ours base < GRPO < Ours: tau 1/3
+    assert n1.loc["ImageReward", "kendall_tau"] == pytest.approx(1 / 3)
+    assert (order["agrees"] == "yes").all()
+    text = T.format_for_terminal(tabs, cmp_)
+    assert "Table 1" in text and "Ours > GRPO in 11/11 columns" in text
+
+
+def test_kendall_tau():
+    assert T.kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
+    assert T.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert math.isnan(T.kendall_tau([1, float("nan")], [1, 2]))
+    assert T.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+
+
+def test_score_paths(exp, tmp_path):
+    paths = T.score_paths(exp, tmp_path)
+    assert len(paths) == 2 * 2 * (1 + 4)
+    assert tmp_path / "scores" / "tiny-nova" / "hps-sim" / "preference.json" in paths
+    assert tmp_path / "scores" / "tiny-harmon" / "mixed-grpo" / "compbench.json" in paths
+    assert tmp_path / "scores" / "tiny-nova" / "hps-sim" / "compbench.json" not in paths

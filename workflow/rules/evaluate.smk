@@ -1,0 +1,45 @@
+# Images for each benchmark and their scores, per row (base model or selected checkpoint).
+
+
+rule generate:
+    input:
+        unpack(row_weights),
+        base=base_model("{model}"),
+        prompts=suite_prompts,
+    output:
+        "results/images/{model}/{row}/{suite}.npz",
+    params:
+        config=CONFIG,
+        weights=lambda w, input: f"--weights {input.weights}" if "weights" in input.keys() else "",
+    log:
+        "logs/generate/{model}/{row}/{suite}.log",
+    benchmark:
+        "benchmarks/generate/{model}/{row}/{suite}.tsv"
+    conda:
+        env_for
+    shell:
+        "marpipe generate --config {params.config} --model {wildcards.model} --row {wildcards.row}"
+        " --suite {wildcards.suite} --prompt-dir resources/prompts {params.weights} --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        unpack(row_weights),
+        images="results/images/{model}/{row}/{suite}.npz",
+        scorers=lambda w: weights_for_scorers(EXP.suite_scorers(w.suite)),
+    output:
+        "results/scores/{model}/{row}/{suite}.json",
+    params:
+        config=CONFIG,
+        reward=lambda w: "" if w.row == "base" else f"--reward {w.row.split('-', 1)[0]}",
+        variant=lambda w: w.row.split("-", 1)[-1],
+        selection=lambda w, input: f"--selection {input.selection}" if "selection" in input.keys() else "",
+    log:
+        "logs/evaluate/{model}/{row}/{suite}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}/{row}/{suite}.tsv"
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "marpipe evaluate --config {params.config} --model {wildcards.model} {params.reward} --variant {params.variant}"
+        " --suite {wildcards.suite} --images {input.images} {params.selection} --out {output} > {log} 2>&1"

@@ -1,0 +1,88 @@
+# Tables 1-2 beside the paper's, figures, MLflow sync and DVC versioning.
+
+localrules:
+    tables,
+    figures,
+    mlflow_sync,
+    dvc_push,
+
+
+rule tables:
+    input:
+        score_files(),
+    output:
+        t1=report("results/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
+        t2=report("results/tables/table2.csv", caption="../report/table2.rst", category="Tables"),
+        md="results/tables/tables.md",
+    params:
+        config=CONFIG,
+    log:
+        "logs/tables.log",
+    benchmark:
+        "benchmarks/tables.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "marpipe tables --config {params.config} --scores {input} --out-dir results/tables > {log} 2>&1"
+
+
+rule figures:
+    input:
+        metrics_files(),
+        image_bundles(),
+    output:
+        report(
+            directory("results/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    params:
+        config=CONFIG,
+    log:
+        "logs/figures.log",
+    benchmark:
+        "benchmarks/figures.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "marpipe figures --config {params.config} --out-dir {output} > {log} 2>&1"
+
+
+rule mlflow_sync:
+    input:
+        metrics_files(),
+        score_files(),
+    output:
+        "results/mlflow.json",
+    params:
+        config=CONFIG,
+    log:
+        "logs/mlflow_sync.log",
+    benchmark:
+        "benchmarks/mlflow_sync.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "marpipe mlflow-sync --config {params.config} --out {output} > {log} 2>&1"
+
+
+rule dvc_push:
+    input:
+        "results/tables/table1.csv",
+        "results/tables/table2.csv",
+        "results/figures",
+        "results/mlflow.json",
+    output:
+        "results/dvc.json",
+    params:
+        config=CONFIG,
+    log:
+        "logs/dvc_push.log",
+    benchmark:
+        "benchmarks/dvc_push.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "marpipe dvc-push --config {params.config} --out {output} results/tables results/figures results/scores"
+        " results/images results/selected results/runs > {log} 2>&1"

@@ -1,0 +1,68 @@
+# Harmon's diffusion-head warm-up, the four GRPO variants, and checkpoint selection.
+
+
+rule warmup_head:
+    input:
+        base=base_model("{model}"),
+        verified="results/verify/{model}.json",
+        prompts="resources/prompts/train.jsonl",
+        reward=reward_weights(EXP.cfg["warmup"]["reward"]),
+    output:
+        "results/runs/{model}/warmup/warm.safetensors",
+    params:
+        config=CONFIG,
+        run=lambda w, output: str(Path(output[0]).parent),
+    log:
+        "logs/warmup_head/{model}.log",
+    benchmark:
+        "benchmarks/warmup_head/{model}.tsv"
+    conda:
+        env_for
+    shell:
+        "marpipe warmup --config {params.config} --model {wildcards.model} --prompts {input.prompts}"
+        " --out {params.run} --no-progress > {log} 2>&1"
+
+
+rule train:
+    input:
+        unpack(start_weights),
+        base=base_model("{model}"),
+        verified="results/verify/{model}.json",
+        prompts="resources/prompts/train.jsonl",
+        reward=lambda w: reward_weights(w.reward),
+    output:
+        "results/runs/{model}/{reward}/{variant}/summary.json",
+    params:
+        config=CONFIG,
+        run=lambda w, output: str(Path(output[0]).parent),
+        start=lambda w, input: f"--base-weights {input.warm}" if "warm" in input.keys() else "",
+    log:
+        "logs/train/{model}/{reward}/{variant}.log",
+    benchmark:
+        "benchmarks/train/{model}/{reward}/{variant}.tsv"
+    conda:
+        env_for
+    shell:
+        "marpipe train --config {params.config} --model {wildcards.model} --reward {wildcards.reward}"
+        " --variant {wildcards.variant} --prompts {input.prompts} --out {params.run} {params.start}"
+        " --no-progress > {log} 2>&1"
+
+
+rule select_checkpoint:
+    input:
+        "results/runs/{model}/{reward}/{variant}/summary.json",
+    output:
+        weights="results/selected/{model}/{reward}/{variant}.safetensors",
+        json="results/selected/{model}/{reward}/{variant}.json",
+    params:
+        config=CONFIG,
+        run=lambda w, input: str(Path(input[0]).parent),
+    log:
+        "logs/select_checkpoint/{model}/{reward}/{variant}.log",
+    benchmark:
+        "benchmarks/select_checkpoint/{model}/{reward}/{variant}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "marpipe select --config {params.config} --reward {wildcards.reward} --variant {wildcards.variant}"
+        " --run {params.run} --out-weights {output.weights} --out-json {output.json} > {log} 2>&1"
