@@ -108,14 +108,16 @@ InactiveLimit=0
 KillWait=10
 SlurmdTimeout=120
 GresTypes=gpu
-NodeName=${host} NodeAddr=127.0.0.1 ${node_hw} Gres=gpu:1 State=UNKNOWN
+NodeName=${host} NodeAddr=127.0.0.1 ${node_hw} Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=${host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=${host} Default=NO MaxTime=INFINITE State=UP
 CONF
   cat > "$GRES" <<CONF
 $MARK
-# A GPU GRES without File= is dropped and the node goes INVAL; /dev/null stands in.
+# A GPU GRES without File= is dropped and the node goes INVAL; character devices stand in.
+# Two stand-in GPUs, so that two GPU-asking jobs run at once (the node has ~2 CPUs).
 NodeName=${host} Name=gpu File=/dev/null
+NodeName=${host} Name=gpu File=/dev/zero
 CONF
   # Link into the default location (jobs do not see SLURM_CONF).
   mkdir -p "$ETC"

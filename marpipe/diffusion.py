@@ -57,10 +57,13 @@ class Schedule:
         return int(self.timesteps.numel())
 
     @classmethod
-    def respaced(cls, kind: str, train_steps: int, sample_steps: int) -> "Schedule":
-        abar_all = torch.cumprod(1.0 - betas_for(kind, train_steps), dim=0)
-        # evenly spaced training timesteps, e.g. 1000 -> 25: 960, 920, ..., 0
-        ts = torch.arange(sample_steps - 1, -1, -1, dtype=torch.long) * (train_steps // sample_steps)
+    def from_abar(cls, abar_all, timesteps) -> "Schedule":
+        """Sampling at training ``timesteps`` (strictly decreasing) of a model trained with
+        cumulative ``abar_all``; the step after the last has ``abar_prev = 1``."""
+        abar_all = torch.as_tensor(abar_all, dtype=torch.float64).cpu()
+        ts = torch.as_tensor(timesteps, dtype=torch.long).cpu()
+        if ts.numel() > 1 and not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError("sampling timesteps must be strictly decreasing")
         abar = abar_all[ts]
         abar_prev = torch.cat([abar[1:], torch.ones(1, dtype=abar.dtype)])
         beta = 1.0 - abar / abar_prev
@@ -68,6 +71,13 @@ class Schedule:
         coef_x0 = beta * abar_prev.sqrt() / (1.0 - abar)
         coef_xt = (1.0 - abar_prev) * (1.0 - beta).sqrt() / (1.0 - abar)
         return cls(ts, abar, abar_prev, beta, post_var, coef_x0, coef_xt)
+
+    @classmethod
+    def respaced(cls, kind: str, train_steps: int, sample_steps: int) -> "Schedule":
+        """``sample_steps`` evenly spaced timesteps (e.g. 1000 -> 25: 960, 920, ..., 0)."""
+        abar_all = torch.cumprod(1.0 - betas_for(kind, train_steps), dim=0)
+        ts = torch.arange(sample_steps - 1, -1, -1, dtype=torch.long) * (train_steps // sample_steps)
+        return cls.from_abar(abar_all, ts)
 
     def at(self, name: str, step: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Gather per-step constant ``name`` for integer ``step`` and broadcast to ``like``'s rank."""

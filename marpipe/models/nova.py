@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from marpipe.diffusion import VARIANCE_FLOOR, Schedule
+from marpipe.diffusion import Schedule
 from marpipe.models.protocol import Prompts, SamplingSpec
 
 NOVA_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 5.0}
@@ -46,20 +46,8 @@ DIFFNEXT_COMMIT = "2cd254afdedae8670ccb492c28c53caa08f7b5a0"   # baaivision/NOVA
 
 # ============================================================ helpers shared with harmon.py
 def schedule_from_alphas_cumprod(abar_all, timesteps) -> Schedule:
-    """A :class:`Schedule` for sampling at training ``timesteps`` (decreasing) of a model trained
-    with cumulative ``abar_all``; same algebra as :meth:`Schedule.respaced` (the next sampled
-    timestep is the previous one of the chain, ``abar_prev = 1`` after the last)."""
-    abar_all = torch.as_tensor(abar_all, dtype=torch.float64).cpu()
-    ts = torch.as_tensor(timesteps, dtype=torch.long).cpu()
-    if ts.numel() > 1 and not bool((ts[1:] < ts[:-1]).all()):
-        raise ValueError("sampling timesteps must be strictly decreasing")
-    abar = abar_all[ts]
-    abar_prev = torch.cat([abar[1:], torch.ones(1, dtype=abar.dtype)])
-    beta = 1.0 - abar / abar_prev
-    post_var = (beta * (1.0 - abar_prev) / (1.0 - abar)).clamp_min(VARIANCE_FLOOR)
-    coef_x0 = beta * abar_prev.sqrt() / (1.0 - abar)
-    coef_xt = (1.0 - abar_prev) * (1.0 - beta).sqrt() / (1.0 - abar)
-    return Schedule(ts, abar, abar_prev, beta, post_var, coef_x0, coef_xt)
+    """A :class:`Schedule` for sampling at the official scheduler's ``timesteps``."""
+    return Schedule.from_abar(abar_all, timesteps)
 
 
 def disable_dropout(module: nn.Module) -> None:

@@ -18,7 +18,7 @@ from marpipe.config import GRPOConfig
 from marpipe.experiment import Experiment
 from marpipe.io.checkpoint import latest_valid
 from marpipe.io.files import read_prompt_set, write_json
-from marpipe.io.tracking import MLflowRun
+from marpipe.io.tracking import MLflowRun, read_jsonl
 from marpipe.stages.resources import load_base_model
 from marpipe.trainer import PromptItem, Trainer
 
@@ -57,12 +57,11 @@ def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: 
     history = trainer.train(resume=True)
     summary = {}
     if dist.rank() == 0:
-        ckpt = latest_valid(out / "checkpoints")
+        rows = read_jsonl(out / "metrics.jsonl")      # the whole run, also across resumes
         summary = {"model": model, "reward": cfg.reward, "steps": cfg.steps, "seconds": time.perf_counter() - t0,
                    "resumed_from": (history[0]["step"] - 1) if history else cfg.steps,
-                   "final_checkpoint": str(ckpt), "config": cfg.to_dict(), "tags": tags,
-                   "reward_first": history[0]["reward_mean"] if history else None,
-                   "reward_last": history[-1]["reward_mean"] if history else None}
+                   "final_checkpoint": str(latest_valid(out / "checkpoints")), "config": cfg.to_dict(),
+                   "tags": tags, "reward_first": rows[0]["reward_mean"], "reward_last": rows[-1]["reward_mean"]}
         write_json(out / "summary.json", summary)
     dist.teardown()
     return summary

@@ -20,7 +20,7 @@ EXP = E.load(config)  # raises ConfigError naming the key: nothing is submitted
 CONFIG = f".marpipe/config-{EXP.config_hash}.yaml"
 Path(CONFIG).parent.mkdir(exist_ok=True)
 if not Path(CONFIG).exists():
-    Path(CONFIG).write_text(yaml.safe_dump(EXP.to_json(), sort_keys=True))
+    Path(CONFIG).write_text(yaml.safe_dump(EXP.to_json(), sort_keys=False))
 
 MODELS = EXP.models
 REWARDS = EXP.trained_rewards

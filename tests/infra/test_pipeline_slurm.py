@@ -1,0 +1,119 @@
+"""The small-world DAG end to end through the real SLURM cluster, MLflow server and DVC remote.
+
+One run of the whole pipeline (shrunk step counts, same DAG and rules), in a fresh git
+repository made from this working tree; then the audit paths: the tables rebuilt from
+MLflow alone, and `dvc pull` into a fresh clone restoring byte-identical artifacts.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.pipeline_config import ROOT, write_shrunk_config
+
+BIN = Path(sys.executable).parent
+ARTIFACTS = ["results/tables", "results/figures", "results/scores", "results/images", "results/selected", "results/runs"]
+
+
+def sh(cmd, cwd, env=None, timeout=3600, check=True):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                       shell=isinstance(cmd, str))
+    if check and r.returncode:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+def tree_hashes(root: Path, folders) -> dict[str, str]:
+    out = {}
+    for folder in folders:
+        for p in sorted((root / folder).rglob("*")):
+            if p.is_file():
+                out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def squeue_count() -> int:
+    r = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i"], capture_output=True, text=True)
+    return len(r.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, slurm_cluster, mlflow_server):
+    """Copy the working tree into a new git repo and run `snakemake --profile slurm all` there."""
+    base = tmp_path_factory.mktemp("e2e")
+    repo, remote = base / "repo", base / "dvc-remote"
+    files = sh(["git", "ls-files", "-co", "--exclude-standard"], ROOT).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    write_shrunk_config(repo / "config" / "ci.yaml")
+    sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", repo)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server,
+           "MARPIPE_DVC_REMOTE": str(remote), "OMP_NUM_THREADS": "1"}
+    run = sh(["snakemake", "--profile", "slurm", "--configfile", "config/ci.yaml", "all"], repo, env, check=False)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
+    return {"repo": repo, "remote": remote, "env": env, "log": run.stdout + run.stderr}
+
+
+def test_tables_have_the_papers_rows_and_columns(pipeline_run):
+    t1 = pd.read_csv(pipeline_run["repo"] / "results/tables/table1.csv")
+    assert list(t1.columns) == ["model", "base", "HPS", "ImageReward", "PickScore", "Aesthetic", "Color", "Shape",
+                                "Texture", "2d-spatial", "3d-spatial", "Numeracy", "Complex"]
+    assert list(t1["model"]) == ["NOVA", "+GRPO", "Ours", "Harmon", "+GRPO", "Ours"]
+    assert t1.drop(columns=["model", "base"]).notna().all().all()
+    t2 = pd.read_csv(pipeline_run["repo"] / "results/tables/table2.csv")
+    assert list(t2["row"]) == ["NOVA", "GRPO", "+Fix Decoder", "+MTE", "+Sim (Ours)"]
+    assert list(t2.columns) == ["row", "HPS", "Aesthetic", "Shape", "Texture", "2d-spatial", "checkpoint"]
+    assert t2["checkpoint"].str.startswith("best*").sum() == 2 and t2["checkpoint"].str.startswith("fixed").sum() == 2
+
+
+def test_jobs_went_through_slurm(pipeline_run):
+    log = pipeline_run["log"]
+    assert "submitted with SLURM jobid" in log or "SLURM jobid" in log
+    slurm_logs = pipeline_run["repo"] / ".snakemake" / "slurm_logs"
+    for rule in ("rule_download_base_model", "rule_train", "rule_generate", "rule_evaluate"):
+        assert (slurm_logs / rule).is_dir(), f"no SLURM log folder for {rule}"
+
+
+def test_mlflow_alone_rebuilds_the_tables(pipeline_run, tmp_path):
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    sh(["marpipe", "tables", "--config", "config/ci.yaml", "--from-mlflow", "--out-dir", str(tmp_path)], repo, env)
+    for name in ("table1.csv", "table2.csv"):
+        assert (tmp_path / name).read_bytes() == (repo / "results/tables" / name).read_bytes(), name
+
+
+def test_dvc_pull_in_a_fresh_clone_restores_identical_artifacts(pipeline_run, tmp_path):
+    repo, env, remote = pipeline_run["repo"], pipeline_run["env"], pipeline_run["remote"]
+    assert remote.is_dir() and any(remote.rglob("*"))
+    sh("git add results/*.dvc .gitignore results/.gitignore && git -c user.name=t -c user.email=t@t "
+       "commit -qm 'results'", repo, env)
+    audit = tmp_path / "audit"
+    sh(["git", "clone", "-q", str(repo), str(audit)], tmp_path, env)
+    sh(["dvc", "remote", "add", "-d", "marpipe", str(remote)], audit, env)
+    sh(["dvc", "pull", "-q"], audit, env)
+    assert tree_hashes(audit, ARTIFACTS) == tree_hashes(repo, ARTIFACTS)
+    # and the tables regenerate identically from the pulled scores, without any GPU
+    scores = sorted(str(p.relative_to(audit)) for p in (audit / "results/scores").rglob("*.json"))
+    sh(["marpipe", "tables", "--config", "config/ci.yaml", "--scores", *scores, "--out-dir", "regen"], audit, env)
+    for name in ("table1.csv", "table2.csv", "tables.md"):
+        assert (audit / "regen" / name).read_bytes() == (audit / "results/tables" / name).read_bytes(), name
+
+
+def test_bad_config_submits_nothing(pipeline_run, tmp_path):
+    import yaml
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    cfg = yaml.safe_load((repo / "config" / "ci.yaml").read_text())
+    cfg["train"]["top_k"] = 1.5
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    before = squeue_count()
+    r = sh(["snakemake", "--profile", "slurm", "--configfile", str(tmp_path / "bad.yaml"), "all"], repo, env,
+           check=False)
+    assert r.returncode != 0
+    assert "config.train.top_k = 1.5: 1.5 is greater than the maximum of 1" in r.stdout + r.stderr
+    assert squeue_count() == before

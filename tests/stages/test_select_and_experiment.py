@@ -1,0 +1,76 @@
+"""Checkpoint selection and the experiment config's resolution."""
+import json
+
+import pytest
+import torch
+
+from marpipe import experiment as E
+from marpipe.config import ConfigError
+from marpipe.io.checkpoint import save_checkpoint
+from marpipe.stages.select import choose_step, select_checkpoint, windowed_reward
+from tests.pipeline_config import ROOT, shrunk_config
+
+
+def write_run(run, rewards, save_every):
+    model = torch.nn.Linear(2, 2)
+    (run / "checkpoints").mkdir(parents=True)
+    with open(run / "metrics.jsonl", "w") as f:
+        for step, r in enumerate(rewards, start=1):
+            f.write(json.dumps({"step": step, "reward_mean": r}) + "\n")
+            if step % save_every == 0:
+                with torch.no_grad():
+                    model.weight.fill_(step)
+                save_checkpoint(run / "checkpoints", step, model, None)
+
+
+def test_baselines_take_the_best_checkpoint_by_windowed_training_reward(tmp_path):
+    exp = E.load(shrunk_config())                     # best_of: grpo, fix_decoder; window 2
+    write_run(tmp_path, [0.1, 0.2, 0.9, 0.8, 0.3, 0.2], save_every=2)
+    step, rule, scores = choose_step(exp, "hps", "grpo", tmp_path)
+    assert (step, rule) == (4, "best")
+    assert scores["4"] == pytest.approx(0.85) and scores["2"] == pytest.approx(0.15)
+    info = select_checkpoint(exp, "hps", "grpo", tmp_path, tmp_path / "w.safetensors", tmp_path / "w.json")
+    from safetensors.torch import load_file
+    assert load_file(str(tmp_path / "w.safetensors"))["weight"].unique().tolist() == [4.0]
+    assert json.loads((tmp_path / "w.json").read_text())["rule"] == "best" == info["rule"]
+
+
+def test_ours_takes_the_step_fixed_in_advance(tmp_path):
+    exp = E.load(shrunk_config())                     # fixed_step: 4
+    write_run(tmp_path, [0.1, 0.2, 0.9, 0.8, 0.3, 0.2], save_every=2)
+    assert choose_step(exp, "hps", "sim", tmp_path)[:2] == (4, "fixed")
+    cfg = shrunk_config()
+    cfg["selection"]["fixed_step"]["hps"] = 5
+    with pytest.raises(FileNotFoundError, match="no checkpoint at the fixed step 5"):
+        choose_step(E.load(cfg), "hps", "sim", tmp_path)
+
+
+def test_windowed_reward():
+    rows = [{"step": s, "reward_mean": float(s)} for s in range(1, 7)]
+    assert windowed_reward(rows, 4, 2) == 3.5
+    assert windowed_reward(rows, 4, 10) == 2.5
+
+
+def test_variant_configs_resolve_from_config_model_and_variant():
+    exp = E.load(ROOT / "config.yaml")
+    nova_sim, nova_grpo = exp.train_config("nova", "hps", "sim"), exp.train_config("nova", "hps", "grpo")
+    assert (nova_sim.fix_decoder, nova_sim.mte, nova_sim.sim, nova_sim.S) == (True, True, True, 3)
+    assert (nova_sim.lr, nova_grpo.lr) == (2e-6, 1e-6)               # App. B
+    assert exp.train_config("nova", "mixed", "sim").steps == 800      # fixed in advance
+    assert nova_grpo.steps == 1200                                    # baselines: best of the run
+    assert exp.train_config("harmon", "hps", "mte").S == 5
+    warm = exp.warmup_config("harmon")
+    assert (warm.trainable, warm.steps, warm.lr, warm.reward) == ("head", 400, 1e-6, "hps")
+    assert [r.name for r in exp.suite_rows("compbench")][:5] == [
+        "base", "mixed-grpo", "mixed-fix_decoder", "mixed-mte", "mixed-sim"]
+
+
+def test_cross_references_are_checked():
+    cfg = shrunk_config()
+    cfg["rewards"]["hps"] = {"world_nope": 1.0}
+    with pytest.raises(ConfigError, match="world_nope"):
+        E.load(cfg)
+    cfg = shrunk_config()
+    cfg["evaluation"]["compbench"]["categories"]["Color"]["prompts"] = "missing_set"
+    with pytest.raises(ConfigError, match="categories.Color.prompts = 'missing_set': not in config.prompts"):
+        E.load(cfg)
