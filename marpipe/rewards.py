@@ -14,9 +14,18 @@ name rewards (``reward: hps``), never import them.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# Modules that register rewards when imported. Their names are read from the source
+# (``@register_reward("name")``) so that listing them (config validation, at Snakefile
+# parse time) needs no import of torch; a module is imported when one of its rewards is built.
+PLUGINS = ("marpipe.world.scorers", "marpipe.world.learned", "marpipe.metrics.train_rewards")
+_DECLARED = re.compile(r"""@register_reward\(\s*["']([^"']+)["']""")
 
 
 class Reward(Protocol):
@@ -37,28 +46,33 @@ def register_reward(name: str):
     return deco
 
 
+def _plugin_path(module: str) -> Path:
+    return Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+
+
+def _declared() -> dict[str, str]:
+    """Reward name -> plugin module, read from the plugins' source."""
+    out = {}
+    for module in PLUGINS:
+        path = _plugin_path(module)
+        if path.exists():
+            out.update({name: module for name in _DECLARED.findall(path.read_text())})
+    return out
+
+
 def available_rewards() -> list[str]:
-    _import_plugins()
-    return sorted(_REGISTRY)
+    """Every reward name that :func:`build_reward` can build (imports nothing heavy)."""
+    return sorted(set(_REGISTRY) | set(_declared()))
 
 
 def build_reward(name: str, **kwargs) -> Reward:
     """Build the reward registered as ``name`` (kwargs go to its factory)."""
-    _import_plugins()
+    if name not in _REGISTRY and name in _declared():
+        import importlib
+        importlib.import_module(_declared()[name])
     if name not in _REGISTRY:
-        raise KeyError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(_REGISTRY))}")
+        raise KeyError(f"unknown reward {name!r}; known rewards: {', '.join(available_rewards())}")
     return _REGISTRY[name](**kwargs)
-
-
-def _import_plugins() -> None:
-    # Modules that register rewards when imported. Optional ones may be absent.
-    import importlib
-    for mod in ("marpipe.world.scorers", "marpipe.world.learned", "marpipe.metrics"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # only tolerate the module itself missing
-            if e.name is None or not mod.startswith(e.name):
-                raise
 
 
 # --- simple scorers (used by tests and benchmarks) ---------------------------

@@ -56,7 +56,7 @@ def pipeline_run(tmp_path_factory, slurm_cluster, mlflow_server):
     sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", repo)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server,
            "MARPIPE_DVC_REMOTE": str(remote), "OMP_NUM_THREADS": "1"}
-    run = sh(["snakemake", "--profile", "slurm", "--configfile", "config/ci.yaml", "all"], repo, env, check=False)
+    run = sh(["snakemake", "all", "--profile", "slurm", "--configfile", "config/ci.yaml"], repo, env, check=False)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
     return {"repo": repo, "remote": remote, "env": env, "log": run.stdout + run.stderr}
 
@@ -112,7 +112,7 @@ def test_bad_config_submits_nothing(pipeline_run, tmp_path):
     cfg["train"]["top_k"] = 1.5
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     before = squeue_count()
-    r = sh(["snakemake", "--profile", "slurm", "--configfile", str(tmp_path / "bad.yaml"), "all"], repo, env,
+    r = sh(["snakemake", "all", "--profile", "slurm", "--configfile", str(tmp_path / "bad.yaml")], repo, env,
            check=False)
     assert r.returncode != 0
     assert "config.train.top_k = 1.5: 1.5 is greater than the maximum of 1" in r.stdout + r.stderr

@@ -75,7 +75,7 @@ def test_bad_config_fails_with_one_clear_message_before_any_job(tmp_path, mutate
     mutate(cfg)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    r = snakemake("-n", "--profile", "local", "--configfile", str(bad), "all")
+    r = snakemake("all", "-n", "--profile", "local", "--configfile", str(bad))
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert message in out
