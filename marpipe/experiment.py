@@ -56,7 +56,7 @@ def validate(raw: dict) -> dict:
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(_describe(best))
+        raise ConfigError(f"{_describe(best)} (keys, types, ranges: workflow/schemas/config.schema.yaml)")
     _check_references(cfg)
     return cfg
 

@@ -6,6 +6,7 @@ MLflow alone, and `dvc pull` into a fresh clone restoring byte-identical artifac
 """
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,11 +75,11 @@ def test_tables_have_the_papers_rows_and_columns(pipeline_run):
 
 
 def test_jobs_went_through_slurm(pipeline_run):
-    log = pipeline_run["log"]
-    assert "submitted with SLURM jobid" in log or "SLURM jobid" in log
-    slurm_logs = pipeline_run["repo"] / ".snakemake" / "slurm_logs"
-    for rule in ("rule_download_base_model", "rule_train", "rule_generate", "rule_evaluate"):
-        assert (slurm_logs / rule).is_dir(), f"no SLURM log folder for {rule}"
+    """Every rule but the light local ones (tables, figures, MLflow sync, DVC) was an sbatch job."""
+    submitted = set(re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/",
+                               pipeline_run["log"]))
+    assert submitted == {"download_base_model", "verify_base_model", "download_weights", "prompts", "warmup_head",
+                         "train", "select_checkpoint", "generate", "evaluate"}
 
 
 def test_mlflow_alone_rebuilds_the_tables(pipeline_run, tmp_path):
@@ -91,7 +92,7 @@ def test_mlflow_alone_rebuilds_the_tables(pipeline_run, tmp_path):
 def test_dvc_pull_in_a_fresh_clone_restores_identical_artifacts(pipeline_run, tmp_path):
     repo, env, remote = pipeline_run["repo"], pipeline_run["env"], pipeline_run["remote"]
     assert remote.is_dir() and any(remote.rglob("*"))
-    sh("git add results/*.dvc .gitignore results/.gitignore && git -c user.name=t -c user.email=t@t "
+    sh("git add results/*.dvc && git -c user.name=t -c user.email=t@t "
        "commit -qm 'results'", repo, env)
     audit = tmp_path / "audit"
     sh(["git", "clone", "-q", str(repo), str(audit)], tmp_path, env)
