@@ -45,6 +45,12 @@ def env_for(wildcards):
     return f"../../envs/{'train' if adapter == 'tiny' else adapter}.yaml"
 
 
+def launcher(resources):
+    """``marpipe`` for one device; ``torchrun`` over the job's GPUs when the profile asks for several."""
+    gpus = int(resources.get("gpu", 0) or 0)
+    return f"torchrun --standalone --nproc_per_node={gpus} -m marpipe" if gpus > 1 else "marpipe"
+
+
 def base_model(model):
     return f"resources/models/{model}/{MANIFEST}"
 

@@ -36,6 +36,7 @@ rule train:
         config=CONFIG,
         run=lambda w, output: str(Path(output[0]).parent),
         start=lambda w, input: f"--base-weights {input.warm}" if "warm" in input.keys() else "",
+        launch=lambda w, resources: launcher(resources),
     log:
         "logs/train/{model}/{reward}/{variant}.log",
     benchmark:
@@ -43,7 +44,7 @@ rule train:
     conda:
         env_for
     shell:
-        "marpipe train --config {params.config} --model {wildcards.model} --reward {wildcards.reward}"
+        "{params.launch} train --config {params.config} --model {wildcards.model} --reward {wildcards.reward}"
         " --variant {wildcards.variant} --prompts {input.prompts} --out {params.run} {params.start}"
         " --no-progress > {log} 2>&1"
 
