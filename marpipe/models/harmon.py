@@ -60,6 +60,7 @@ def space_timesteps(num_timesteps: int, count: int) -> list[int]:
 
 class HarmonMAR(FrozenPartsMixin, nn.Module):
     """Harmon's modules driven through :class:`MARModel`."""
+    TRAINED, HEAD = "mar", "diffloss"
 
     learned_variance = True
 
@@ -172,15 +173,6 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
         out = [to_float(vae.decode(self.tokens_to_latents(part / self.vae_scale).to(vdtype)))
                for part in latents.split(chunk)]
         return ((torch.cat(out) + 1) / 2).clamp(0, 1)
-
-    # --- parameters ------------------------------------------------------------------------------
-    def ar_parameters(self):
-        for name, p in self.mar.named_parameters():
-            if not name.startswith("diffloss."):
-                yield p
-
-    def head_parameters(self):
-        return self.mar.diffloss.parameters()
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod

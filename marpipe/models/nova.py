@@ -75,6 +75,19 @@ class FrozenPartsMixin:
     them and checkpoints hold only the trained weights). ``.to()/.cuda()/.half()`` reach them;
     ``copy.deepcopy`` shares them (the reference model costs no second LLM)."""
 
+    # the trained module and its diffusion-head child (set by each adapter)
+    TRAINED: str = ""
+    HEAD: str = ""
+
+    def ar_parameters(self):
+        """Everything trained except the diffusion head (what ``fix_decoder`` trains)."""
+        for name, p in getattr(self, self.TRAINED).named_parameters():
+            if not name.startswith(self.HEAD + "."):
+                yield p
+
+    def head_parameters(self):
+        return getattr(getattr(self, self.TRAINED), self.HEAD).parameters()
+
     def _init_frozen(self, **parts: nn.Module) -> None:
         self._frozen = {}
         for name, m in parts.items():
@@ -121,6 +134,7 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 # ============================================================ the adapter
 class NovaMAR(FrozenPartsMixin, nn.Module):
     """NOVA's ``diffnext`` pipeline components driven through :class:`MARModel`."""
+    TRAINED, HEAD = "transformer", "image_decoder"
 
     learned_variance = False
 
@@ -250,15 +264,6 @@ class NovaMAR(FrozenPartsMixin, nn.Module):
             lat = vae.unscale_(self.tokens_to_latents(part.to(self.dtype)).clone())
             out.append(to_float(vae.decode(lat).sample))
         return ((torch.cat(out) + 1) / 2).clamp(0, 1)
-
-    # --- parameters ------------------------------------------------------------------------------
-    def ar_parameters(self):
-        for name, p in self.transformer.named_parameters():
-            if not name.startswith("image_decoder."):
-                yield p
-
-    def head_parameters(self):
-        return self.transformer.image_decoder.parameters()
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
