@@ -1,7 +1,10 @@
 """``marpipe bench train-step``: median GRPO step time and peak memory per variant.
 
-All variants run side by side in one process, interleaved step by step, so the
-ratios (MTE / Fix Decoder, Sim / MTE) compare like with like. Peak memory is
+All variants run side by side in one process, interleaved step by step (the
+order reversed on every other step), so the ratios (MTE / Fix Decoder, Sim /
+MTE) compare like with like: each ratio is the median over steps of the
+per-step ratio of two runs measured moments apart, which cancels the slow drift
+of a shared machine's load. Peak memory is
 CUDA's peak allocation on a GPU; on a CPU it is the growth of the resident set
 during one step (Linux ``VmHWM`` after a reset), measured in a fresh child
 process per variant.
@@ -81,18 +84,23 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
             for v, t in trainers.items():  # warm-up step, not timed
                 t.train_step(0)
             for step in range(1, steps + 1):
-                for v, t in trainers.items():
+                order = list(trainers.items())
+                for v, t in order if step % 2 else order[::-1]:
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     row = t.train_step(step)
                     times[v].append(sum(row[k] for k in ("time_rollout", "time_reward", "time_loss", "time_optim")))
         med = {v: statistics.median(ts) for v, ts in times.items()}
+
+        def ratio(a: str, b: str) -> float:
+            return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 3)
+
         report["models"][name] = {
             "head_to_ar_macs_per_token": round(head_to_ar_ratio(TinyMARConfig.preset(name)), 4),
             "median_step_s": {v: round(s, 4) for v, s in med.items()},
             "peak_memory_mb": {v: round(peak_memory_mb(name, v, device), 1) for v in VARIANTS},
-            "ratio_mte_over_fix_decoder": round(med["mte"] / med["fix_decoder"], 3),
-            "ratio_sim_over_mte": round(med["sim"] / med["mte"], 3),
+            "ratio_mte_over_fix_decoder": ratio("mte", "fix_decoder"),
+            "ratio_sim_over_mte": ratio("sim", "mte"),
         }
     if as_json:
         print(json.dumps(report, indent=2))

@@ -29,9 +29,20 @@ class WeightsError(RuntimeError):
     """A weights folder is missing, incomplete or does not fit the architecture."""
 
 
-def fix_hint(metric: str) -> str:
-    return (f"run the download rule: `snakemake download_metric_{metric}` "
-            f"(or `marpipe download-metric {metric}`)")
+#: metric name -> its folder's key under ``weights:`` in config.yaml, where they differ
+WEIGHTS_KEY = {"detector": "gdino"}
+
+
+def fix_hint(metric: str, weights_dir: str | os.PathLike | None = None) -> str:
+    """How to (re)download a weights folder: ``marpipe fetch-weights <key>`` (the snakemake
+    rule ``download_weights``). ``<key>`` is the folder's name when it lies in
+    ``resources/metrics/``, else the metric's usual key."""
+    key = WEIGHTS_KEY.get(metric, metric)
+    if weights_dir is not None and Path(weights_dir).parent.name == "metrics":
+        key = Path(weights_dir).name
+    return (f"download it: `marpipe fetch-weights {key}` (or `snakemake "
+            f"resources/metrics/{key}/MANIFEST.sha256`; {key} = the folder's key under `weights:` "
+            f"in the config)")
 
 
 def require_file(weights_dir: str | os.PathLike, names: str | Sequence[str], metric: str) -> Path:
@@ -39,12 +50,12 @@ def require_file(weights_dir: str | os.PathLike, names: str | Sequence[str], met
     d = Path(weights_dir)
     names = [names] if isinstance(names, str) else list(names)
     if not d.is_dir():
-        raise WeightsError(f"[{metric}] weights folder {str(d)!r} does not exist; {fix_hint(metric)}")
+        raise WeightsError(f"[{metric}] weights folder {str(d)!r} does not exist; {fix_hint(metric, d)}")
     for n in names:
         if (d / n).exists():
             return d / n
     raise WeightsError(f"[{metric}] missing file {' or '.join(repr(n) for n in names)} in "
-                       f"{str(d)!r}; {fix_hint(metric)}")
+                       f"{str(d)!r}; {fix_hint(metric, d)}")
 
 
 def read_json(path: Path | None) -> dict:

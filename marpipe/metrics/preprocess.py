@@ -36,12 +36,13 @@ def normalize(images: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.T
     return (images - m) / s
 
 
-def _resize(images: torch.Tensor, size: tuple[int, int], antialias: bool, clamp: bool) -> torch.Tensor:
+def _resize(images: torch.Tensor, size: tuple[int, int], antialias: bool, clamp: bool,
+            mode: str = "bicubic") -> torch.Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     # antialias only matters (and is only supported the torchvision way) when downsampling;
     # F.interpolate ignores it for upsampling in the same manner as torchvision/PIL.
-    out = F.interpolate(images, size=size, mode="bicubic", align_corners=False,
+    out = F.interpolate(images, size=size, mode=mode, align_corners=False,
                         antialias=antialias)
     return out.clamp(0, 1) if clamp else out
 
@@ -82,9 +83,10 @@ def resize_shortest_center_crop(images: torch.Tensor, size: int = 224, *,
 
 
 def resize_square(images: torch.Tensor, size: int, *, antialias: bool = True,
-                  clamp: bool = True) -> torch.Tensor:
-    """Resize to ``size x size`` ignoring the aspect ratio (BLIP-VQA test transform)."""
-    return _resize(images, (size, size), antialias, clamp)
+                  clamp: bool = True, mode: str = "bicubic") -> torch.Tensor:
+    """Resize to ``size x size`` ignoring the aspect ratio (BLIP-VQA test transform: bicubic;
+    the T2I-CompBench DPT transform ``transforms.Resize([480, 480])``: ``mode="bilinear"``)."""
+    return _resize(images, (size, size), antialias, clamp, mode)
 
 
 def hps_preprocess(images: torch.Tensor, size: int = 224, antialias: bool = True) -> torch.Tensor:

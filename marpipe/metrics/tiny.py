@@ -83,17 +83,21 @@ def make_aesthetic_dir(tiny_root) -> Path:
     return d
 
 
+def _clip_towers(d: Path, max_text: int, patch: int) -> dict:
+    """Writes the tiny CLIP BPE tokenizer to ``d``; returns 1-layer, width-32 text and vision
+    tower configs (32x32 images) for the CLIP-family configs (CLIP, OWL-ViT)."""
+    write_clip_tokenizer(d)
+    nvocab = len(json.loads((d / "vocab.json").read_text()))
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    return dict(text_config=dict(vocab_size=nvocab, max_position_embeddings=max_text, bos_token_id=nvocab - 2,
+                                 eos_token_id=nvocab - 1, pad_token_id=nvocab - 1, **tower),
+                vision_config=dict(image_size=32, patch_size=patch, **tower))
+
+
 def make_pickscore_dir(tiny_root) -> Path:
     from transformers import CLIPConfig, CLIPModel
     d = tiny_root / "pickscore"
-    write_clip_tokenizer(d)
-    nvocab = len(json.loads((d / "vocab.json").read_text()))
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=nvocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77,
-                         bos_token_id=nvocab - 2, eos_token_id=nvocab - 1, pad_token_id=nvocab - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=32, patch_size=16),
+    cfg = CLIPConfig(**_clip_towers(d, max_text=77, patch=16),
         projection_dim=16)
     torch.manual_seed(4)
     m = CLIPModel(cfg)
@@ -164,4 +168,108 @@ def make_blip_vqa_dir(tiny_root) -> Path:
                          bos_token_id=tok.convert_tokens_to_ids("[DEC]"), sep_token_id=3, pad_token_id=0))
     torch.manual_seed(6)
     BlipForQuestionAnswering(cfg).save_pretrained(str(d))
+    return d
+
+
+def smooth_images(n=4, h=40, w=48, seed=0, grid=6):
+    """Low-frequency images (bilinear upsampling of a ``grid x grid`` noise), 8-bit quantised:
+    resizers (PIL vs torch) agree on them to about one grey level, unlike on white noise."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.rand(n, 3, grid, grid, generator=g), size=(h, w), mode="bilinear",
+                      align_corners=False)
+    return x.mul(255).round().div(255)
+
+
+def make_owlvit_dir(tiny_root) -> Path:
+    """A tiny ``OwlViTForObjectDetection`` (4x4 patch grid = 16 box queries), its CLIP BPE
+    tokenizer and an ``OwlViTImageProcessor`` config (square resize to 32, OpenAI mean/std)."""
+    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor
+    d = tiny_root / "owlvit"
+    cfg = OwlViTConfig(**_clip_towers(d, max_text=16, patch=8),
+        projection_dim=32)   # the class head needs projection_dim == text hidden size (as 512/512)
+    torch.manual_seed(7)
+    m = OwlViTForObjectDetection(cfg)
+    with torch.no_grad():   # random heads saturate (scores 0/1, degenerate boxes): tame them
+        m.box_head.dense2.weight.mul_(0.02)
+        m.box_head.dense2.bias.zero_()         # boxes ~ the patch-grid prior
+        m.class_head.logit_scale.weight.mul_(0.02)
+        m.class_head.logit_scale.bias.fill_(1.0)
+        m.class_head.logit_shift.weight.mul_(0.02)
+        m.class_head.logit_shift.bias.zero_()  # scores spread around 0.5
+    m.save_pretrained(str(d))
+    OwlViTImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32},
+                         do_center_crop=False).save_pretrained(str(d))
+    return d
+
+
+def make_gdino_dir(tiny_root) -> Path:
+    """A tiny ``GroundingDinoForObjectDetection`` (Swin + BERT, 12 queries) with its
+    processor (BERT tokenizer; ``GroundingDinoImageProcessor`` resizing the shortest side
+    to 96, longest at most 128 -- the real config says 800 / 1333)."""
+    from transformers import (AutoTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor)
+    d = tiny_root / "gdino"
+    write_bert_tokenizer(d)
+    tok = AutoTokenizer.from_pretrained(str(d))
+    cfg = GroundingDinoConfig(
+        backbone_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+                             num_heads=[1, 1, 1, 1], window_size=4,
+                             out_features=["stage2", "stage3", "stage4"]),
+        text_config=dict(model_type="bert", vocab_size=len(BERT_WORDS), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                         pad_token_id=0),
+        d_model=32, num_queries=12, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=2,
+        decoder_n_points=2, num_feature_levels=4, max_text_len=256)
+    torch.manual_seed(8)
+    m = GroundingDinoForObjectDetection(cfg)
+    with torch.no_grad():   # smaller decoder states: token probabilities spread around 0.5, not 0/1
+        m.model.decoder.layer_norm.weight.mul_(0.1)
+    m.save_pretrained(str(d))
+    proc = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 96, "longest_edge": 128}),
+        tokenizer=tok)
+    proc.save_pretrained(str(d))
+    return d
+
+
+def make_dpt_dir(tiny_root) -> Path:
+    """A tiny HYBRID ``DPTForDepthEstimation`` (BiT stem + ViT, as Intel/dpt-hybrid-midas),
+    configured for 32x32 inputs like the real one is for 384x384 -- so running it at
+    another size (the reference's 480) exercises the position-embedding resize."""
+    from transformers import DPTConfig, DPTForDepthEstimation
+    d = tiny_root / "dpt"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = DPTConfig(
+        is_hybrid=True, image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, backbone_out_indices=[0, 1, 0, 1],
+        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_in_index=-1,
+        backbone_featmap_shape=[1, 32, 2, 2], readout_type="project", reassemble_factors=[4, 2, 1, 0.5],
+        backbone_config=dict(model_type="bit", global_padding="same", layer_type="bottleneck",
+                             depths=[1, 1, 1], hidden_sizes=[8, 16, 32], embedding_size=8, num_groups=2,
+                             out_features=["stage1", "stage2", "stage3"], embedding_dynamic_padding=True))
+    torch.manual_seed(9)
+    m = DPTForDepthEstimation(cfg)
+    with torch.no_grad():   # a non-degenerate depth map out of the final ReLU
+        m.head.head[-2].bias.fill_(1.0)
+    m.save_pretrained(str(d))
+    return d
+
+
+def make_git_dir(tiny_root) -> Path:
+    """A tiny ``GitForCausalLM`` with a BERT tokenizer and a CLIP image-processor config
+    (shortest side 32, centre crop 32), the layout of microsoft/git-large-vqav2."""
+    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM
+    d = tiny_root / "git"
+    write_bert_tokenizer(d)
+    cfg = GitConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        vocab_size=len(BERT_WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        initializer_range=0.3)   # larger than the default 0.02 so that the image visibly moves P(yes)
+    torch.manual_seed(10)
+    GitForCausalLM(cfg).save_pretrained(str(d))
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(d))
     return d

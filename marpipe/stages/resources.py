@@ -6,11 +6,9 @@
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -105,36 +103,70 @@ def fetch_weights(exp: Experiment, name: str, root: str | Path = "resources/metr
 
 
 # --- prompt sets ---------------------------------------------------------------------------
+#: HPS v2 benchmark styles, in the order of ``hpsv2.benchmark_prompts('all')`` (800 prompts each)
+HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
+
+
 def fetch_prompts(exp: Experiment, name: str, out: str | Path) -> Path:
+    """Write prompt set ``name`` of ``config.prompts`` to ``out`` (JSON lines).
+
+    ``kind: url`` sets are downloaded and checked against their pinned ``sha256`` (a
+    mismatch is an error naming the set, both hashes and the config key to re-pin); a
+    ``null`` pin is trusted on first use and the hash recorded beside ``out``
+    (``<out>.sha256``; ``<out>.<style>.sha256`` for the per-style ``hps_benchmark`` files).
+    """
     spec = exp.cfg["prompts"][name]
     if spec["kind"] == "world":
         from marpipe.world import make_split
         rows = [{"prompt": m["prompt"], "metadata": m} for m in make_split(spec["split"], spec["n"], exp.cfg["seed"])]
         return write_prompt_set(out, rows)
-    data = _download(spec["url"], spec.get("sha256"), Path(out).with_suffix(".sha256"))
-    rows = _parse_prompts(data, spec.get("format", "jsonl"), name)
+    fmt = spec.get("format", "jsonl")
+    if fmt == "hps_benchmark":
+        styles = spec.get("styles") or {}
+        missing = [s for s in HPS_STYLES if s not in styles]
+        if missing:
+            raise RuntimeError(f"prompt set {name!r}: format hps_benchmark needs config.prompts.{name}.styles."
+                               f"<style>: {{url, sha256}} for {', '.join(missing)}")
+        rows = []
+        for style in HPS_STYLES:
+            f = styles[style]
+            data = _download(f["url"], f.get("sha256"), Path(out).with_suffix(f".{style}.sha256"),
+                             name=name, key=f"prompts.{name}.styles.{style}.sha256")
+            rows += _parse_hps_style(data, style, name)
+    else:
+        if not spec.get("url"):
+            raise RuntimeError(f"prompt set {name!r}: kind url needs config.prompts.{name}.url")
+        data = _download(spec["url"], spec.get("sha256"), Path(out).with_suffix(".sha256"),
+                         name=name, key=f"prompts.{name}.sha256")
+        rows = _parse_prompts(data, fmt, name)
+        if spec.get("complex_kinds"):
+            rows = _tag_complex_kinds(rows, spec["complex_kinds"], out, name)
     if spec.get("n"):
         rows = rows[: spec["n"]]
     return write_prompt_set(out, rows)
 
 
-def _download(url: str, sha256: str | None, record: Path) -> bytes:
+def _download(url: str, sha256: str | None, record: Path, name: str = "?", key: str | None = None) -> bytes:
+    key = key or f"prompts.{name}.sha256"
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
     except OSError as e:
-        raise RuntimeError(f"cannot download {url} ({e}); check the network or config.prompts.<set>.url") from None
+        raise RuntimeError(f"prompt set {name!r}: cannot download {url} ({e}); check the network or "
+                           f"config.yaml {key.rsplit('.', 1)[0]}.url") from None
     import hashlib
     got = hashlib.sha256(data).hexdigest()
     if sha256 and got != sha256:
-        raise RuntimeError(f"{url}: sha256 {got} != pinned {sha256} (the source changed; re-pin config.prompts.<set>.sha256)")
+        raise RuntimeError(f"prompt set {name!r}: {url} has sha256 {got} but the pinned sha256 is {sha256}: "
+                           f"the source changed. Check it, then pin the URL to a commit and set config.yaml "
+                           f"{key} (or restore the pinned source)")
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(got + "\n")          # trust on first use: pin this value in the config
     return data
 
 
 def _parse_prompts(data: bytes, fmt: str, name: str) -> list[dict]:
-    if fmt == "txt":        # T2I-CompBench val files: one prompt per line
+    if fmt == "txt":        # T2I-CompBench val files: one prompt per line (CRLF in some files)
         return [{"prompt": line.strip(), "metadata": {"set": name}} for line in data.decode().splitlines() if line.strip()]
     if fmt == "jsonl":      # the training prompts: JSON lines despite the .json extension
         rows = []
@@ -144,11 +176,35 @@ def _parse_prompts(data: bytes, fmt: str, name: str) -> list[dict]:
                 text = r.get("prompt") or r.get("caption") or r.get("text")
                 rows.append({"prompt": text, "metadata": {k: v for k, v in r.items() if k != "prompt"}})
         return rows
-    if fmt == "hps_benchmark":   # the HPS v2 repo archive: benchmark prompt lists per style
-        rows = []
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            for style in ("anime", "concept-art", "paintings", "photo"):
-                member = next(n for n in z.namelist() if n.endswith(f"benchmark_prompts/{style}.json"))
-                rows += [{"prompt": p, "metadata": {"style": style}} for p in json.loads(z.read(member))]
-        return rows
-    raise ValueError(f"unknown prompt format {fmt!r}")
+    raise ValueError(f"unknown prompt format {fmt!r} (prompt set {name!r})")
+
+
+def _parse_hps_style(data: bytes, style: str, name: str) -> list[dict]:
+    """One HPS v2 benchmark file (``benchmark/<style>.json`` of the HPDv2 dataset): a JSON list
+    of prompt strings."""
+    prompts = json.loads(data)
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompt set {name!r}: the {style} file is not a JSON list of prompt strings")
+    return [{"prompt": p, "metadata": {"style": style}} for p in prompts]
+
+
+def _complex_key(line: str) -> str:
+    """``3_in_1.py``'s key of a prompt line: the text before the first '.', lower-cased."""
+    return line.strip("\n").split(".")[0].lower()
+
+
+def _tag_complex_kinds(rows: list[dict], kinds: dict, out: str | Path, name: str) -> list[dict]:
+    """T2I-CompBench complex: ``metadata.complex_kind`` = "spatial" / "action" when the prompt is
+    in ``complex_val_spatial.txt`` / ``complex_val_action.txt`` (``3_in_1.py`` scores those by
+    the mean of two parts), else "both" (the mean of attribute, spatial and CLIP)."""
+    keys = {}
+    for kind in ("spatial", "action"):
+        f = kinds[kind]
+        data = _download(f["url"], f.get("sha256"), Path(out).with_suffix(f".{kind}.sha256"),
+                         name=name, key=f"prompts.{name}.complex_kinds.{kind}.sha256")
+        keys[kind] = {_complex_key(line) for line in data.decode().splitlines()}
+    for r in rows:
+        k = _complex_key(r["prompt"])
+        kind = "spatial" if k in keys["spatial"] else "action" if k in keys["action"] else "both"
+        r["metadata"] = {**r["metadata"], "complex_kind": kind}
+    return rows

@@ -16,26 +16,13 @@ def tiny_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("metric_weights")
 
 
-@pytest.fixture(scope="session")
-def hps_dir(tiny_root):
-    return _t.make_hps_dir(tiny_root)
+def _weights_fixture(builder):
+    @pytest.fixture(scope="session")
+    def fixture(tiny_root):
+        return builder(tiny_root)
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def aesthetic_dir(tiny_root):
-    return _t.make_aesthetic_dir(tiny_root)
-
-
-@pytest.fixture(scope="session")
-def pickscore_dir(tiny_root):
-    return _t.make_pickscore_dir(tiny_root)
-
-
-@pytest.fixture(scope="session")
-def imagereward_dir(tiny_root):
-    return _t.make_imagereward_dir(tiny_root)
-
-
-@pytest.fixture(scope="session")
-def blip_vqa_dir(tiny_root):
-    return _t.make_blip_vqa_dir(tiny_root)
+# one session fixture ``<name>_dir`` per tiny architecture
+for _name in ('hps', 'aesthetic', 'pickscore', 'imagereward', 'blip_vqa', 'owlvit', 'gdino', 'dpt', 'git'):
+    globals()[f"{_name}_dir"] = _weights_fixture(getattr(_t, f"make_{_name}_dir"))

@@ -117,3 +117,28 @@ def test_evaluate_category_records_detector():
                      {"label": v[-1], "score": 1.0, "box": [100, 0, 110, 10]}] for v in vocab]
     out = evaluate_category("spatial", images(2), ["a cat on the left of a dog"], [0, 0], detector=FakeDet())
     assert out["detector"] == "fake-owlvit" and out["score"] == pytest.approx(1.0)
+
+
+def test_complex_uses_the_prompt_sets_kind():
+    """``3_in_1.py``: the kind comes with the prompt (``metadata.complex_kind``, set from
+    complex_val_spatial/action.txt when the prompt set is downloaded); default "both"."""
+    class Const:
+        def __init__(self, v):
+            self.v = v
+
+        def score(self, images, prompts):
+            return torch.full((len(prompts),), self.v)
+
+        def score_questions(self, images, qs):
+            return torch.full((len(qs),), self.v)
+
+    class FakeDet:
+        def detect(self, images, vocab):
+            return [[{"label": v[0], "score": 1.0, "box": [0, 0, 10, 10]},
+                     {"label": v[-1], "score": 1.0, "box": [100, 0, 110, 10]}] for v in vocab]
+    prompts = ["a cat on the left of a dog"] * 3
+    meta = [{"complex_kind": "spatial"}, {"complex_kind": "action"}, {}]
+    out = evaluate_category("complex", images(3), prompts, [0, 1, 2], vqa=Const(0.5), clip=Const(0.2),
+                            detector=FakeDet(), metadata=meta)
+    attr = 0.5 ** len(noun_chunks(prompts[0]))
+    assert out["per_image"] == pytest.approx([(attr + 1.0) / 2, (attr + 0.2) / 2, (attr + 1.0 + 0.2) / 3])
