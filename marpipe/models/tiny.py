@@ -6,10 +6,19 @@ parts as the real models, only small:
 * a word-hash prompt tokenizer and a small text transformer (NOVA: Phi,
   Harmon: Qwen in the real models);
 * a bidirectional transformer over ``[prompt tokens ; image tokens]`` whose image
-  inputs are the known token latents or a learned ``[MASK]`` embedding;
-* a diffusion head of AdaLN-zero residual MLP blocks; ``tiny-nova`` predicts
-  ``eps`` with the fixed DDPM posterior variance, ``tiny-harmon`` also predicts
-  ``v`` (learned-range variance) on a cosine schedule;
+  inputs are the known token latents or a learned ``[MASK]`` embedding, with 2-D
+  sin-cos initialised positions and a zero-initialised 3x3 convolution over the
+  token grid before the first layer (a locality prior: minutes of CPU training
+  are not enough for attention to discover which tokens are neighbours);
+* a diffusion head of AdaLN-zero residual MLP blocks whose input also gets a
+  projection of ``z`` (so the condition reaches the output from the first step);
+  ``tiny-nova`` gives ``eps`` with the fixed DDPM posterior variance,
+  ``tiny-harmon`` also ``v`` (learned-range variance) on a cosine schedule.
+  Inside, the head predicts the velocity ``sqrt(abar) eps - sqrt(1-abar) x0``
+  and returns ``eps = sqrt(1-abar) x_t + sqrt(abar) velocity``: the same
+  ``eps`` interface as NOVA, but well conditioned at high noise, where a tiny
+  MLP cannot learn the near-identity ``eps ~ x_t`` to the precision that the
+  ``x0`` estimate needs;
 * a linear patch codec (the VAE's role): an image is cut into ``patch x patch``
   patches and each patch is projected onto ``token_dim`` basis vectors (fitted by
   PCA on rendered images when the small world pre-trains the model).
@@ -76,10 +85,25 @@ def head_to_ar_ratio(cfg: TinyMARConfig) -> float:
     """Multiply-adds per token: one head step / one AR-transformer forward.
 
     AR layer: attention projections 4 d^2 + MLP 8 d^2 = 12 d^2 (attention scores
-    ignored). Head block: AdaLN modulation 3 w^2 + MLP 2 w^2 = 5 w^2. NOVA
-    (d48 w1024, head 6 x 1024): 6*5/(48*12) = 0.052.
+    ignored); the tiny models' 3x3 stem adds 9 d^2. Head block: AdaLN modulation
+    3 w^2 + MLP 2 w^2 = 5 w^2; the tiny head's two projections of ``z`` add 2 w d.
+    NOVA (d48 w1024, head 6 x 1024): 6*5/(48*12) = 0.052; tiny (d96 x 4, head
+    3 x 40): 31,680 / 525,312 = 0.060.
     """
-    return (cfg.head_blocks * 5 * cfg.head_width ** 2) / (cfg.depth * 12 * cfg.width ** 2)
+    head = cfg.head_blocks * 5 * cfg.head_width ** 2 + 2 * cfg.head_width * cfg.width
+    return head / ((cfg.depth * 12 + 9) * cfg.width ** 2)
+
+
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """``[side*side, dim]`` 2-D sin-cos position table (MAE): x in the first half, y in the second."""
+    q = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float32) / q)
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    parts = []
+    for c in (xs, ys):
+        a = c.reshape(-1, 1).float() * omega[None]
+        parts += [a.sin(), a.cos()]
+    return torch.cat(parts, dim=1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -112,6 +136,7 @@ class DiffusionHead(nn.Module):
         w, c = cfg.head_width, cfg.token_dim
         self.time_embed = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.cond_embed = nn.Linear(cfg.width, w)
+        self.cond_in = nn.Linear(cfg.width, w)
         self.input_proj = nn.Linear(c, w)
         self.blocks = nn.ModuleList(AdaLNBlock(w) for _ in range(cfg.head_blocks))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
@@ -126,7 +151,7 @@ class DiffusionHead(nn.Module):
 
     def forward(self, x_t, t, z):
         c = self.time_embed(timestep_embedding(t, self.width)) + self.cond_embed(z)
-        h = self.input_proj(x_t)
+        h = self.input_proj(x_t) + self.cond_in(z)
         for block in self.blocks:
             h = block(h, c)
         return self.out(self.final_norm(h))
@@ -182,7 +207,8 @@ class TinyMAR(nn.Module):
     def __init__(self, cfg: TinyMARConfig):
         super().__init__()
         self.cfg = cfg
-        self.num_tokens = (cfg.image_size // cfg.patch) ** 2
+        self.grid = cfg.image_size // cfg.patch
+        self.num_tokens = self.grid ** 2
         self.token_dim = cfg.token_dim
         self.image_size = cfg.image_size
         self.learned_variance = cfg.kind == "harmon"
@@ -198,7 +224,10 @@ class TinyMAR(nn.Module):
         # AR transformer
         self.token_in = nn.Linear(cfg.token_dim, d)
         self.mask_token = nn.Parameter(torch.zeros(d))
-        self.image_pos = nn.Parameter(torch.randn(self.num_tokens, d) * 0.02)
+        self.image_pos = nn.Parameter(sincos_2d(cfg.image_size // cfg.patch, d))
+        self.stem = nn.Conv2d(d, d, 3, padding=1)       # zero-init: the identity at start
+        nn.init.zeros_(self.stem.weight)
+        nn.init.zeros_(self.stem.bias)
         self.encoder = nn.TransformerEncoder(layer(), cfg.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.head_net = DiffusionHead(cfg)
@@ -229,7 +258,10 @@ class TinyMAR(nn.Module):
 
     # --- AR part --------------------------------------------------------------
     def ar_forward(self, canvas, known, prompts: Prompts):
-        x = torch.where(known[..., None], self.token_in(canvas), self.mask_token) + self.image_pos
+        x = torch.where(known[..., None], self.token_in(canvas), self.mask_token)
+        b, n, d = x.shape
+        grid = x.transpose(1, 2).reshape(b, d, self.grid, self.grid)
+        x = x + self.stem(grid).reshape(b, d, n).transpose(1, 2) + self.image_pos
         seq = torch.cat([prompts.emb, x], dim=1)
         pad = torch.cat([prompts.pad, torch.zeros_like(known)], dim=1)
         h = self.encoder(seq, src_key_padding_mask=pad)
@@ -239,10 +271,9 @@ class TinyMAR(nn.Module):
     def head(self, x_t, step, z):
         t = self.schedule.timesteps.to(step.device)[step]
         out = self.head_net(x_t, t, z)
-        if self.learned_variance:
-            eps, v = out.chunk(2, dim=-1)
-            return eps, v
-        return out, None
+        velocity, v = out.chunk(2, dim=-1) if self.learned_variance else (out, None)
+        abar = self.schedule.at("abar", step, x_t)
+        return (1 - abar).sqrt() * x_t + abar.sqrt() * velocity, v
 
     def decode(self, latents):
         return self.codec.decode(latents)

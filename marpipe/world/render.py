@@ -2,9 +2,15 @@
 
 ``render(metas, seeds)`` draws each prompt on a 32x32 canvas: flat palette
 objects (``PALETTE``), textures drawn with a darker shade of the object's
-colour (``SHADE_FACTOR``), one of four greyscale backgrounds. The seed picks the
-layout jitter, object sizes and unspecified colours, so a prompt has many valid
-renders; the same (metadata, seed) gives byte-identical pixels (only
+colour (``SHADE_FACTOR``), one of four greyscale backgrounds. Layouts are
+canonical: one object centred, two side by side, three or four in the quadrants
+in the order the prompt mentions them, a related pair centred as a group. The
+seed picks a +-1 px jitter, object sizes, the pair's gap and unspecified
+colours, so a prompt has many valid renders but its layout is nearly fixed: a
+MAR model with few AR steps samples many tokens at once, each independently
+given the context, and only draws coherent objects where the prompt pins down
+where they are (a world with free positions gives scattered fragments). The
+same (metadata, seed) gives byte-identical pixels (only
 ``numpy.random.Generator`` seeded from the arguments is used).
 
 Geometry conventions (what :mod:`marpipe.world.scorers` reads back):
@@ -90,13 +96,22 @@ def _resolve_colors(objects: list[dict], rng: np.random.Generator) -> list[str]:
     return out
 
 
+def _jitter(rng: np.random.Generator) -> int:
+    return int(rng.integers(-1, 2))
+
+
 def _cells_layout(sizes: list[int], rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Top-left corners for up to 4 objects, one per quadrant, never touching."""
-    cells = rng.permutation(4)[: len(sizes)]
-    corners = []
-    for cell, s in zip(cells, sizes):
-        cx, cy = CELL * (cell % 2), CELL * (cell // 2)
-        corners.append((cx + int(rng.integers(1, CELL - s)), cy + int(rng.integers(1, CELL - s))))
+    """Top-left corners for up to 4 objects, never touching: one centred, two side by
+    side, three or four in the quadrants (reading order)."""
+    n, corners = len(sizes), []
+    for i, s in enumerate(sizes):
+        if n == 1:
+            x, y = (CANVAS - s) // 2, (CANVAS - s) // 2
+        elif n == 2:
+            x, y = CELL * i + (CELL - s) // 2, (CANVAS - s) // 2
+        else:
+            x, y = CELL * (i % 2) + (CELL - s) // 2, CELL * (i // 2) + (CELL - s) // 2
+        corners.append((x + _jitter(rng), y + _jitter(rng)))
     return corners
 
 
@@ -180,14 +195,14 @@ def _overlap(ma: np.ndarray, mb: np.ndarray, off: tuple[int, int]) -> bool:
 
 
 def _translate_into_canvas(boxes: list[tuple[int, int, int]], rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Shift relative boxes (x, y, size) to a random position inside the canvas (1 px margin)."""
+    """Shift relative boxes (x, y, size) so that their union is centred (+-1 px, 1 px margin)."""
     x0 = min(b[0] for b in boxes); y0 = min(b[1] for b in boxes)
     x1 = max(b[0] + b[2] for b in boxes); y1 = max(b[1] + b[2] for b in boxes)
     w, h = x1 - x0, y1 - y0
     if w > CANVAS - 2 or h > CANVAS - 2:
         raise RuntimeError("layout does not fit the canvas")
-    ox = int(rng.integers(1, CANVAS - w)) - x0
-    oy = int(rng.integers(1, CANVAS - h)) - y0
+    ox = int(np.clip((CANVAS - w) // 2 + _jitter(rng), 1, CANVAS - 1 - w)) - x0
+    oy = int(np.clip((CANVAS - h) // 2 + _jitter(rng), 1, CANVAS - 1 - h)) - y0
     return [(b[0] + ox, b[1] + oy) for b in boxes]
 
 

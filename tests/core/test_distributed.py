@@ -54,13 +54,20 @@ def test_two_gloo_ranks_equal_one_process(workdir):
     # the same prompts, groups and noise: identical rollouts and rewards at step 1
     assert rows_one[0]["reward_mean"] == pytest.approx(rows_two[0]["reward_mean"], rel=1e-6)
     for a, b in zip(rows_one, rows_two):
+        # on-policy the loss is a cancellation of O(1) terms (~1e-7 at step 1), so its
+        # summation-order noise needs an absolute tolerance
         for key in ("reward_mean", "loss", "kl", "grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert one.keys() == two.keys()
     base = tiny().state_dict()
     moved = [k for k in one if not torch.equal(one[k], base[k])]
     assert moved, "training changed nothing"
     for k in one:
-        # only the float summation order differs (all-reduce), which Adam can turn into a
-        # sign flip of at most ~lr on coordinates whose gradient is ~0
-        torch.testing.assert_close(one[k], two[k], atol=1e-5, rtol=1e-4)
+        a, b = one[k], two[k]
+        if k.endswith("self_attn.in_proj_bias"):
+            # the key bias cancels in the softmax: its true gradient is exactly 0, so what it
+            # gets is summation-order noise, which Adam turns into a +-lr step; compare q and v
+            d = a.shape[0] // 3
+            a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
+        # otherwise only the float summation order differs (all-reduce)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")

@@ -86,9 +86,10 @@ def test_top_k_zero_reduces_to_the_single_trajectory():
     torch.testing.assert_close(a.loss, b.loss)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y)
-    c, _ = loss_and_grads(m, multi, grpo(fix_decoder=True, mte=True, S=3, top_k=0.5))
+    c, gc = loss_and_grads(m, multi, grpo(fix_decoder=True, mte=True, S=3, top_k=0.5))
     assert c.stats["mte_tokens"] == pytest.approx(0.5, abs=0.05)
-    assert not torch.equal(c.loss, b.loss)
+    # on-policy the loss value is ~0 either way; the extra trajectories show in the gradient
+    assert any(not torch.allclose(x, y) for x, y in zip(gc, gb))
 
 
 def test_sim_with_tau_minus_infinity_equals_mte():
