@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from marpipe.config import ConfigError, GRPOConfig
@@ -27,6 +27,7 @@ SUITES = ("preference", "compbench")
 
 
 def _validator():
+    import jsonschema
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     cls = jsonschema.validators.validator_for(schema)
 
@@ -39,7 +40,8 @@ def _validator():
     return jsonschema.validators.extend(cls, {"properties": set_defaults})(schema)
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
+def _describe(err) -> str:
+    """One line for a ``jsonschema.ValidationError``: the key's path and what is wrong."""
     path = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
@@ -52,6 +54,7 @@ def _describe(err: jsonschema.ValidationError) -> str:
 
 def validate(raw: dict) -> dict:
     """Schema-validate ``raw`` (a copy; defaults filled in) and check cross-references."""
+    import jsonschema
     cfg = copy.deepcopy(raw)
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
@@ -104,7 +107,11 @@ def _check_references(cfg: dict) -> None:
             exp.warmup_config(model)
 
 
-def load(path_or_dict: str | Path | dict) -> "Experiment":
+def load(path_or_dict: str | Path | dict, cache: str | Path | None = None) -> "Experiment":
+    """Validate a config (file or dict). With ``cache`` (a folder), a config already validated
+    against the same schema and scorer registry is read back instead of validated again
+    (the Snakefile parses the config on every invocation; validation is most of a dry run's
+    own time)."""
     if isinstance(path_or_dict, dict):
         raw = path_or_dict
     else:
@@ -112,7 +119,20 @@ def load(path_or_dict: str | Path | dict) -> "Experiment":
         if not path.exists():
             raise ConfigError(f"config file {path} not found")
         raw = yaml.safe_load(path.read_text()) or {}
-    return Experiment(validate(raw))
+    if cache is None:
+        return Experiment(validate(raw))
+    from marpipe.rewards import available_rewards
+    key = hashlib.sha256("\n".join([json.dumps(raw, sort_keys=True, default=str), SCHEMA_PATH.read_text(),
+                                     ",".join(sorted(available_rewards()))]).encode()).hexdigest()[:16]
+    hit = Path(cache) / f"{key}.json"
+    if hit.exists():
+        return Experiment(json.loads(hit.read_text()))
+    cfg = validate(raw)
+    hit.parent.mkdir(parents=True, exist_ok=True)
+    tmp = hit.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cfg))
+    os.replace(tmp, hit)
+    return Experiment(cfg)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ class MLflowRun:
 
 def _open_run(uri, experiment, run_key, params, tags):
     import mlflow
+    from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -86,10 +87,8 @@ def _open_run(uri, experiment, run_key, params, tags):
     else:
         run = client.create_run(exp_id, run_name=run_key, tags={"marpipe.run_key": run_key, **tags})
         run_id = run.info.run_id
-        for k, v in _flatten(params).items():
-            client.log_param(run_id, k, str(v)[:6000])
-    for k, v in tags.items():
-        client.set_tag(run_id, k, str(v))
+        _log_batches(client, run_id, params=[Param(k, str(v)[:6000]) for k, v in _flatten(params).items()])
+    _log_batches(client, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     del mlflow
     return client, run_id
 
@@ -101,12 +100,26 @@ def _create_experiment(client, name):
         return client.get_experiment_by_name(name).experiment_id
 
 
+def _log_batches(client, run_id, metrics=(), params=(), tags=()):
+    """``log_batch`` within MLflow's limits (1000 metrics, 100 params, 100 tags per call):
+    one HTTP request per chunk instead of one per value."""
+    for kind, items, size in (("metrics", list(metrics), 1000), ("params", list(params), 100),
+                              ("tags", list(tags), 100)):
+        for i in range(0, len(items), size):
+            client.log_batch(run_id, **{kind: items[i:i + size]})
+
+
 def _log_metrics(client, run_id, step, metrics):
-    from mlflow.entities import Metric
+    _log_rows(client, run_id, [(step, metrics)])
+
+
+def _log_rows(client, run_id, rows):
+    """Metrics of many steps, ``[(step, {name: value})]``, in as few requests as possible."""
     import time
+    from mlflow.entities import Metric
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    client.log_batch(run_id, metrics=batch)
+    _log_batches(client, run_id, metrics=[Metric(k, float(v), now, step) for step, metrics in rows
+                                          for k, v in metrics.items() if isinstance(v, (int, float))])
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -130,10 +143,8 @@ def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dic
     client, run_id = _open_run(uri, experiment, run_key, params or {}, tags or {})
     rows = read_jsonl(jsonl)
     have = {m.step for m in client.get_metric_history(run_id, "loss")} if rows else set()
-    for row in rows:
-        if row["step"] not in have:
-            _log_metrics(client, run_id, row["step"], {k: v for k, v in row.items() if k != "step"})
+    _log_rows(client, run_id, [(row["step"], {k: v for k, v in row.items() if k != "step"})
+                               for row in rows if row["step"] not in have])
     if final_metrics:
-        client.log_batch(run_id, metrics=[])  # keep the connection check cheap
         _log_metrics(client, run_id, 0, {f"final.{k}": v for k, v in final_metrics.items()})
     return run_id

@@ -15,7 +15,7 @@ if workflow.overwrite_configfiles:
         config.update(yaml.safe_load(Path(_path).read_text()))
     config.update(workflow.config_settings.overwrite_config)
 
-EXP = E.load(config)  # raises ConfigError naming the key: nothing is submitted
+EXP = E.load(config, cache=".marpipe/validated")  # ConfigError naming the key: nothing is submitted
 # The validated config every job reads (content-addressed, so re-parsing in a job writes the same file)
 CONFIG = f".marpipe/config-{EXP.config_hash}.yaml"
 Path(CONFIG).parent.mkdir(exist_ok=True)
