@@ -74,3 +74,15 @@ def test_cross_references_are_checked():
     cfg["evaluation"]["compbench"]["categories"]["Color"]["prompts"] = "missing_set"
     with pytest.raises(ConfigError, match="categories.Color.prompts = 'missing_set': not in config.prompts"):
         E.load(cfg)
+
+
+def test_validated_config_cache_reuses_valid_configs_and_never_stores_bad_ones(tmp_path):
+    cfg = shrunk_config()
+    first = E.load(cfg, cache=tmp_path)
+    stored = list(tmp_path.glob("*.json"))
+    assert len(stored) == 1
+    assert E.load(cfg, cache=tmp_path).cfg == first.cfg == E.load(cfg).cfg   # hit == fresh validation
+    cfg["train"]["top_k"] = 1.5
+    with pytest.raises(ConfigError, match=r"config\.train\.top_k"):
+        E.load(cfg, cache=tmp_path)
+    assert list(tmp_path.glob("*.json")) == stored

@@ -92,3 +92,21 @@ def test_render_negatives_all_kinds():
         assert imgs.shape == clean.shape and len(shown) == 4
         assert not torch.equal(imgs, clean)
         assert (shown != metas) == (kind == "swap")
+
+
+def test_layouts_are_canonical_so_few_step_mar_can_draw_them():
+    """One object centred, two side by side, related pairs centred as a group (+-1 px)."""
+    from marpipe.world.render import CANVAS, layout
+    one = {"objects": [{"color": "red", "shape": "circle", "count": 1}], "relation": None}
+    two = {"objects": [{"color": "red", "shape": "circle", "count": 1},
+                       {"color": "blue", "shape": "square", "count": 1}], "relation": None}
+    pair = {"objects": [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}],
+            "relation": {"name": "left of"}}
+    for seed in range(20):
+        (p,) = layout(one, seed)
+        assert abs(p.x + p.size / 2 - CANVAS / 2) <= 1.5 and abs(p.y + p.size / 2 - CANVAS / 2) <= 1.5
+        a, b = layout(two, seed)
+        assert a.x + a.size <= CANVAS // 2 <= b.x and abs(a.y + a.size / 2 - CANVAS / 2) <= 1.5
+        placed = layout(pair, seed)
+        x0 = min(q.x for q in placed); x1 = max(q.x + q.size for q in placed)
+        assert abs((x0 + x1) / 2 - CANVAS / 2) <= 1.5
