@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -128,10 +127,8 @@ def load(path_or_dict: str | Path | dict, cache: str | Path | None = None) -> "E
     if hit.exists():
         return Experiment(json.loads(hit.read_text()))
     cfg = validate(raw)
-    hit.parent.mkdir(parents=True, exist_ok=True)
-    tmp = hit.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cfg))
-    os.replace(tmp, hit)
+    from marpipe.io.files import atomic_write_bytes       # (imports torch: only on a miss)
+    atomic_write_bytes(hit, json.dumps(cfg).encode())   # key order kept (models, variants)
     return Experiment(cfg)
 
 

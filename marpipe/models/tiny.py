@@ -224,7 +224,7 @@ class TinyMAR(nn.Module):
         # AR transformer
         self.token_in = nn.Linear(cfg.token_dim, d)
         self.mask_token = nn.Parameter(torch.zeros(d))
-        self.image_pos = nn.Parameter(sincos_2d(cfg.image_size // cfg.patch, d))
+        self.image_pos = nn.Parameter(sincos_2d(self.grid, d))
         self.stem = nn.Conv2d(d, d, 3, padding=1)       # zero-init: the identity at start
         nn.init.zeros_(self.stem.weight)
         nn.init.zeros_(self.stem.bias)

@@ -122,22 +122,13 @@ def fetch_prompts(exp: Experiment, name: str, out: str | Path) -> Path:
         return write_prompt_set(out, rows)
     fmt = spec.get("format", "jsonl")
     if fmt == "hps_benchmark":
-        styles = spec.get("styles") or {}
-        missing = [s for s in HPS_STYLES if s not in styles]
-        if missing:
-            raise RuntimeError(f"prompt set {name!r}: format hps_benchmark needs config.prompts.{name}.styles."
-                               f"<style>: {{url, sha256}} for {', '.join(missing)}")
-        rows = []
+        rows = []            # the schema requires all four styles
         for style in HPS_STYLES:
-            f = styles[style]
-            data = _download(f["url"], f.get("sha256"), Path(out).with_suffix(f".{style}.sha256"),
-                             name=name, key=f"prompts.{name}.styles.{style}.sha256")
+            data = _download(spec["styles"][style], Path(out).with_suffix(f".{style}.sha256"),
+                             name, f"prompts.{name}.styles.{style}.sha256")
             rows += _parse_hps_style(data, style, name)
     else:
-        if not spec.get("url"):
-            raise RuntimeError(f"prompt set {name!r}: kind url needs config.prompts.{name}.url")
-        data = _download(spec["url"], spec.get("sha256"), Path(out).with_suffix(".sha256"),
-                         name=name, key=f"prompts.{name}.sha256")
+        data = _download(spec, Path(out).with_suffix(".sha256"), name, f"prompts.{name}.sha256")
         rows = _parse_prompts(data, fmt, name)
         if spec.get("complex_kinds"):
             rows = _tag_complex_kinds(rows, spec["complex_kinds"], out, name)
@@ -146,8 +137,9 @@ def fetch_prompts(exp: Experiment, name: str, out: str | Path) -> Path:
     return write_prompt_set(out, rows)
 
 
-def _download(url: str, sha256: str | None, record: Path, name: str = "?", key: str | None = None) -> bytes:
-    key = key or f"prompts.{name}.sha256"
+def _download(pinned: dict, record: Path, name: str, key: str) -> bytes:
+    """The bytes at ``pinned["url"]``, checked against ``pinned["sha256"]`` (config key ``key``)."""
+    url, sha256 = pinned["url"], pinned.get("sha256")
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
@@ -199,9 +191,8 @@ def _tag_complex_kinds(rows: list[dict], kinds: dict, out: str | Path, name: str
     the mean of two parts), else "both" (the mean of attribute, spatial and CLIP)."""
     keys = {}
     for kind in ("spatial", "action"):
-        f = kinds[kind]
-        data = _download(f["url"], f.get("sha256"), Path(out).with_suffix(f".{kind}.sha256"),
-                         name=name, key=f"prompts.{name}.complex_kinds.{kind}.sha256")
+        data = _download(kinds[kind], Path(out).with_suffix(f".{kind}.sha256"), name,
+                         f"prompts.{name}.complex_kinds.{kind}.sha256")
         keys[kind] = {_complex_key(line) for line in data.decode().splitlines()}
     for r in rows:
         k = _complex_key(r["prompt"])
