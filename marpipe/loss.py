@@ -65,13 +65,15 @@ def mar_grpo_loss(model: MARModel, ro: Rollout, advantages: torch.Tensor, cfg: G
     # which tokens enter the loss at each step
     if cfg.sim:
         # x0_before is zero at the first step, where cosine similarity gives sim(-1) = 0
-        kappa = grpo.consistency_mask(ro.x0[:, 0], ro.x0_before, ro.latents[None], cfg.tau)
+        kappa = grpo.consistency_mask(ro.x0, ro.x0_before, ro.latents[None], cfg.tau)
         token_mask = grpo.sim_token_mask(kappa, predicted, ro.accepted, cfg.sim_keep_step_tokens)
     else:
         token_mask = predicted
-    # MTE: the top_k most uncertain predicted tokens get the multi-trajectory average
+    # MTE: the top_k most uncertain tokens of each image (reference code: ranked over the whole
+    # image, once) get the multi-trajectory average wherever a step predicts them
     if S > 1:
-        uncertain = grpo.top_k_mask(grpo.token_uncertainty(ro.x0.movedim(1, 0)), predicted, cfg.top_k)
+        u = grpo.token_uncertainty(ro.x0_final)                                    # [B,N]
+        uncertain = grpo.top_k_mask(u, torch.ones_like(u, dtype=torch.bool), cfg.top_k) & predicted
     else:
         uncertain = torch.zeros_like(predicted)
 
@@ -91,7 +93,11 @@ def mar_grpo_loss(model: MARModel, ro: Rollout, advantages: torch.Tensor, cfg: G
 
     # transitions not evaluated keep their recorded log-prob: ratio exactly 1, no overflow
     log_prob = ro.old_log_prob.to(logp.dtype).index_put(rows, logp)
-    ratio = grpo.importance_ratio(log_prob, ro.old_log_prob)
+    # the extra trajectories were sampled under each token's acceptance-step condition, not this
+    # step's, so no log-prob was recorded for them; one update per rollout (the paper's inner loop
+    # 1) makes theta_old = theta here, and their old log-prob is the current one, detached
+    old_log_prob = torch.cat([ro.old_log_prob[:, :1], log_prob[:, 1:].detach()], dim=1)
+    ratio = grpo.importance_ratio(log_prob, old_log_prob)
     adv = advantages.to(dev)[None, None, None, :, None]
     policy, clipped = grpo.clipped_policy_loss(ratio, adv, cfg.clip_range)  # [J,S,T',B,N]
     per_token = grpo.mte_aggregate(policy.movedim(1, 0), uncertain[:, None])          # [J,T',B,N]

@@ -6,8 +6,15 @@ still-masked token through ``T`` steps, and the cosine schedule accepts the next
 tokens of each image's random order. For the AR steps and diffusion steps chosen
 up front (:class:`RolloutPlan`, paper Sec. 3.2) it records the known-token
 canvas, which tokens the step predicts and accepts, ``x_t``, ``x_{t-1}``, the
-log variance and the log-prob of each transition; with ``S > 1`` (MTE) also
-``S - 1`` extra head trajectories from the same ``z``.
+log variance and the log-prob of each transition.
+
+With ``S > 1`` (MTE) it also samples ``S - 1`` extra head trajectories, once per
+image after the rollout, as the reference code does: every token restarts from
+fresh noise under the condition ``z`` it was accepted with, conditional branch
+only (no CFG). Their final ``x0`` give the token uncertainty of Eq. 9, and their
+transitions at the trained head steps are what Eq. 10 averages over. Run once
+per image instead of once per AR step, they cost ``(S-1)/(2K)`` of the rollout's
+head passes (``K`` AR steps, CFG doubling the rollout's batch).
 
 All randomness comes from per-prompt generators seeded by ``(seed, step,
 prompt index)``, so a rollout does not depend on how prompts are split across
@@ -61,13 +68,15 @@ class Rollout:
     canvas: torch.Tensor        # [J,B,N,C] known-token values before step m
     known: torch.Tensor         # [J,B,N] bool, known before step m
     accepted: torch.Tensor      # [J,B,N] bool, accepted at step m
-    x_t: torch.Tensor           # [J,S,T',B,N,C]
+    x_t: torch.Tensor           # [J,S,T',B,N,C] trajectory 0: the rollout's; 1..S-1: MTE's extra ones
     x_prev: torch.Tensor        # [J,S,T',B,N,C]
     log_var: torch.Tensor       # [J,S,T',B,N,C] variance used at sampling (recorded)
-    old_log_prob: torch.Tensor  # [J,S,T',B,N] log-prob of each recorded transition (sum over C)
-    x0: torch.Tensor            # [J,S,B,N,C] each trajectory's final x0 at step m
-    x0_before: torch.Tensor     # [J,B,N,C] trajectory-0 x0 at step m-1 (zeros at m=0)
+    old_log_prob: torch.Tensor  # [J,S,T',B,N] log-prob of each rollout transition (sum over C); 0 for the
+                                # extra trajectories, sampled under another condition (see loss.py)
+    x0: torch.Tensor            # [J,B,N,C] the rollout's x0 prediction at step m
+    x0_before: torch.Tensor     # [J,B,N,C] its x0 prediction at step m-1 (zeros at m=0)
     has_before: torch.Tensor    # [J] bool
+    x0_final: torch.Tensor      # [S,B,N,C] each trajectory's final tokens (0: ``latents``)
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -75,20 +84,41 @@ class Rollout:
         return ~self.known
 
 
-def _head_step(model: MARModel, x, step: int, z_cond, z_uncond, cfg_scale: float, guided_logp: bool):
-    """One CFG head transition for ``x [..., C]``. Returns mean, log_var and the mean used for log-probs."""
+def _head_step(model: MARModel, x, step: int, z_cond, z_uncond=None, cfg_scale: float = 1.0,
+               guided_logp: bool = False):
+    """One head transition for ``x [..., C]``, with CFG when ``z_uncond`` is given.
+
+    Returns mean, log_var and the mean used for log-probs.
+    """
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
-    zc, zu = z_cond.reshape(-1, z_cond.shape[-1]), z_uncond.reshape(-1, z_uncond.shape[-1])
-    steps = torch.full((2 * flat.shape[0],), step, dtype=torch.long, device=x.device)
-    eps, v = model.head(torch.cat([flat, flat]), steps, torch.cat([zc, zu]))
-    eps_c, eps_u = eps.chunk(2)
-    eps_g = eps_u + cfg_scale * (eps_c - eps_u)
-    st = steps[: flat.shape[0]]
+    zc = z_cond.reshape(-1, z_cond.shape[-1])
+    st = torch.full((flat.shape[0],), step, dtype=torch.long, device=x.device)
+    if z_uncond is None:
+        eps_c, v = model.head(flat, st, zc)
+        eps_g = eps_c
+    else:
+        zu = z_uncond.reshape(-1, z_uncond.shape[-1])
+        eps, v = model.head(torch.cat([flat, flat]), torch.cat([st, st]), torch.cat([zc, zu]))
+        eps_c, eps_u = eps.chunk(2)
+        eps_g = eps_u + cfg_scale * (eps_c - eps_u)
+        v = None if v is None else v.chunk(2)[0]
     mean = D.posterior_mean(model.schedule, st, flat, eps_g)
-    log_var = D.posterior_log_var(model.schedule, st, flat, None if v is None else v.chunk(2)[0])
-    logp_mean = mean if guided_logp else D.posterior_mean(model.schedule, st, flat, eps_c)
+    log_var = D.posterior_log_var(model.schedule, st, flat, v)
+    logp_mean = mean if guided_logp or z_uncond is None else D.posterior_mean(model.schedule, st, flat, eps_c)
     return mean.reshape(shape), log_var.reshape(shape), logp_mean.reshape(shape)
+
+
+def _sample_chain(model: MARModel, x, z_cond, z_uncond, cfg_scale: float, guided_logp: bool, noise, record):
+    """Run the head's ``T`` transitions from ``x``; ``record(t, x_t, x_prev, log_var, logp_mean)``."""
+    T = model.sampling.diffusion_steps
+    for t in range(T):
+        mean, log_var, logp_mean = _head_step(model, x, t, z_cond, z_uncond, cfg_scale, guided_logp)
+        # the last transition adds no noise (DDPM / MAR p_sample at t = 0)
+        x_next = mean + torch.exp(0.5 * log_var) * noise() if t < T - 1 else mean
+        record(t, x, x_next, log_var, logp_mean)
+        x = x_next
+    return x
 
 
 @torch.no_grad()
@@ -105,17 +135,12 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
     G, P = group_size, len(prompts)
     B, N, C = P * G, model.num_tokens, model.token_dim
-    K, T, S = model.sampling.ar_steps, model.sampling.diffusion_steps, plan.trajectories
+    K, S = model.sampling.ar_steps, plan.trajectories
     gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid)) for pid in prompt_ids]
     mte_gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid, 1)) for pid in prompt_ids]
 
-    def noise(n_traj: int, tokens: int) -> torch.Tensor:  # [n_traj, B, tokens, C]
-        parts = []
-        for g, mg in zip(gens, mte_gens):
-            first = torch.randn(1, G, tokens, C, generator=g)
-            extra = torch.randn(n_traj - 1, G, tokens, C, generator=mg)
-            parts.append(torch.cat([first, extra]))
-        return torch.cat(parts, dim=1).to(device)
+    def noise(generators, lead: tuple, tokens: int) -> torch.Tensor:  # [*lead, B, tokens, C]
+        return torch.cat([torch.randn(*lead, G, tokens, C, generator=g) for g in generators], dim=-3).to(device)
 
     flat_prompts = [p for p in prompts for _ in range(G)]
     cond = model.encode_prompts(prompts).repeat_interleave(G)
@@ -124,17 +149,17 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
     counts = cosine_mask_counts(N, K)
 
     J, Tp = len(plan.ar_steps), plan.diffusion_steps.shape[1] if plan.ar_steps else 0
+    zeros = lambda *shape, **kw: torch.zeros(*shape, device=device, **kw)  # noqa: E731
     rec = dict(
-        canvas=torch.zeros(J, B, N, C, device=device), known=torch.zeros(J, B, N, dtype=torch.bool, device=device),
-        accepted=torch.zeros(J, B, N, dtype=torch.bool, device=device),
-        x_t=torch.zeros(J, S, Tp, B, N, C, device=device), x_prev=torch.zeros(J, S, Tp, B, N, C, device=device),
-        log_var=torch.zeros(J, S, Tp, B, N, C, device=device), old_log_prob=torch.zeros(J, S, Tp, B, N, device=device),
-        x0=torch.zeros(J, S, B, N, C, device=device), x0_before=torch.zeros(J, B, N, C, device=device),
-        has_before=torch.zeros(J, dtype=torch.bool, device=device))
+        canvas=zeros(J, B, N, C), known=zeros(J, B, N, dtype=torch.bool), accepted=zeros(J, B, N, dtype=torch.bool),
+        x_t=zeros(J, S, Tp, B, N, C), x_prev=zeros(J, S, Tp, B, N, C), log_var=zeros(J, S, Tp, B, N, C),
+        old_log_prob=zeros(J, S, Tp, B, N), x0=zeros(J, B, N, C), x0_before=zeros(J, B, N, C),
+        has_before=zeros(J, dtype=torch.bool), x0_final=zeros(S, B, N, C))
     slot = {m: j for j, m in enumerate(plan.ar_steps)}
 
     canvas = torch.zeros(B, N, C, device=device)
     known = torch.zeros(B, N, dtype=torch.bool, device=device)
+    z_accepted = None                                             # [B,N,Dz] each token's condition
     rows = torch.arange(B, device=device)[:, None]
     done, prev_x0 = 0, None
     for k in range(K):
@@ -142,37 +167,59 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
         pos = orders[:, done:]                                    # [B,P_k] tokens predicted now
         z_c, z_u = z[:B][rows, pos], z[B:][rows, pos]             # [B,P_k,Dz]
         j = slot.get(k)
-        n_traj = S if j is not None else 1
-        x = noise(n_traj, pos.shape[1])                           # [S,B,P_k,C]
-        zc, zu = z_c.expand(n_traj, *z_c.shape), z_u.expand(n_traj, *z_u.shape)
-        for t in range(T):
-            mean, log_var, logp_mean = _head_step(model, x, t, zc, zu, cfg_scale, guided_logp)
-            eps = noise(n_traj, pos.shape[1])
-            # the last transition adds no noise (DDPM / MAR p_sample at t = 0)
-            x_next = mean + torch.exp(0.5 * log_var) * eps if t < T - 1 else mean
-            if j is not None and (plan.diffusion_steps[j] == t).any():
-                i = int((plan.diffusion_steps[j] == t).nonzero())
-                for name, val in (("x_t", x), ("x_prev", x_next), ("log_var", log_var)):
-                    rec[name][j, :, i][:, rows, pos] = val
-                rec["old_log_prob"][j, :, i][:, rows, pos] = gaussian_log_prob(x_next, logp_mean, log_var)
-            x = x_next
+
+        def record(t, x_t, x_prev, log_var, logp_mean, j=j, pos=pos):
+            if j is None or not (plan.diffusion_steps[j] == t).any():
+                return
+            i = int((plan.diffusion_steps[j] == t).nonzero())
+            for name, val in (("x_t", x_t), ("x_prev", x_prev), ("log_var", log_var)):
+                rec[name][j, 0, i][rows, pos] = val
+            rec["old_log_prob"][j, 0, i][rows, pos] = gaussian_log_prob(x_prev, logp_mean, log_var)
+
+        x = _sample_chain(model, noise(gens, (), pos.shape[1]), z_c, z_u, cfg_scale, guided_logp,
+                          lambda pos=pos: noise(gens, (), pos.shape[1]), record)
         new = pos[:, : counts[k]]
         if j is not None:
             rec["canvas"][j], rec["known"][j] = canvas, known
             rec["accepted"][j][rows, new] = True
-            rec["x0"][j][:, rows, pos] = x
+            rec["x0"][j][rows, pos] = x
             if prev_x0 is not None:
                 rec["x0_before"][j], rec["has_before"][j] = prev_x0, True
         step_x0 = torch.zeros(B, N, C, device=device)
-        step_x0[rows, pos] = x[0]
+        step_x0[rows, pos] = x
         prev_x0 = step_x0
+        if S > 1:
+            z_accepted = z_c.new_zeros(B, N, z_c.shape[-1]) if z_accepted is None else z_accepted
+            z_accepted[rows, new] = z_c[:, : counts[k]]
         canvas = canvas.clone()
-        canvas[rows, new] = x[0][:, : counts[k]]
+        canvas[rows, new] = x[:, : counts[k]]
         known = known.clone()
         known[rows, new] = True
         done += counts[k]
+    rec["x0_final"][0] = canvas
+    if S > 1:
+        rec["x0_final"][1:] = _extra_trajectories(model, plan, z_accepted, rec, lambda: noise(mte_gens, (S - 1,), N))
     images = model.decode(canvas)
     return Rollout(prompts=flat_prompts, images=images, latents=canvas, plan=plan, **rec)
+
+
+def _extra_trajectories(model: MARModel, plan: RolloutPlan, z_accepted: torch.Tensor, rec: dict, noise):
+    """MTE's ``S - 1`` extra head trajectories of every token, from its acceptance ``z``.
+
+    Conditional branch only, once per image (reference code). Their transitions at
+    each trained (AR step, head step) are stored on the tokens that AR step predicts.
+    """
+    S1 = plan.trajectories - 1
+    predicted = ~rec["known"]                                     # [J,B,N]
+
+    def record(t, x_t, x_prev, log_var, logp_mean):
+        for j, i in (plan.diffusion_steps == t).nonzero().tolist():
+            keep = predicted[j][None, :, :, None]
+            for name, val in (("x_t", x_t), ("x_prev", x_prev), ("log_var", log_var)):
+                rec[name][j, 1:, i] = val * keep
+
+    z = z_accepted.expand(S1, *z_accepted.shape)
+    return _sample_chain(model, noise(), z, None, 1.0, False, noise, record)
 
 
 @torch.no_grad()
