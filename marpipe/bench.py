@@ -114,3 +114,49 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
             print(f"  MTE / Fix Decoder = {r['ratio_mte_over_fix_decoder']:.3f}   "
                   f"Sim / MTE = {r['ratio_sim_over_mte']:.3f}")
     return report
+
+
+def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str = "redness", lr: float = 3e-4,
+                      held_out: int = 24, as_json: bool = False, device: str | None = None) -> dict:
+    """``marpipe bench reward-rise``: does each variant raise a simple reward?
+
+    Trains every variant for ``steps`` steps from the same pre-trained tiny model
+    (``weights``) on the world's training prompts, once per seed, and reports the
+    mean training reward of the first and last five steps and the mean reward of
+    images sampled (fixed seed) for ``held_out`` unseen style prompts before and after.
+    """
+    from marpipe.models.registry import load_model
+    from marpipe.rollout import sample_images
+    from marpipe.world.prompts import make_split
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    score = build_reward(reward)
+    train = [PromptItem(m["prompt"], m) for m in make_split("train", 2000)]
+    test = make_split("style", held_out, seed=1)
+    texts, meta = [m["prompt"] for m in test], test
+
+    def held_out_reward(model) -> float:
+        images = sample_images(model, texts, seed=0, device=device)
+        return float(score(images, texts, meta).mean())
+
+    before = held_out_reward(load_model(weights, device=device))
+    report = {"weights": weights, "reward": reward, "steps": steps, "lr": lr, "held_out_before": before, "runs": {}}
+    for variant in VARIANTS:
+        for seed in seeds:
+            model = load_model(weights, device=device)
+            cfg = GRPOConfig(**{**BENCH, "lr": lr}, **VARIANTS[variant], steps=steps, save_every=10**6, seed=seed)
+            with tempfile.TemporaryDirectory() as d:
+                rows = Trainer(model, cfg, train, score, d, device=device, progress=False).train()
+            r = [row["reward_mean"] for row in rows]
+            report["runs"][f"{variant}/seed{seed}"] = {
+                "train_first5": statistics.mean(r[:5]), "train_last5": statistics.mean(r[-5:]),
+                "held_out_after": held_out_reward(model)}
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{reward} reward, {steps} steps at lr {lr}; held-out: {held_out} style prompts, "
+              f"before training {before:.4f}")
+        print(f"  {'variant/seed':<18} {'train first 5':>14} {'train last 5':>13} {'held-out after':>15}")
+        for key, r in report["runs"].items():
+            print(f"  {key:<18} {r['train_first5']:>14.4f} {r['train_last5']:>13.4f} {r['held_out_after']:>15.4f}")
+    return report

@@ -147,7 +147,13 @@ def cmd_check_model(args):
 def cmd_bench(args):
     if args.what == "train-step":
         from marpipe.bench import bench_train_step
-        bench_train_step(steps=args.steps, as_json=args.json, model_names=args.models, device=args.device)
+        bench_train_step(steps=args.steps or 5, as_json=args.json, model_names=args.models, device=args.device)
+    elif args.what == "reward-rise":
+        from marpipe.bench import bench_reward_rise
+        if not Path(args.weights).is_file():
+            raise FileNotFoundError(f"--weights {args.weights}: no such file (the embedded default writes it: "
+                                    f"make demo, or snakemake {args.weights} --configfile config/small.yaml)")
+        bench_reward_rise(args.weights, steps=args.steps or 30, seeds=args.seeds, as_json=args.json, device=args.device)
     else:
         from marpipe.metrics.bench import bench_metrics
         bench_metrics(args.metrics, device=args.device or "cpu", json=args.json)
@@ -241,9 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
 
     s = add("bench", cmd_bench, "benchmarks that print figures", config=False)
-    s.add_argument("what", choices=["train-step", "metrics"])
+    s.add_argument("what", choices=["train-step", "reward-rise", "metrics"])
     s.add_argument("--json", action="store_true")
-    s.add_argument("--steps", type=int, default=5, help="measured steps per variant (train-step)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="measured steps per variant (train-step: 5) / training steps (reward-rise: 30)")
+    s.add_argument("--weights", default="resources/models/tiny-nova/model.safetensors",
+                   help="pre-trained tiny model (reward-rise)")
+    s.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="training seeds (reward-rise)")
     s.add_argument("--models", nargs="*", default=["tiny-nova", "tiny-harmon"])
     s.add_argument("--metrics", nargs="*", default=None)
     s.add_argument("--device")
