@@ -127,7 +127,7 @@ def load(path_or_dict: str | Path | dict, cache: str | Path | None = None) -> "E
     if hit.exists():
         return Experiment(json.loads(hit.read_text()))
     cfg = validate(raw)
-    from marpipe.io.files import atomic_write_bytes       # (imports torch: only on a miss)
+    from marpipe.io.files import atomic_write_bytes
     atomic_write_bytes(hit, json.dumps(cfg).encode())   # key order kept (models, variants)
     return Experiment(cfg)
 

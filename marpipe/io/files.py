@@ -1,14 +1,20 @@
-"""Small file helpers: atomic writes, JSON, manifests, image bundles."""
+"""Small file helpers: atomic writes, JSON, manifests, image bundles.
+
+Importing this module does not import torch (the Snakefile's config cache writes
+through it at parse time); the image helpers import it when called.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -38,10 +44,12 @@ def sha256_file(path: str | Path) -> str:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``[B,3,H,W]`` in [0,1] -> ``[B,H,W,3]`` uint8 (what a PNG would hold)."""
+    import torch
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def from_uint8(images: np.ndarray) -> torch.Tensor:
+    import torch
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
 
 

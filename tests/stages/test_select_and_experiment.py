@@ -86,3 +86,15 @@ def test_validated_config_cache_reuses_valid_configs_and_never_stores_bad_ones(t
     with pytest.raises(ConfigError, match=r"config\.train\.top_k"):
         E.load(cfg, cache=tmp_path)
     assert list(tmp_path.glob("*.json")) == stored
+
+
+def test_loading_the_paper_config_at_parse_time_imports_no_torch(tmp_path):
+    # the Snakefile loads the config on every snakemake call (the dry run must stay under 3 s);
+    # a cache miss validates and writes the cache, and must not pull in torch (~2.5 s) either
+    import subprocess
+    import sys
+    code = ("import sys; from marpipe import experiment as E; "
+            f"E.load({str(ROOT / 'config.yaml')!r}, cache={str(tmp_path)!r}); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    assert len(list(tmp_path.glob("*.json"))) == 1
