@@ -16,6 +16,7 @@ import torch
 
 from marpipe.experiment import Experiment
 from marpipe.io.files import write_json, write_prompt_set
+from marpipe.metrics.clip_metrics import HPS_STYLES
 from marpipe.models.download import MANIFEST, ModelSource, download_model, verify_manifest, write_manifest
 
 MODEL_FILE = "model.safetensors"
@@ -103,10 +104,6 @@ def fetch_weights(exp: Experiment, name: str, root: str | Path = "resources/metr
 
 
 # --- prompt sets ---------------------------------------------------------------------------
-#: HPS v2 benchmark styles, in the order of ``hpsv2.benchmark_prompts('all')`` (800 prompts each)
-HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
-
-
 def fetch_prompts(exp: Experiment, name: str, out: str | Path) -> Path:
     """Write prompt set ``name`` of ``config.prompts`` to ``out`` (JSON lines).
 

@@ -108,13 +108,16 @@ def test_three_in_one():
     assert torch.allclose(s, torch.tensor([0.5, 0.75, 0.5]))
 
 
-def test_evaluate_category_records_detector():
-    class FakeDet:
-        name = "fake-owlvit"
+class FakeDet:
+    """Finds the first noun on the left and the last on the right of every image."""
+    name = "fake-owlvit"
 
-        def detect(self, images, vocab):
-            return [[{"label": v[0], "score": 1.0, "box": [0, 0, 10, 10]},
-                     {"label": v[-1], "score": 1.0, "box": [100, 0, 110, 10]}] for v in vocab]
+    def detect(self, images, vocab):
+        return [[{"label": v[0], "score": 1.0, "box": [0, 0, 10, 10]},
+                 {"label": v[-1], "score": 1.0, "box": [100, 0, 110, 10]}] for v in vocab]
+
+
+def test_evaluate_category_records_detector():
     out = evaluate_category("spatial", images(2), ["a cat on the left of a dog"], [0, 0], detector=FakeDet())
     assert out["detector"] == "fake-owlvit" and out["score"] == pytest.approx(1.0)
 
@@ -132,10 +135,6 @@ def test_complex_uses_the_prompt_sets_kind():
         def score_questions(self, images, qs):
             return torch.full((len(qs),), self.v)
 
-    class FakeDet:
-        def detect(self, images, vocab):
-            return [[{"label": v[0], "score": 1.0, "box": [0, 0, 10, 10]},
-                     {"label": v[-1], "score": 1.0, "box": [100, 0, 110, 10]}] for v in vocab]
     prompts = ["a cat on the left of a dog"] * 3
     meta = [{"complex_kind": "spatial"}, {"complex_kind": "action"}, {}]
     out = evaluate_category("complex", images(3), prompts, [0, 1, 2], vqa=Const(0.5), clip=Const(0.2),
