@@ -116,6 +116,25 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
     return report
 
 
+def _held_out(n: int):
+    """``n`` unseen style prompts (texts, metadata): the held-out set of both reward benches."""
+    from marpipe.world.prompts import make_split
+    test = make_split("style", n, seed=1)
+    return [m["prompt"] for m in test], test
+
+
+def _train_prompts() -> list[PromptItem]:
+    from marpipe.world.prompts import make_split
+    return [PromptItem(m["prompt"], m) for m in make_split("train", 2000)]
+
+
+def total_variation(images: torch.Tensor) -> float:
+    """Mean absolute difference of neighbouring pixels: the grain of noisy samples."""
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    return float((dx + dy) / 2)
+
+
 def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str = "redness", lr: float = 3e-4,
                       held_out: int = 24, as_json: bool = False, device: str | None = None) -> dict:
     """``marpipe bench reward-rise``: does each variant raise a simple reward?
@@ -127,13 +146,11 @@ def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str =
     """
     from marpipe.models.registry import load_model
     from marpipe.rollout import sample_images
-    from marpipe.world.prompts import make_split
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     score = build_reward(reward)
-    train = [PromptItem(m["prompt"], m) for m in make_split("train", 2000)]
-    test = make_split("style", held_out, seed=1)
-    texts, meta = [m["prompt"] for m in test], test
+    train = _train_prompts()
+    texts, meta = _held_out(held_out)
 
     def held_out_reward(model) -> float:
         images = sample_images(model, texts, seed=0, device=device)
@@ -159,4 +176,52 @@ def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str =
         print(f"  {'variant/seed':<18} {'train first 5':>14} {'train last 5':>13} {'held-out after':>15}")
         for key, r in report["runs"].items():
             print(f"  {key:<18} {r['train_first5']:>14.4f} {r['train_last5']:>13.4f} {r['held_out_after']:>15.4f}")
+    return report
+
+
+def bench_warmup(models: dict[str, str], cfg: GRPOConfig, reward, scorers: dict | None = None,
+                 held_out: int = 48, as_json: bool = False, device: str | None = None) -> dict:
+    """``marpipe bench warmup``: what the head warm-up (GRPO, AR frozen) does to each model.
+
+    ``models`` maps a name to base weights; each is measured, warmed up with ``cfg``
+    on the world's training prompts, and measured again. A measurement samples one
+    image (fixed seed) for each of ``held_out`` unseen style prompts and reports the
+    warm-up's ``reward``, every extra scorer in ``scorers`` (name -> reward callable)
+    and the images' total variation (renders of the same prompts give the clean level).
+    """
+    from marpipe.models.registry import load_model
+    from marpipe.rollout import sample_images
+    from marpipe.world import render
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    scorers = {"reward": reward, **(scorers or {})}
+    texts, meta = _held_out(held_out)
+    train = _train_prompts()
+
+    def measure(images) -> dict:
+        out = {k: float(f(images, texts, meta).mean()) for k, f in scorers.items()}
+        return {**out, "total_variation": total_variation(images)}
+
+    report = {"steps": cfg.steps, "lr": cfg.lr, "held_out": held_out,
+              "renders": measure(render(meta, 0)), "models": {}}
+    for name, weights in models.items():
+        model = load_model(weights, device=device)
+        before = measure(sample_images(model, texts, seed=0, device=device))
+        with tempfile.TemporaryDirectory() as d:
+            rows = Trainer(model, cfg, train, reward, d, device=device, progress=False).train()
+        r = [row["reward_mean"] for row in rows]
+        k = max(1, min(5, len(r) // 2))
+        report["models"][name] = {"before": before, "after": measure(sample_images(model, texts, seed=0, device=device)),
+                                  "train_first": statistics.mean(r[:k]), "train_last": statistics.mean(r[-k:])}
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return report
+    cols = list(report["renders"])
+    print(f"head warm-up: {cfg.steps} steps at lr {cfg.lr}, AR frozen; held-out: {held_out} style prompts")
+    print(f"  {'':<24}" + "".join(f"{c:>16}" for c in cols))
+    print(f"  {'renders (clean)':<24}" + "".join(f"{report['renders'][c]:>16.4f}" for c in cols))
+    for name, m in report["models"].items():
+        for when in ("before", "after"):
+            print(f"  {name + ' ' + when:<24}" + "".join(f"{m[when][c]:>16.4f}" for c in cols))
+        print(f"  {name}: training reward {m['train_first']:.4f} -> {m['train_last']:.4f}")
     return report

@@ -147,16 +147,37 @@ def cmd_check_model(args):
 def cmd_bench(args):
     if args.what == "train-step":
         from marpipe.bench import bench_train_step
-        bench_train_step(steps=args.steps or 5, as_json=args.json, model_names=args.models, device=args.device)
+        bench_train_step(steps=args.steps or 5, as_json=args.json, model_names=args.models or ("tiny-nova", "tiny-harmon"),
+                         device=args.device)
     elif args.what == "reward-rise":
         from marpipe.bench import bench_reward_rise
         if not Path(args.weights).is_file():
             raise FileNotFoundError(f"--weights {args.weights}: no such file (the embedded default writes it: "
                                     f"make demo, or snakemake {args.weights} --configfile config/small.yaml)")
         bench_reward_rise(args.weights, steps=args.steps or 30, seeds=args.seeds, as_json=args.json, device=args.device)
+    elif args.what == "warmup":
+        bench_warmup_cmd(args)
     else:
         from marpipe.metrics.bench import bench_metrics
         bench_metrics(args.metrics, device=args.device or "cpu", json=args.json)
+
+
+def bench_warmup_cmd(args):
+    """The pipeline's warm-up (config ``warmup``) from each fetched base model, measured before and after."""
+    from dataclasses import replace
+    from marpipe.bench import bench_warmup
+    from marpipe.rewards import build_reward
+    from marpipe.stages.resources import model_spec
+    args.set = []
+    exp = experiment(args)
+    warm = [m for m in exp.cfg["models"] if exp.has_warmup(m)]
+    if not warm:
+        raise ConfigError(f"{args.config}: no model has warmup: true")
+    cfg = exp.warmup_config(warm[0])
+    cfg = replace(cfg, steps=args.steps or cfg.steps, lr=args.lr or cfg.lr, save_every=10**6)
+    models = {m: model_spec(exp, m) for m in args.models or exp.cfg["models"]}   # fetched? (names the rule)
+    scorers = {k: build_reward(s, **exp.scorer_kwargs(s)) for k, s in (("aesthetic", args.quality),) if s}
+    bench_warmup(models, cfg, exp.build_reward(cfg.reward), scorers, as_json=args.json, device=args.device)
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -247,14 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
 
     s = add("bench", cmd_bench, "benchmarks that print figures", config=False)
-    s.add_argument("what", choices=["train-step", "reward-rise", "metrics"])
+    s.add_argument("what", choices=["train-step", "reward-rise", "warmup", "metrics"])
+    s.add_argument("--config", default="config/small.yaml", help="experiment config (warmup)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--steps", type=int, default=None,
-                   help="measured steps per variant (train-step: 5) / training steps (reward-rise: 30)")
+                   help="measured steps per variant (train-step: 5) / training steps (reward-rise: 30, "
+                        "warmup: the config's)")
+    s.add_argument("--lr", type=float, default=None, help="warm-up learning rate (warmup: the config's)")
+    s.add_argument("--quality", default="world_aesthetic",
+                   help="scorer reported beside the reward (warmup; '' for none)")
     s.add_argument("--weights", default="resources/models/tiny-nova/model.safetensors",
                    help="pre-trained tiny model (reward-rise)")
     s.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="training seeds (reward-rise)")
-    s.add_argument("--models", nargs="*", default=["tiny-nova", "tiny-harmon"])
+    s.add_argument("--models", nargs="*", default=None,
+                   help="train-step: tiny presets (default both); warmup: config models (default all)")
     s.add_argument("--metrics", nargs="*", default=None)
     s.add_argument("--device")
     return p

@@ -1,10 +1,14 @@
 """The benchmark commands print figures; here only their plumbing is checked, at tiny sizes."""
 import math
+from pathlib import Path
 
-from marpipe.bench import VARIANTS, bench_reward_rise
+import torch
+
+from marpipe.bench import VARIANTS, bench_reward_rise, bench_warmup, total_variation
 from marpipe.cli import main
+from marpipe.rewards import build_reward
 
-from .helpers import tiny
+from .helpers import grpo, tiny
 
 
 def test_reward_rise_reports_every_variant_and_seed(tmp_path, capsys):
@@ -23,3 +27,38 @@ def test_reward_rise_names_the_missing_weights_and_how_to_make_them(tmp_path, ca
     assert main(["bench", "reward-rise", "--weights", str(tmp_path / "none.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "none.safetensors: no such file" in err and "make demo" in err
+
+
+def test_total_variation_is_zero_on_a_flat_image_and_one_on_a_checkerboard():
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    board = ((torch.arange(8)[:, None] + torch.arange(8)[None]) % 2).float().expand(1, 3, 8, 8)
+    assert total_variation(flat) == 0.0
+    assert total_variation(board) == 1.0
+
+
+def test_warmup_bench_measures_each_model_before_and_after_a_head_only_warmup(tmp_path, capsys):
+    models = {}
+    for kind in ("tiny-nova", "tiny-harmon"):
+        tiny(kind).save(tmp_path / f"{kind}.safetensors")
+        models[kind] = str(tmp_path / f"{kind}.safetensors")
+    cfg = grpo(trainable="head", steps=2, lr=1e-2, save_every=10**6)
+    report = bench_warmup(models, cfg, build_reward("redness"), {"brightness": build_reward("brightness")},
+                          held_out=3)
+    assert set(report["models"]) == set(models)
+    columns = {"reward", "brightness", "total_variation"}
+    assert set(report["renders"]) == columns
+    for m in report["models"].values():
+        assert set(m["before"]) == set(m["after"]) == columns
+        assert all(math.isfinite(v) for v in [*m["before"].values(), *m["after"].values()])
+        assert m["before"] != m["after"]          # the head moved, so the same-seed samples changed
+    assert report["renders"]["total_variation"] > 0
+    out = capsys.readouterr().out
+    assert "tiny-harmon before" in out and "renders (clean)" in out
+
+
+def test_warmup_bench_names_the_unfetched_base_model_and_its_rule(tmp_path, monkeypatch, capsys):
+    config = str(Path("config/small.yaml").resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "warmup", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert "base model 'tiny-nova' is not fetched" in err and "snakemake" in err
