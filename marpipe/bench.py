@@ -179,17 +179,16 @@ def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str =
     return report
 
 
-def bench_warmup(models: dict[str, str], cfg: GRPOConfig, reward, scorers: dict | None = None,
+def bench_warmup(models: dict, cfg: GRPOConfig, reward, scorers: dict | None = None,
                  held_out: int = 48, as_json: bool = False, device: str | None = None) -> dict:
     """``marpipe bench warmup``: what the head warm-up (GRPO, AR frozen) does to each model.
 
-    ``models`` maps a name to base weights; each is measured, warmed up with ``cfg``
-    on the world's training prompts, and measured again. A measurement samples one
+    ``models`` maps a name to a loaded base model (on ``device``); each is measured,
+    warmed up in place with ``cfg`` on the world's training prompts, and measured again. A measurement samples one
     image (fixed seed) for each of ``held_out`` unseen style prompts and reports the
     warm-up's ``reward``, every extra scorer in ``scorers`` (name -> reward callable)
     and the images' total variation (renders of the same prompts give the clean level).
     """
-    from marpipe.models.registry import load_model
     from marpipe.rollout import sample_images
     from marpipe.world import render
 
@@ -204,8 +203,7 @@ def bench_warmup(models: dict[str, str], cfg: GRPOConfig, reward, scorers: dict 
 
     report = {"steps": cfg.steps, "lr": cfg.lr, "held_out": held_out,
               "renders": measure(render(meta, 0)), "models": {}}
-    for name, weights in models.items():
-        model = load_model(weights, device=device)
+    for name, model in models.items():
         before = measure(sample_images(model, texts, seed=0, device=device))
         with tempfile.TemporaryDirectory() as d:
             rows = Trainer(model, cfg, train, reward, d, device=device, progress=False).train()

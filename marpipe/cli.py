@@ -165,19 +165,23 @@ def cmd_bench(args):
 def bench_warmup_cmd(args):
     """The pipeline's warm-up (config ``warmup``) from each fetched base model, measured before and after."""
     from dataclasses import replace
+
+    import torch
+
     from marpipe.bench import bench_warmup
     from marpipe.rewards import build_reward
-    from marpipe.stages.resources import model_spec
-    args.set = []
+    from marpipe.stages.resources import load_base_model
     exp = experiment(args)
     warm = [m for m in exp.cfg["models"] if exp.has_warmup(m)]
     if not warm:
         raise ConfigError(f"{args.config}: no model has warmup: true")
     cfg = exp.warmup_config(warm[0])
     cfg = replace(cfg, steps=args.steps or cfg.steps, lr=args.lr or cfg.lr, save_every=10**6)
-    models = {m: model_spec(exp, m) for m in args.models or exp.cfg["models"]}   # fetched? (names the rule)
-    scorers = {k: build_reward(s, **exp.scorer_kwargs(s)) for k, s in (("aesthetic", args.quality),) if s}
-    bench_warmup(models, cfg, exp.build_reward(cfg.reward), scorers, as_json=args.json, device=args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # loaded first: a model not fetched yet is named (with its rule) before any scorer is built
+    models = {m: load_base_model(exp, m, device) for m in args.models or exp.cfg["models"]}
+    scorers = {"aesthetic": build_reward(args.quality, **exp.scorer_kwargs(args.quality))} if args.quality else {}
+    bench_warmup(models, cfg, exp.build_reward(cfg.reward), scorers, as_json=args.json, device=device)
 
 
 # --- parser ---------------------------------------------------------------------------------

@@ -36,11 +36,8 @@ def test_total_variation_is_zero_on_a_flat_image_and_one_on_a_checkerboard():
     assert total_variation(board) == 1.0
 
 
-def test_warmup_bench_measures_each_model_before_and_after_a_head_only_warmup(tmp_path, capsys):
-    models = {}
-    for kind in ("tiny-nova", "tiny-harmon"):
-        tiny(kind).save(tmp_path / f"{kind}.safetensors")
-        models[kind] = str(tmp_path / f"{kind}.safetensors")
+def test_warmup_bench_measures_each_model_before_and_after_a_head_only_warmup(capsys):
+    models = {kind: tiny(kind) for kind in ("tiny-nova", "tiny-harmon")}
     cfg = grpo(trainable="head", steps=2, lr=1e-2, save_every=10**6)
     report = bench_warmup(models, cfg, build_reward("redness"), {"brightness": build_reward("brightness")},
                           held_out=3)
