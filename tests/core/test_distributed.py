@@ -51,13 +51,17 @@ def run(workdir, out, nproc):
 def test_two_gloo_ranks_equal_one_process(workdir):
     one, rows_one = run(workdir, "one", 1)
     two, rows_two = run(workdir, "two", 2)
-    # the same prompts, groups and noise: identical rollouts and rewards at step 1
-    assert rows_one[0]["reward_mean"] == pytest.approx(rows_two[0]["reward_mean"], rel=1e-6)
+    # the same prompts, groups and noise: identical rollouts and rewards
     for a, b in zip(rows_one, rows_two):
-        # on-policy the loss is a cancellation of O(1) terms (~1e-7 at step 1), so its
-        # summation-order noise needs an absolute tolerance
-        for key in ("reward_mean", "loss", "kl", "grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+        assert a["reward_mean"] == pytest.approx(b["reward_mean"], rel=1e-6)
+        assert a["tokens_in_loss"] == b["tokens_in_loss"]
+        # well-conditioned quantities only. The on-policy loss is NOT compared: it is a
+        # cancellation of O(1) terms (~1e-7, either sign, depending on the CPU's summation order).
+        # The gradient after the all-reduce is O(10) and its norm agrees to float32 reduction noise;
+        # the ratio is ~1; the KL is a sum of non-negative per-token terms.
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert a["ratio_mean"] == pytest.approx(b["ratio_mean"], abs=1e-5)
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-2, abs=1e-8)
     assert one.keys() == two.keys()
     base = tiny().state_dict()
     moved = [k for k in one if not torch.equal(one[k], base[k])]
