@@ -8,6 +8,12 @@ of a shared machine's load. Peak memory is
 CUDA's peak allocation on a GPU; on a CPU it is the growth of the resident set
 during one step (Linux ``VmHWM`` after a reset), measured in a fresh child
 process per variant.
+
+Models: the tiny presets (``tiny-nova``, ``tiny-harmon``), or any model spec that
+:func:`marpipe.models.registry.load_model` takes (``nova:DIR``, ``harmon:DIR``, a stand-in):
+on a GPU, a real-size folder with random weights measures the real proportions. Whatever the
+device, it also prints the head-versus-transformer split of one rollout of the real NOVA and
+Harmon, computed from their configs (:mod:`marpipe.models.cost`).
 """
 from __future__ import annotations
 
@@ -19,6 +25,9 @@ import tempfile
 import torch
 
 from marpipe.config import GRPOConfig
+from marpipe.grpo import harmon_mask_counts, nova_mask_counts
+from marpipe.models.cost import rollout_cost
+from marpipe.models.registry import TINY
 from marpipe.models.tiny import TinyMAR, TinyMARConfig, head_to_ar_ratio
 from marpipe.rewards import build_reward
 from marpipe.trainer import PromptItem, Trainer
@@ -31,13 +40,26 @@ VARIANTS = {
 }
 # the paper's proportions at tiny scale: 12 of 64 AR steps -> 2 of 8; 10 of 25 head steps -> 4 of 10
 BENCH = dict(group_size=4, prompts_per_step=3, train_ar_steps=2, train_diffusion_steps=4, lr=1e-5)
+# a loaded model spec (nova:DIR, harmon:DIR, ...): the paper's 12 AR x 10 head steps, one prompt per step
+SPEC_BENCH = dict(group_size=4, prompts_per_step=1, train_ar_steps=12, train_diffusion_steps=10, lr=1e-6)
+MTE_S = {"nova": 4, "harmon": 6}   # the reference's 3 / 5 extra seeds + the rollout
 PROMPTS = ["a red circle", "a blue square left of a green circle", "three yellow striped triangles"]
 
 
-def _trainer(model_name: str, variant: str, device: str, out: str) -> Trainer:
+def _model(spec: str, device: str):
     torch.manual_seed(0)
-    model = TinyMAR(TinyMARConfig.preset(model_name, zero_init=False))
-    cfg = GRPOConfig(**BENCH, **VARIANTS[variant], steps=10**6, save_every=10**6)
+    if spec in TINY:
+        return TinyMAR(TinyMARConfig.preset(spec, zero_init=False))
+    from marpipe.models.conformance import zero_init_probe
+    from marpipe.models.registry import load_model
+    model = load_model(spec, device=device)
+    return zero_init_probe(model, device)[0]    # a fresh head outputs 0: perturb it, as the suite does
+
+
+def _trainer(model_name: str, variant: str, device: str, out: str) -> Trainer:
+    model = _model(model_name, device)
+    cfg = GRPOConfig(**(BENCH if model_name in TINY else SPEC_BENCH), **VARIANTS[variant],
+                     steps=10**6, save_every=10**6)
     return Trainer(model, cfg, [PromptItem(p, {}) for p in PROMPTS], build_reward("redness"),
                    out, device=device, progress=False)
 
@@ -96,24 +118,49 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
             return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 3)
 
         report["models"][name] = {
-            "head_to_ar_macs_per_token": round(head_to_ar_ratio(TinyMARConfig.preset(name)), 4),
+            "head_to_ar_macs_per_token": (round(head_to_ar_ratio(TinyMARConfig.preset(name)), 4)
+                                          if name in TINY else None),
             "median_step_s": {v: round(s, 4) for v, s in med.items()},
             "peak_memory_mb": {v: round(peak_memory_mb(name, v, device), 1) for v in VARIANTS},
             "ratio_mte_over_fix_decoder": ratio("mte", "fix_decoder"),
             "ratio_sim_over_mte": ratio("sim", "mte"),
         }
+    report["real_configs"] = real_config_costs()
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         print(f"device {device}, {report['threads']} threads, median of {steps} steps per variant")
         for name, r in report["models"].items():
-            print(f"\n{name} (head/AR multiply-adds per token: {r['head_to_ar_macs_per_token']})")
+            print(f"\n{name}" + (f" (head/AR multiply-adds per token: {r['head_to_ar_macs_per_token']})"
+                                 if r["head_to_ar_macs_per_token"] is not None else ""))
             print(f"  {'variant':<12} {'step (s)':>9} {'peak MB':>9}")
             for v in VARIANTS:
                 print(f"  {v:<12} {r['median_step_s'][v]:>9.4f} {r['peak_memory_mb'][v]:>9.1f}")
             print(f"  MTE / Fix Decoder = {r['ratio_mte_over_fix_decoder']:.3f}   "
                   f"Sim / MTE = {r['ratio_sim_over_mte']:.3f}")
+        print_real_config_costs(report["real_configs"])
     return report
+
+
+def real_config_costs() -> dict:
+    """One rollout of the real NOVA / Harmon (1,024 tokens, 64 AR steps, 25 head steps, CFG),
+    computed from their configs under each model's official mask schedule."""
+    out = {}
+    for name, counts in (("nova", nova_mask_counts(1024, 64)), ("harmon", harmon_mask_counts(1024, 64))):
+        r = rollout_cost(name, counts, 25, S=MTE_S[name])
+        out[name] = {k: (round(v, 4) if isinstance(v, float) and v < 10 else v) for k, v in r.items()}
+    return out
+
+
+def print_real_config_costs(costs: dict) -> None:
+    print("\nreal configs, one rollout of one image (computed from the configs; CFG; multiply-adds):")
+    print(f"  {'model':<7} {'AR steps':>8} {'transformer':>12} {'head':>10} {'head share':>10} "
+          f"{'MTE extra':>9}   head passes: official sampler / marpipe / reference")
+    for name, r in costs.items():
+        p = r["head_passes"]
+        print(f"  {name:<7} {r['ar_steps']:>8} {r['transformer_macs']:>12.3g} {r['head_macs']:>10.3g} "
+              f"{r['head_share']:>10.1%} {r['mte_extra_share']:>9.1%}   "
+              f"{p['official_sampler']:,} / {p['marpipe']:,} / {p['reference']:,}")
 
 
 def _held_out(n: int):

@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pre-trained tiny model (reward-rise)")
     s.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="training seeds (reward-rise)")
     s.add_argument("--models", nargs="*", default=None,
-                   help="train-step: tiny presets (default both); warmup: config models (default all)")
+                   help="train-step: tiny presets (default both) or model specs (nova:DIR, harmon:DIR, *-standin); "
+                        "warmup: config models (default all)")
     s.add_argument("--metrics", nargs="*", default=None)
     s.add_argument("--device")
     return p

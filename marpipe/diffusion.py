@@ -51,6 +51,8 @@ class Schedule:
     post_var: torch.Tensor       # [T] fixed posterior variance, floored
     coef_x0: torch.Tensor        # [T] posterior mean coefficient on x0_hat
     coef_xt: torch.Tensor        # [T] posterior mean coefficient on x_t
+    clip_x0: float | None = None # clamp x0_hat to [-clip_x0, clip_x0] before the posterior mean
+                                 # (diffusers' DDPMScheduler ``clip_sample``); None: no clamp
 
     @property
     def num_steps(self) -> int:
@@ -91,8 +93,11 @@ def predict_x0(sched: Schedule, step: torch.Tensor, x_t: torch.Tensor, eps: torc
 
 
 def posterior_mean(sched: Schedule, step: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """mu_theta(x_t, x0_hat, t) of the DDPM posterior (App. A.1)."""
+    """mu_theta(x_t, x0_hat, t) of the DDPM posterior (App. A.1); ``x0_hat`` clamped to
+    ``[-clip_x0, clip_x0]`` first when the schedule says so (diffusers' ``clip_sample``)."""
     x0 = predict_x0(sched, step, x_t, eps)
+    if sched.clip_x0 is not None:
+        x0 = x0.clamp(-sched.clip_x0, sched.clip_x0)
     return sched.at("coef_x0", step, x_t) * x0 + sched.at("coef_xt", step, x_t) * x_t
 
 

@@ -136,3 +136,38 @@ def cosine_mask_counts(num_tokens: int, steps: int) -> list[int]:
         masked = after
     assert sum(counts) == num_tokens and min(counts) >= 1
     return counts
+
+
+def _check_steps(num_tokens: int, steps: int) -> None:
+    if not 1 <= steps <= num_tokens:
+        raise ValueError(f"ar_steps={steps} must be in [1, num_tokens={num_tokens}]")
+
+
+def nova_mask_counts(num_tokens: int, steps: int) -> list[int]:
+    """NOVA's schedule: ``masked(k) = round(cos(pi/2 * k/K) * N)`` for ``k = 0..K`` (numpy's
+    round half to even), ``count_k = masked(k) - masked(k+1)``, and the steps that would make
+    no token known are dropped, so fewer than ``K`` AR steps may run (baaivision/NOVA@2cd254a:
+    ``diffnext/pipelines/nova/pipeline_nova.py`` ``__call__`` computes ``num_preds``,
+    ``diffnext/models/transformers/transformer_3d.py`` ``generate_frame`` keeps those ``> 0``).
+    More steps than tokens is allowed, as there: the empty ones are dropped."""
+    if steps < 1:
+        raise ValueError(f"ar_steps={steps} must be >= 1")
+    import numpy as np
+    masked = np.round(np.cos(0.5 * np.pi * np.arange(steps + 1) / steps) * num_tokens).astype("int64")
+    return [int(c) for c in masked[:-1] - masked[1:] if c > 0]
+
+
+def harmon_mask_counts(num_tokens: int, steps: int) -> list[int]:
+    """Harmon's (MAR's) schedule: after step ``k`` ``floor(N * cos(pi/2 * (k+1)/K))`` tokens stay
+    masked, clamped to ``[1, still masked - 1]``; the last step makes every remaining token known
+    (wusize/Harmon@4eb6087: ``src/models/harmon.py`` ``HarmonModel.sample``)."""
+    _check_steps(num_tokens, steps)
+    masked, counts = num_tokens, []
+    for k in range(steps):
+        if k == steps - 1:
+            after = 0
+        else:
+            after = max(1, min(masked - 1, math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps))))
+        counts.append(masked - after)
+        masked = after
+    return counts

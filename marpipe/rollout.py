@@ -29,8 +29,14 @@ import numpy as np
 import torch
 
 from marpipe import diffusion as D
-from marpipe.grpo import cosine_mask_counts, gaussian_log_prob
+from marpipe.grpo import gaussian_log_prob
 from marpipe.models.protocol import MARModel, Prompts
+
+
+def mask_schedule(model: MARModel) -> list[int]:
+    """Tokens made known at each AR step when ``model`` samples with its ``sampling.ar_steps``:
+    the model's own (official) schedule; its length is the number of AR steps that run."""
+    return list(model.mask_counts(model.sampling.ar_steps))
 
 
 def derive_seed(*parts: int) -> int:
@@ -135,7 +141,8 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
     G, P = group_size, len(prompts)
     B, N, C = P * G, model.num_tokens, model.token_dim
-    K, S = model.sampling.ar_steps, plan.trajectories
+    counts = mask_schedule(model)
+    K, S = len(counts), plan.trajectories
     gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid)) for pid in prompt_ids]
     mte_gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid, 1)) for pid in prompt_ids]
 
@@ -146,7 +153,6 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
     cond = model.encode_prompts(prompts).repeat_interleave(G)
     both = Prompts.cat([cond, model.encode_negative(B)])
     orders = torch.cat([torch.stack([torch.randperm(N, generator=g) for _ in range(G)]) for g in gens]).to(device)
-    counts = cosine_mask_counts(N, K)
 
     J, Tp = len(plan.ar_steps), plan.diffusion_steps.shape[1] if plan.ar_steps else 0
     zeros = lambda *shape, **kw: torch.zeros(*shape, device=device, **kw)  # noqa: E731

@@ -25,7 +25,7 @@ from marpipe.io import checkpoint as ckpt
 from marpipe.io.tracking import MetricsLog, MLflowRun
 from marpipe.loss import mar_grpo_loss
 from marpipe.rewards import Reward
-from marpipe.rollout import RolloutPlan, derive_seed, rollout
+from marpipe.rollout import RolloutPlan, derive_seed, mask_schedule, rollout
 
 
 class NonFiniteError(RuntimeError):
@@ -91,7 +91,7 @@ class Trainer:
     def generate_and_score(self, step: int):
         cfg, model = self.cfg, self.model
         ids, items = self.prompts_for_step(step)
-        plan = RolloutPlan.sample(model.sampling.ar_steps, model.sampling.diffusion_steps,
+        plan = RolloutPlan.sample(len(mask_schedule(model)), model.sampling.diffusion_steps,
                                   cfg.train_ar_steps, cfg.train_diffusion_steps, cfg.trajectories,
                                   seed=derive_seed(cfg.seed, step, 11), final_step=cfg.train_final_step)
         t0 = time.perf_counter()

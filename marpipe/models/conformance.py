@@ -5,12 +5,13 @@ rollouts and the GRPO loss rely on?
 a spec (``marpipe check-model NAME``) and exits non-zero when a check fails. The checks:
 
 * ``protocol``: the attributes and methods exist; ``ar_parameters`` and ``head_parameters`` are
-  disjoint and together are every parameter of the module;
+  disjoint and together are every parameter of the module; ``mask_counts`` makes every token known;
 * ``schedule``: ``diffusion_steps`` decreasing timesteps, sane alpha-bars and variances;
 * ``encode``: shapes/dtypes of ``encode_prompts`` / ``encode_negative``; the negative differs;
 * ``ar_forward``: ``z [B, N, Dz]`` float32 and finite, also for rows with different numbers of
   known tokens; a row's ``z`` does not depend on the other rows of the batch;
-* ``head``: ``eps [M, C]`` (and ``v`` iff ``learned_variance``) float32, finite, row-independent;
+* ``head``: ``eps [M, C]`` (and ``v`` iff ``learned_variance``) float32, finite, row-independent,
+  and it depends on ``z``;
 * ``layout``: token <-> latent round trip (where the model exposes it);
 * ``decode``: ``[B, 3, image_size, image_size]`` in ``[0, 1]``;
 * ``cfg``: guidance at the configured scale changes the samples; at scale 1 the guided eps is the
@@ -23,6 +24,12 @@ a spec (``marpipe check-model NAME``) and exits non-zero when a check fails. The
   head bit-identical and changes the AR part.
 
 Checks run on a deep copy where they train, so the model passed in is left untouched.
+
+A freshly built MAR head (the official NOVA and Harmon heads, the tiny models) zero-initialises its
+output layers, so it ignores ``z`` and guidance changes nothing. Such a head is told from a broken one
+by its all-zero tensors: ``head`` and ``cfg`` then run on a copy whose all-zero head tensors are
+perturbed, and say so. A head that ignores ``z`` without all-zero tensors, or still ignores it once
+they are perturbed, fails.
 """
 from __future__ import annotations
 
@@ -55,8 +62,8 @@ def _close(a, b, tol) -> tuple[bool, float]:
 
 
 def _plan(model, S=1):
-    from marpipe.rollout import RolloutPlan
-    K, T = model.sampling.ar_steps, model.sampling.diffusion_steps
+    from marpipe.rollout import RolloutPlan, mask_schedule
+    K, T = len(mask_schedule(model)), model.sampling.diffusion_steps
     return RolloutPlan.sample(K, T, min(3, K), min(3, max(T - 1, 1)), S, seed=1)
 
 
@@ -67,7 +74,7 @@ def _rollout(model, seed=0, cfg_scale=None, S=1, group=2, device="cpu"):
 
 def check_protocol(model, device) -> str:
     missing = [a for a in ("num_tokens", "token_dim", "image_size", "learned_variance", "sampling", "schedule",
-                           "encode_prompts", "encode_negative", "ar_forward", "head", "decode",
+                           "encode_prompts", "encode_negative", "mask_counts", "ar_forward", "head", "decode",
                            "ar_parameters", "head_parameters") if not hasattr(model, a)]
     assert not missing, f"missing {missing}"
     assert isinstance(model, MARModel), "not a MARModel"
@@ -77,6 +84,10 @@ def check_protocol(model, device) -> str:
     assert not ar & hd, f"{len(ar & hd)} parameters are in both ar_parameters() and head_parameters()"
     assert ar | hd == allp, (f"ar+head cover {len(ar | hd)} of {len(allp)} parameters "
                              f"({len(allp - ar - hd)} in neither: set_trainable('all') would train them)")
+    K = model.sampling.ar_steps
+    counts = list(model.mask_counts(K))
+    assert sum(counts) == model.num_tokens and min(counts) >= 0 and len(counts) <= K, \
+        f"mask_counts({K}) = {counts[:8]}...: must be <= {K} non-negative counts summing to N={model.num_tokens}"
     n_ar = sum(p.numel() for p in model.ar_parameters())
     n_hd = sum(p.numel() for p in model.head_parameters())
     return f"N={model.num_tokens} C={model.token_dim} image={model.image_size}; AR {n_ar:,} / head {n_hd:,} params"
@@ -300,25 +311,60 @@ def check_fix_decoder(model, device) -> str:
     return f"head bit-identical; {changed} of {len(ar_before)} AR tensors changed"
 
 
+def _head_ignores_z(model, device) -> bool:
+    gen = torch.Generator().manual_seed(3)
+    M = min(4, model.num_tokens)
+    with torch.no_grad():
+        z = model.ar_forward(torch.zeros(1, model.num_tokens, model.token_dim, device=device),
+                             torch.zeros(1, model.num_tokens, dtype=torch.bool, device=device),
+                             model.encode_prompts(PROMPTS[:1]))[0, :M]
+        x = torch.randn(M, model.token_dim, generator=gen).to(device)
+        step = torch.zeros(M, dtype=torch.long, device=device)
+        a, _ = model.head(x, step, z)
+        b, _ = model.head(x, step, z + 1.0)
+    return torch.equal(a, b)
+
+
+def zero_init_probe(model, device="cpu", scale: float = 0.02):
+    """``(model, "")`` for a head that uses ``z``; for a zero-initialised one (ignores ``z`` and has
+    all-zero tensors) a deep copy with those tensors set to ``scale``-sized noise, and a note."""
+    try:
+        if not _head_ignores_z(model, device):
+            return model, ""
+    except Exception:  # noqa: BLE001 - the head check itself reports the failure
+        return model, ""
+    zero = [p for p in model.head_parameters() if p.numel() and not p.detach().any()]
+    if not zero:
+        return model, ""
+    probe = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in (q for q in probe.head_parameters() if q.numel() and not q.detach().any()):
+            p.copy_((torch.randn(p.shape, generator=gen) * scale).to(p))
+    return probe, f"zero-initialised head ({len(zero)} all-zero tensors): checked on a copy with them perturbed; "
+
+
 def check_model(model, device: str | torch.device = "cpu") -> list[Result]:
     """Run every check; never raises for a failing check (the failure is in the result)."""
     tol = _tol(model)
+    was_training = model.training
+    model.eval()
+    probe, note = zero_init_probe(model, device)
+    probe.eval()
     checks: list[tuple[str, Callable[[], str]]] = [
         ("protocol", lambda: check_protocol(model, device)),
         ("schedule", lambda: check_schedule(model, device)),
         ("encode", lambda: check_encode(model, device)),
         ("ar_forward", lambda: check_ar_forward(model, device, tol)),
-        ("head", lambda: check_head(model, device, tol)),
+        ("head", lambda: note + check_head(probe, device, tol)),
         ("layout", lambda: check_layout(model, device)),
         ("decode", lambda: check_decode(model, device)),
-        ("cfg", lambda: check_cfg(model, device, tol)),
+        ("cfg", lambda: note + check_cfg(probe, device, tol)),
         ("rollout_reproducible", lambda: check_reproducible(model, device)),
         ("logp_recompute", lambda: check_logp(model, device, tol)),
         ("fix_decoder", lambda: check_fix_decoder(model, device)),
     ]
     results: list[Result] = []
-    was_training = model.training
-    model.eval()
     for name, fn in checks:
         try:
             results.append((name, True, fn()))

@@ -249,11 +249,57 @@ def load_weights(paths: Iterable[str | Path]) -> dict:
     return state
 
 
+def _same_tensor(a, b) -> bool:
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                      and a.dtype == b.dtype)
+
+
+def tied_keys(module) -> dict[str, str]:
+    """``{key: the key it is tied to}`` for the state-dict keys that ``module`` declares tied and
+    that really share their tensor.
+
+    A key counts only when a submodule declares it in transformers' ``_tied_weights_keys``, that
+    submodule's config ties it (``tie_word_embeddings``; transformers 5 expands the declaration
+    with ``get_expanded_tied_weights_keys``, transformers 4 declares a list of keys tied to the input
+    embeddings), and the two keys hold the same tensor in the live module. Nothing else: a shared
+    tensor that no submodule declares is not a tie here.
+    """
+    own = module.state_dict(keep_vars=True)
+    ties: dict[str, str] = {}
+    for prefix, sub in module.named_modules():
+        declared = getattr(sub, "_tied_weights_keys", None)
+        if not declared:
+            continue
+        if callable(getattr(sub, "get_expanded_tied_weights_keys", None)):      # transformers >= 5
+            mapping = dict(sub.get_expanded_tied_weights_keys(all_submodels=False))
+        elif getattr(getattr(sub, "config", None), "tie_word_embeddings", False):  # transformers 4
+            emb = getattr(sub.get_input_embeddings(), "weight", None)
+            source = next((k for k, v in sub.state_dict(keep_vars=True).items() if v is emb), None)
+            mapping = {t: source for t in declared} if source is not None else {}
+        else:
+            mapping = {}
+        pre = f"{prefix}." if prefix else ""
+        for target, source in mapping.items():
+            t, s = pre + target, pre + source
+            if t != s and t in own and s in own and _same_tensor(own[t], own[s]):
+                ties[t] = s
+    return ties
+
+
 def load_strict(module, state: dict, what: str) -> None:
     """``module.load_state_dict(state, strict=True)`` with an error naming missing/unexpected keys
-    and shape mismatches (first few of each) and ``what`` was being loaded."""
+    and shape mismatches (first few of each) and ``what`` was being loaded.
+
+    The one exception to "every key of the module is in ``state``": a key the module declares
+    tied (:func:`tied_keys`, e.g. Qwen2's ``lm_head.weight`` = ``model.embed_tokens.weight``,
+    which ``save_pretrained`` writes once) may be absent when the key it is tied to is present.
+    A file that holds both keys of a tie must hold equal tensors."""
+    import torch
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    ties = tied_keys(module)
+    absent = set(own) - set(state)
+    tied_absent = {k for k in absent if k in ties and ties[k] in state}
+    missing = sorted(absent - tied_absent)
     unexpected = sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or shapes:
@@ -267,7 +313,14 @@ def load_strict(module, state: dict, what: str) -> None:
             parts.append(f"{len(shapes)} with other shapes (e.g. {k}: {tuple(state[k].shape)} in the file, "
                          f"{tuple(own[k].shape)} in the model)")
         raise ValueError(f"{what}: the weights do not match the model: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
+    for t, s in sorted(ties.items()):
+        if t in state and s in state and not torch.equal(state[t], state[s]):
+            raise ValueError(f"{what}: the file holds {t} and {s} with different values, but the model ties "
+                             f"them (one tensor): the file is not a save of this model")
+    result = module.load_state_dict(state, strict=False)
+    left = sorted(set(result.missing_keys) - tied_absent) + sorted(result.unexpected_keys)
+    if left:   # cannot happen after the checks above; never load half a model silently
+        raise ValueError(f"{what}: load_state_dict left {left[:3]} unmatched")
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -19,13 +19,20 @@ AMAP-ML/mar-grpo at fcb7969):
 * head: ``mar.diffloss.net(x, t, z)`` -> ``[eps ; v]`` (learned-range variance), ``t`` the
   original timestep of a 25-step respacing (ADM ``space_timesteps``: 999, 957, ..., 0) of the
   1000-step cosine schedule.
-* decode: ``tokens / vae_scale (0.2325)``, ``'b (m n) c -> b c m n'`` (patch 1), ``vae.decode``,
-  ``[-1, 1] -> [0, 1]``.
+* mask schedule (``mask_counts``): ``HarmonModel.sample``'s MaskGIT cosine, floored: after step
+  ``k`` ``max(1, min(masked - 1, floor(N cos(pi/2 (k+1)/K))))`` tokens stay masked, the last step
+  makes the rest known (:func:`marpipe.grpo.harmon_mask_counts`).
+* decode: ``HarmonModel.decode`` (``tokens / vae_scale (0.2325)``, ``'b m n (c p q) -> b c (m p) (n q)'``,
+  ``vae.decode``), then the official scripts' 8-bit conversion ``clamp(127.5 x + 128, 0, 255).to(uint8)``
+  (wusize/Harmon ``scripts/batch_text2image.py``, mar-grpo ``generate_image_with_logp``), computed in
+  the VAE's dtype as there; returned as ``uint8 / 255`` floats in ``[0, 1]``.
 * trainable (paper): the MAR encoder/decoder (``ar_parameters``: every ``mar`` parameter outside
   ``diffloss``) and the diffusion MLP (``head_parameters``: ``mar.diffloss``). The LLM,
   ``proj_in``/``proj_out`` and the VAE are frozen and are not parameters of this module.
 
-Sampling defaults: CFG 3 (constant), 64 AR steps, 25 head steps, 512x512 (32x32 tokens).
+Sampling defaults: CFG 3 (constant), 64 AR steps, 25 head steps, 512x512 (32x32 tokens). The
+generation size can be set with ``sampling["image_size"]`` (the official scripts' ``--image_size``;
+a multiple of 16).
 """
 from __future__ import annotations
 
@@ -71,7 +78,9 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
         self._init_frozen(llm=harmon.llm, proj_in=harmon.proj_in, proj_out=harmon.proj_out, vae=harmon.vae)
         self.vae_scale = float(harmon.vae_scale)
         self.tokenizer, self.source = tokenizer, source
-        self.sampling = SamplingSpec(**(sampling or HARMON_SAMPLING))
+        spec = dict(sampling or HARMON_SAMPLING)
+        image_size = int(spec.pop("image_size", image_size))   # generation size (official --image_size)
+        self.sampling = SamplingSpec(**spec)
         p = int(self.mar.patch_size)
         stride = 16 * p                                   # KL-16 VAE x MAR patch
         if image_size % stride:
@@ -125,6 +134,14 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
     def encode_negative(self, n: int) -> Prompts:
         return self._encode([NEGATIVE_PROMPT] * n)
 
+    # --- mask schedule ---------------------------------------------------------------------------
+    def mask_counts(self, ar_steps: int) -> list[int]:
+        """Tokens made known at each of the ``ar_steps`` steps of ``HarmonModel.sample`` (floored
+        MaskGIT cosine; ``ar_steps`` AR forwards, each making at least one token known for
+        ``ar_steps <= num_tokens``). Checked against the official loop in tests/official."""
+        from marpipe.grpo import harmon_mask_counts
+        return harmon_mask_counts(self.num_tokens, ar_steps)
+
     # --- AR step ---------------------------------------------------------------------------------
     def _forward_rows(self, tokens, mask, prompts: Prompts):
         mar, f = self.mar, self._frozen
@@ -168,11 +185,18 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """The official image: ``HarmonModel.decode`` (``z / vae_scale``, ``'b m n (c p q) -> b c (m p) (n q)'``,
+        ``vae.decode``, all in the VAE's dtype) and the official scripts' 8-bit conversion
+        ``torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)`` (truncation, i.e. floor, in that dtype),
+        returned as float ``uint8 / 255``. marpipe's own 8-bit step (``round(255 v)``) then gives back
+        exactly the official pixels."""
         vae = self._frozen["vae"]
         vdtype = next(vae.parameters()).dtype
-        out = [to_float(vae.decode(self.tokens_to_latents(part / self.vae_scale).to(vdtype)))
-               for part in latents.split(chunk)]
-        return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+        out = []
+        for part in latents.split(chunk):
+            x = vae.decode(self.tokens_to_latents(part.to(vdtype) / self.vae_scale))
+            out.append(torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8))
+        return torch.cat(out).float() / 255
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -220,11 +244,12 @@ def _build_official_harmon(folder: Path):
 
 
 def save_harmon_standin(folder: str | Path, cfg=None, seed: int = 0) -> Path:
-    """Write a stand-in Harmon folder (``model.safetensors`` in ``HarmonModel``'s key layout,
-    ``marpipe_standin.json``) and its manifest (tests)."""
+    """Write a stand-in Harmon folder (``model.safetensors`` in ``HarmonModel``'s key layout, the
+    tied ``llm.lm_head.weight`` left out as ``save_pretrained`` does; ``marpipe_standin.json``) and its
+    manifest (tests)."""
     from safetensors.torch import save_file
 
-    from marpipe.models.download import write_manifest
+    from marpipe.models.download import tied_keys, write_manifest
     from marpipe.models.standins import STANDIN_MARKER
     from marpipe.models.standins.harmon import HarmonStandinConfig, build_harmon_standin
     cfg = cfg or HarmonStandinConfig()
@@ -232,7 +257,8 @@ def save_harmon_standin(folder: str | Path, cfg=None, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     harmon, _ = build_harmon_standin(cfg)
-    sd = {k: v.detach().clone().contiguous() for k, v in harmon.state_dict().items()}
+    tied = tied_keys(harmon)          # written once, as save_pretrained does (Qwen2: lm_head = embed_tokens)
+    sd = {k: v.detach().clone().contiguous() for k, v in harmon.state_dict().items() if k not in tied}
     save_file(sd, str(folder / "model.safetensors"))
     (folder / STANDIN_MARKER).write_text(json.dumps(cfg.to_dict(), indent=1))
     write_manifest(folder)

@@ -13,24 +13,51 @@ their methods onto the protocol primitives (facts from ``diffnext`` at commit
   the unknown positions, ``image_encoder(z, c, prev_ids)`` with ``prev_ids`` = the known
   positions (its first half encodes only those, MAE style) -> ``z [B, 1024, 1024]``.
 * head: ``image_decoder(x [M, 4, 2, 2], t [M], z [M, 1, 1024])`` = eps for one token
-  (``DiffusionMLP``, 6 AdaLN-zero blocks); DDPM posterior with the fixed variance
-  (``prediction_type`` must be ``epsilon``); timesteps and ``alphas_cumprod`` from the
-  pipeline's own ``DDPMScheduler.set_timesteps(25)``.
+  (``DiffusionMLP``, 6 AdaLN-zero blocks); the DDPM posterior of the scheduler shipped with the
+  weights (:func:`nova_schedule`): timesteps, ``alphas_cumprod`` and ``previous_timestep`` of the
+  pipeline's own scheduler after ``set_timesteps(25)``, and its x0 clamp: the class and config that
+  ship with the weights decide (NOVA's ``model_index.json`` names diffusers' ``DDPMScheduler``, whose
+  ``clip_sample``, default True, clamps x0 to [-1, 1] before the posterior mean:
+  :attr:`marpipe.diffusion.Schedule.clip_x0`). A setting marpipe's
+  posterior does not reproduce (another prediction or variance type, thresholding, a spacing whose
+  ``previous_timestep`` is not the next sampling timestep) is an error at load time.
+* mask schedule: NOVA's cosine ``num_preds`` with empty steps dropped (:meth:`NovaMAR.mask_counts`).
 * decode: tokens -> latent ``[B, 4, 64, 64]`` (``PatchEmbed.unpatchify`` layout: token
   ``(h, w)``, vector ``(py, px, c)``), ``vae.unscale_`` (scaling factor), ``vae.decode``,
   ``[-1, 1] -> [0, 1]``.
 * trainable: the whole transformer; ``head_parameters`` = ``image_decoder``, ``ar_parameters``
   = the rest of the transformer. Phi and the VAE are frozen and are not parameters of this
   module (they are kept outside the module tree, shared by deep copies such as the
-  reference model, and moved by ``.to()``).
+  reference model, and moved by ``.to()``). ``transformer.text_embed.encoders`` holds the
+  tokenizer and Phi inside the transformer, as the official pipeline wires them;
+  ``copy.deepcopy`` shares them all the same (:meth:`FrozenPartsMixin.__deepcopy__`).
+
+Memory of the weights at bf16 (parameter counts of the official classes built with the real
+configs on the meta device: transformer d48w1024 = video encoder vit_d16w1024 + image encoder
+vit_d32w1024 + head mlp_d6w1024, text 2560 x 256; Phi-2 text encoder, 32 x 2560, vocab 51200,
+incl. its unused ``lm_head``; SD VAE 128/256/512/512, 4 latent channels):
+
+=========================  =============  ===============================
+part                       parameters     bf16
+=========================  =============  ===============================
+transformer (trained)        645,693,456  1.29 GB (+2.6 MB of buffers)
+Phi text encoder (frozen)  2,779,683,840  5.56 GB
+VAE (frozen)                  83,653,863  0.17 GB
+policy                     3,509,031,159  7.02 GB (6.54 GiB)
+KL reference (deepcopy)      645,693,456  1.29 GB: the transformer only
+policy + reference                        8.31 GB (7.74 GiB)
+=========================  =============  ===============================
+
+(A deep copy that also copied Phi, as before the frozen parts were shared wherever referenced,
+cost 5.56 GB more: 13.87 GB for both. Gradients and AdamW state of the transformer come on top.)
 
 Sampling defaults: CFG 5 (batch [cond; uncond]), 64 AR steps, 25 head steps.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -78,6 +105,8 @@ class FrozenPartsMixin:
     # the trained module and its diffusion-head child (set by each adapter)
     TRAINED: str = ""
     HEAD: str = ""
+    # plain attributes that deep copies share too (tokenizers, schedulers: nothing trained)
+    SHARED: tuple[str, ...] = ()
 
     def ar_parameters(self):
         """Everything trained except the diffusion head (what ``fix_decoder`` trains)."""
@@ -106,7 +135,17 @@ class FrozenPartsMixin:
         return self
 
     def __deepcopy__(self, memo):
+        # every frozen module, and each of its sub-modules, parameters and buffers, is shared by
+        # the copy wherever it is referenced from, not only through ``self._frozen`` (NOVA's
+        # ``transformer.text_embed.encoders`` holds the Phi text encoder inside the trained tree)
         memo[id(self._frozen)] = self._frozen
+        for m in self._frozen.values():
+            for obj in (m, *m.modules(), *m.parameters(), *m.buffers()):
+                memo[id(obj)] = obj
+        for name in self.SHARED:
+            obj = self.__dict__.get(name)
+            if obj is not None:
+                memo[id(obj)] = obj
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
         for k, v in self.__dict__.items():
@@ -131,10 +170,84 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype != torch.float32 else x
 
 
+# ============================================================ the head's sampling posterior
+def _config_get(cfg, key: str, default=None):
+    """A scheduler config value (diffusers' ``FrozenDict`` or a namespace)."""
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def scheduler_clips_x0(scheduler) -> float | None:
+    """How ``scheduler.step`` treats ``x0_hat`` before the posterior mean: the clip range, or None.
+
+    * diffusers' ``DDPMScheduler`` (what NOVA's ``model_index.json`` names; the stand-in mimics it):
+      clamps ``x0_hat`` to ``[-clip_sample_range, clip_sample_range]`` when ``clip_sample`` (default
+      **True**, range 1.0); ``thresholding`` (dynamic thresholding) is not supported here: error.
+    * diffnext's own ``diffnext.schedulers.scheduling_ddpm.DDPMScheduler`` (what NOVA's training
+      pipeline builds as its noise scheduler): accepts ``clip_sample``/``thresholding`` in its config
+      but its ``step`` never clips nor thresholds: None.
+    Any other scheduler class is an error (its ``step`` is not known to match marpipe's posterior).
+    """
+    cls = type(scheduler)
+    mod, name = cls.__module__, cls.__name__
+    lib = mod.split(".")[0]
+    if (lib, name) == ("diffnext", "DDPMScheduler"):
+        return None
+    if (lib, name) not in (("diffusers", "DDPMScheduler"), ("marpipe", "DDPMSchedulerStandin")):
+        raise ValueError(f"NOVA scheduler {mod}.{name}: marpipe's head posterior supports diffusers' or "
+                         "diffnext's DDPMScheduler only")
+    cfg = scheduler.config
+    if _config_get(cfg, "thresholding", False):
+        raise ValueError("NOVA scheduler config: thresholding=True (dynamic thresholding of x0) is not "
+                         "supported by marpipe's head posterior")
+    if _config_get(cfg, "clip_sample", True):
+        return float(_config_get(cfg, "clip_sample_range", 1.0))
+    return None
+
+
+def nova_schedule(scheduler, diffusion_steps: int) -> Schedule:
+    """The head's sampling :class:`Schedule`, read from the official ``scheduler`` object itself.
+
+    ``scheduler.set_timesteps(diffusion_steps)`` gives the timesteps (so ``timestep_spacing`` and
+    ``steps_offset`` are the scheduler's), ``scheduler.alphas_cumprod`` the alpha-bars (so the beta
+    schedule, ``trained_betas`` and ``rescale_betas_zero_snr`` are), :func:`scheduler_clips_x0` the
+    x0 clamp. ``scheduler.step`` reads ``alphas_cumprod[previous_timestep(t)]`` (1 below 0) as
+    alpha-bar-prev; marpipe's schedule uses the next sampling timestep, so the two must agree (they
+    do for ``leading`` spacing, NOVA's): anything else, and any ``prediction_type`` but ``epsilon`` or
+    ``variance_type`` but ``fixed_small(_log)``, is an error here, at load time.
+    """
+    cfg = scheduler.config
+    pred = _config_get(cfg, "prediction_type", "epsilon")
+    if pred != "epsilon":
+        raise ValueError(f"NOVA scheduler predicts {pred!r}; marpipe's head posterior needs 'epsilon'")
+    var = _config_get(cfg, "variance_type", "fixed_small")
+    if var not in ("fixed_small", "fixed_small_log"):      # both: std = sqrt(posterior variance)
+        raise ValueError(f"NOVA scheduler variance_type {var!r}: marpipe's head posterior needs fixed_small")
+    clip = scheduler_clips_x0(scheduler)
+    scheduler.set_timesteps(diffusion_steps)
+    ts = [int(t) for t in scheduler.timesteps]
+    prev = getattr(scheduler, "previous_timestep", None)
+    if prev is not None:
+        expect = ts[1:] + [-1]
+        got = [int(prev(t)) for t in scheduler.timesteps]
+        bad = [(t, g, e) for t, g, e in zip(ts, got, expect) if g != e and not (g < 0 and e < 0)]
+        if bad:
+            t, g, e = bad[0]
+            raise ValueError(f"NOVA scheduler ({_config_get(cfg, 'timestep_spacing', '?')} spacing, "
+                             f"{diffusion_steps} steps): step() at t={t} uses alpha-bar of t={g}, not of the next "
+                             f"sampling timestep {e}; marpipe's posterior does not support this spacing")
+    sched = schedule_from_alphas_cumprod(scheduler.alphas_cumprod, ts)
+    if not bool((sched.abar > 0).all()):
+        raise ValueError("NOVA scheduler: alpha-bar is 0 at a sampling timestep (zero-terminal-SNR betas?)")
+    return dataclasses.replace(sched, clip_x0=clip)
+
+
 # ============================================================ the adapter
 class NovaMAR(FrozenPartsMixin, nn.Module):
     """NOVA's ``diffnext`` pipeline components driven through :class:`MARModel`."""
     TRAINED, HEAD = "transformer", "image_decoder"
+    SHARED = ("tokenizer", "scheduler")
 
     learned_variance = False
 
@@ -158,17 +271,8 @@ class NovaMAR(FrozenPartsMixin, nn.Module):
         if self.grid[0] * self.patch * self.vae_stride != self.image_size:
             raise ValueError(f"NOVA config: image_base_size {self.grid} x patch {self.patch} x stride "
                              f"{self.vae_stride} != image_size {self.image_size}")
-        # scheduler facts: epsilon prediction, fixed small variance, no x0 clipping
-        scfg = scheduler.config
-        if getattr(scfg, "prediction_type", "epsilon") != "epsilon":
-            raise ValueError(f"NOVA scheduler predicts {scfg.prediction_type!r}; marpipe's posterior needs epsilon")
-        if getattr(scfg, "variance_type", "fixed_small") not in ("fixed_small", "fixed_small_log"):
-            raise ValueError(f"NOVA scheduler variance_type {scfg.variance_type!r}: expected fixed_small")
-        if getattr(scfg, "clip_sample", False) or getattr(scfg, "thresholding", False):
-            warnings.warn("the NOVA scheduler clips/thresholds x0 at sampling; marpipe's DDPM posterior does not, "
-                          "so samples differ slightly from the official pipeline's")
-        scheduler.set_timesteps(self.sampling.diffusion_steps)
-        self.schedule = schedule_from_alphas_cumprod(scheduler.alphas_cumprod, scheduler.timesteps)
+        # the posterior of the scheduler shipped with the weights (an unsupported setting is an error here)
+        self.schedule = nova_schedule(scheduler, self.sampling.diffusion_steps)
         self.scheduler = scheduler
         transformer.text_embed.encoders = [tokenizer, text_encoder]
         transformer.text_embed.dropout = 0.0          # training-time prompt dropout must stay off
@@ -176,6 +280,24 @@ class NovaMAR(FrozenPartsMixin, nn.Module):
         self.set_gradient_checkpointing(gradient_checkpointing)
 
     # --- sizes / dtype -----------------------------------------------------------------
+    # tensors that diffnext's modules derive at their first forward, on that device and dtype, and
+    # then reuse: ``PosEmbed.space_embed``, ``VideoPosEmbed.time_embed``, ``TimeCondEmbed.time_freq``
+    # (plain attributes, not buffers) and ``PhiModel.cache`` (rotary tables, rebuilt when its
+    # ``device`` is None)
+    _FIRST_USE_CACHES = ("space_embed", "time_embed", "time_freq")
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        # .to()/.half() after a first forward: drop the caches, the next forward rebuilds them where
+        # the weights are now (left stale they mix float32 and bf16, or two devices)
+        for m in (*self.transformer.modules(), *(mm for f in self._frozen.values() for mm in f.modules())):
+            for name in self._FIRST_USE_CACHES:
+                if isinstance(m.__dict__.get(name), torch.Tensor):
+                    m.__dict__[name] = None
+            if type(m).__name__ == "PhiCache" and getattr(m, "device", None) is not None:
+                m.device = None
+        return out
+
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.mask_embed.mask_token.dtype
@@ -226,6 +348,14 @@ class NovaMAR(FrozenPartsMixin, nn.Module):
 
     def encode_negative(self, n: int) -> Prompts:
         return self._encode([self.negative_prompt] * n)
+
+    # --- mask schedule ---------------------------------------------------------------------------
+    def mask_counts(self, ar_steps: int) -> list[int]:
+        """Tokens made known at each AR step: NOVA's cosine schedule with the steps that would make
+        no token known dropped (``NOVAPipeline.__call__`` ``num_preds``, filtered ``> 0`` by
+        ``Transformer3DModel.generate_frame``); e.g. 1024 tokens x 64 steps run 63 AR passes."""
+        from marpipe.grpo import nova_mask_counts
+        return nova_mask_counts(self.num_tokens, ar_steps)
 
     # --- AR step ---------------------------------------------------------------------------------
     def ar_forward(self, canvas: torch.Tensor, known: torch.Tensor, prompts: Prompts) -> torch.Tensor:

@@ -74,6 +74,11 @@ class MARModel(Protocol):
     def encode_negative(self, n: int) -> Prompts:
         """The unconditional / negative prompt encoding used for CFG, repeated ``n`` times."""
 
+    def mask_counts(self, ar_steps: int) -> list[int]:
+        """Tokens made known at each AR step of a ``ar_steps``-step sampling run, as the model's
+        official sampler schedules them (its length is the number of AR forward passes; NOVA's
+        sampler drops steps that would make no token known)."""
+
     def ar_forward(self, canvas: torch.Tensor, known: torch.Tensor, prompts: Prompts) -> torch.Tensor:
         """One mask step of the AR part: ``canvas [B,N,C]`` (values of known tokens;
         others ignored), ``known [B,N]`` bool -> ``z [B,N,Dz]`` for every position."""

@@ -41,6 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from marpipe.grpo import cosine_mask_counts
 from marpipe.diffusion import Schedule
 from marpipe.models.protocol import Prompts, SamplingSpec
 
@@ -257,6 +258,10 @@ class TinyMAR(nn.Module):
         return self._encode_ids(self.tokenize([""] * n))
 
     # --- AR part --------------------------------------------------------------
+    def mask_counts(self, ar_steps: int) -> list[int]:
+        """marpipe's own cosine schedule (at least one token per step)."""
+        return cosine_mask_counts(self.num_tokens, ar_steps)
+
     def ar_forward(self, canvas, known, prompts: Prompts):
         x = torch.where(known[..., None], self.token_in(canvas), self.mask_token)
         b, n, d = x.shape

@@ -59,3 +59,33 @@ def test_warmup_bench_names_the_unfetched_base_model_and_its_rule(tmp_path, monk
     assert main(["bench", "warmup", "--config", config]) == 2
     err = capsys.readouterr().err
     assert "base model 'tiny-nova' is not fetched" in err and "snakemake" in err
+
+
+def test_real_config_rollout_cost_counts_head_passes_per_schedule():
+    """Head passes of one NOVA rollout (CFG doubles each): the official sampler denoises only the
+    tokens accepted at each step (N T), marpipe every still-masked token (T sum_k P_k), the
+    reference all N tokens at every step (K N T); re-derived here from the mask schedule."""
+    from marpipe.grpo import nova_mask_counts
+    from marpipe.models.cost import head_macs_per_token_step, rollout_cost
+    counts = nova_mask_counts(1024, 64)
+    r = rollout_cost("nova", counts, 25, S=4)
+    still_masked = [1024 - sum(counts[:k]) for k in range(len(counts))]
+    assert r["head_passes"] == {"official_sampler": 2 * 1024 * 25, "marpipe": 2 * 25 * sum(still_masked),
+                                "reference": 2 * 63 * 1024 * 25}
+    assert r["head_macs"] == r["head_passes"]["marpipe"] * head_macs_per_token_step("nova")
+    assert r["mte_extra_head_macs"] == 3 * 1024 * 25 * head_macs_per_token_step("nova")
+    assert 0 < r["mte_extra_share"] < r["head_share"] < 1
+    # the NOVA head (mlp_d6w1024) is ~37M multiply-adds per token-step, Harmon's (12 x 1536) ~4x that
+    assert 3.5e7 < head_macs_per_token_step("nova") < 4e7
+    assert 3.5 < head_macs_per_token_step("harmon") / head_macs_per_token_step("nova") < 4.5
+
+
+def test_train_step_bench_takes_a_model_spec(capsys):
+    """``--models nova-standin``: the adapter path (as for nova:DIR on a GPU), and the real-config split."""
+    from marpipe.bench import bench_train_step
+    rep = bench_train_step(steps=1, model_names=("nova-standin",), device="cpu")
+    r = rep["models"]["nova-standin"]
+    assert set(r["median_step_s"]) == {"grpo", "fix_decoder", "mte", "sim"}
+    assert all(t > 0 for t in r["median_step_s"].values()) and r["ratio_mte_over_fix_decoder"] > 0
+    out = capsys.readouterr().out
+    assert "real configs, one rollout" in out and "51,200 /" in out

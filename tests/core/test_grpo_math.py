@@ -96,6 +96,23 @@ def test_cosine_mask_counts(n, k):
     assert c[0] <= c[-1]        # cosine: few tokens first, many at the end
 
 
+def test_nova_mask_counts_drop_empty_steps():
+    """NOVA at 1,024 tokens x 64 steps: the first step would make round(1024 (1 - cos(pi/128))) = 0
+    tokens known and is dropped, leaving 63 AR steps that start 1, 2, 2, 3 (FACTS.md sec. 3)."""
+    c = grpo.nova_mask_counts(1024, 64)
+    assert len(c) == 63 and sum(c) == 1024 and min(c) >= 1 and c[:4] == [1, 2, 2, 3]
+    masked = [round(math.cos(math.pi / 2 * k / 64) * 1024) for k in range(65)]   # no .5 ties here
+    assert c == [a - b for a, b in zip(masked, masked[1:]) if a != b]
+
+
+def test_harmon_mask_counts_floor_and_finish():
+    """Harmon at 1,024 x 64: floor(N cos) tokens stay masked, every step makes >= 1 known, all 64 run."""
+    c = grpo.harmon_mask_counts(1024, 64)
+    assert len(c) == 64 and sum(c) == 1024 and min(c) >= 1
+    assert c[0] == 1024 - math.floor(1024 * math.cos(math.pi / 2 / 64))
+    assert c != grpo.cosine_mask_counts(1024, 64)      # marpipe's tiny-model schedule rounds instead
+
+
 @pytest.mark.parametrize("key,value,needle", [
     ("top_k", 1.5, "train.top_k = 1.5: must be in [0, 1]"),
     ("trainable", "decoder", "train.trainable = 'decoder'"),

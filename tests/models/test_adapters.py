@@ -82,6 +82,45 @@ def test_harmon_prompts_use_the_chat_template(harmon):
     assert p.pad[0].any() and not p.pad[1].any()      # right padding of the shorter prompt
 
 
+def test_harmon_standin_folder_writes_the_tied_lm_head_once_and_loads(tmp_path):
+    folder = save_harmon_standin(tmp_path / "harmon")
+    keys = set(load_file(str(folder / "model.safetensors")))
+    assert "llm.model.embed_tokens.weight" in keys and "llm.lm_head.weight" not in keys   # as save_pretrained
+    m = HarmonMAR.from_pretrained(folder, device="cpu", dtype=torch.float32)
+    llm = m._frozen["llm"]
+    assert llm.lm_head.weight is llm.model.embed_tokens.weight
+
+
+def test_harmon_mask_counts_are_the_official_floored_schedule(harmon):
+    from marpipe.grpo import harmon_mask_counts
+    assert harmon.mask_counts(4) == harmon_mask_counts(harmon.num_tokens, 4)
+    assert harmon.mask_counts(harmon.sampling.ar_steps) == harmon_mask_counts(16, 4) == [2, 3, 5, 6]
+    assert HarmonMAR.mask_counts(type("M", (), {"num_tokens": 1024})(), 64)[:6] == [1, 1, 1, 2, 3, 4]
+
+
+def test_harmon_decode_is_the_official_8bit_image(harmon):
+    """``HarmonModel.decode`` then ``torch.clamp(127.5 * x + 128.0, 0, 255).to(uint8)`` (the official
+    scripts), as float ``/ 255``; in the VAE's dtype."""
+    from marpipe.io.files import to_uint8
+    tokens = torch.randn(2, harmon.num_tokens, harmon.token_dim, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.bfloat16):
+        m = copy.deepcopy(harmon).to(dtype=dtype)
+        vae = m._frozen["vae"]
+        x = vae.decode(m.tokens_to_latents(tokens.to(dtype) / m.vae_scale))
+        official = torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)
+        img = m.decode(tokens)
+        assert img.dtype == torch.float32 and torch.equal(img, official.float() / 255)
+        assert (to_uint8(img) == official.permute(0, 2, 3, 1).numpy()).all()
+
+
+def test_harmon_generation_size_comes_from_sampling():
+    m = load_model("harmon-standin", sampling={"ar_steps": 2, "diffusion_steps": 5, "cfg_scale": 3.0, "image_size": 32})
+    assert (m.image_size, m.grid, m.num_tokens) == (32, (2, 2), 4)
+    assert m.decode(torch.zeros(1, 4, m.token_dim)).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        load_model("harmon-standin", sampling={"ar_steps": 2, "diffusion_steps": 5, "cfg_scale": 3.0, "image_size": 40})
+
+
 def test_strict_loading_rejects_missing_unexpected_and_reshaped_keys(tmp_path):
     folder = save_nova_standin(tmp_path / "nova")
     f = folder / "transformer" / "diffusion_pytorch_model.safetensors"

@@ -73,3 +73,32 @@ def test_main_exit_code_and_report(capsys):
     assert main(["nova-standin"]) == 0
     out = capsys.readouterr().out
     assert "11/11 checks passed" in out and "NOT the real NOVA" in out
+
+
+class HeadIgnoresZ(TinyMAR):
+    """A broken model: its head never reads ``z`` (and has no all-zero tensor to blame)."""
+
+    def head(self, x_t, step, z):
+        return super().head(x_t, step, torch.zeros_like(z))
+
+
+def test_zero_initialised_head_is_told_from_a_broken_one():
+    torch.manual_seed(0)
+    fresh = TinyMAR(TinyMARConfig.preset("tiny-nova", **{**SMALL, "zero_init": True}))
+    res = {n: (ok, d) for n, ok, d in check_model(fresh)}
+    assert res["head"][0] and res["cfg"][0], res
+    assert res["head"][1].startswith("zero-initialised head") and "perturbed" in res["head"][1]
+    broken = HeadIgnoresZ(TinyMARConfig.preset("tiny-nova", **SMALL))
+    with torch.no_grad():
+        for p in broken.head_parameters():   # no all-zero tensor left: nothing to excuse it
+            p.add_(0.01)
+    res = {n: (ok, d) for n, ok, d in check_model(broken)}
+    assert not res["head"][0] and res["head"][1] == "head ignores z"
+    assert not res["cfg"][0]
+
+
+@pytest.mark.parametrize("spec", ["tiny-nova", "tiny-harmon"])
+def test_check_model_passes_for_fresh_tiny_models(spec, capsys):
+    """Every name ``marpipe check-model --help`` lists passes on a freshly built model."""
+    assert main([spec, "--ar-steps", "4"]) == 0
+    assert "11/11 checks passed" in capsys.readouterr().out

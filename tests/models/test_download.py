@@ -118,3 +118,71 @@ def test_base_models_are_not_downloadable_until_pinned(tmp_path):
     src = ModelSource.from_dict("nova", dl.BASE_MODELS["nova"])
     with pytest.raises(DownloadError, match="no revision pinned for BAAI/nova-d48w1024-sd512"):
         download_model(src, tmp_path, snapshot_download=fake_hub())
+
+
+# ------------------------------------------------------------------ strict loading and declared ties
+def _qwen2(tie: bool):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=tie)
+    return Qwen2ForCausalLM(cfg)
+
+
+def _wrapped(tie: bool):
+    """A module holding a transformers LLM as a submodule, like HarmonModel's ``llm``."""
+    import torch
+    m = torch.nn.Module()
+    m.llm, m.head = _qwen2(tie), torch.nn.Linear(3, 3)
+    return m
+
+
+def _state(module, drop=()):
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k not in drop}
+
+
+def test_tied_key_written_once_loads_and_stays_tied():
+    import torch
+
+    from marpipe.models.download import load_strict, tied_keys
+    src, dst = _wrapped(True), _wrapped(True)
+    assert tied_keys(dst) == {"llm.lm_head.weight": "llm.model.embed_tokens.weight"}
+    load_strict(dst, _state(src, drop=("llm.lm_head.weight",)), "tied")     # what save_pretrained writes
+    assert dst.llm.lm_head.weight is dst.llm.model.embed_tokens.weight
+    assert torch.equal(dst.llm.lm_head.weight, src.llm.model.embed_tokens.weight)
+    assert torch.equal(dst.head.weight, src.head.weight)
+    load_strict(dst, _state(src), "tied, both keys")                       # both keys, equal: fine
+
+
+def test_undeclared_missing_keys_are_still_errors_that_name_them():
+    import torch
+
+    from marpipe.models.download import load_strict, tied_keys
+    src = _wrapped(True)
+    # any other key missing next to a declared tie
+    with pytest.raises(ValueError, match=r"1 missing \(e\.g\. llm\.model\.norm\.weight\)"):
+        load_strict(_wrapped(True), _state(src, drop=("llm.lm_head.weight", "llm.model.norm.weight")), "m")
+    # the tied key AND its source missing: both named
+    with pytest.raises(ValueError, match=r"2 missing \(e\.g\. llm\.lm_head\.weight, llm\.model\.embed_tokens"):
+        load_strict(_wrapped(True), _state(src, drop=("llm.lm_head.weight", "llm.model.embed_tokens.weight")), "m")
+    # a config that does not tie: lm_head is a weight of its own
+    untied = _wrapped(False)
+    assert tied_keys(untied) == {}
+    with pytest.raises(ValueError, match=r"1 missing \(e\.g\. llm\.lm_head\.weight\)"):
+        load_strict(untied, _state(_wrapped(False), drop=("llm.lm_head.weight",)), "untied")
+    # sharing a tensor without declaring it is not a tie
+    plain = torch.nn.Module()
+    plain.a, plain.b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    plain.b.weight = plain.a.weight
+    assert tied_keys(plain) == {}
+    with pytest.raises(ValueError, match=r"1 missing \(e\.g\. b\.weight\)"):
+        load_strict(plain, _state(plain, drop=("b.weight",)), "plain")
+
+
+def test_a_file_with_both_tied_keys_must_hold_equal_tensors():
+    from marpipe.models.download import load_strict
+    bad = _state(_wrapped(True))
+    bad["llm.lm_head.weight"] = bad["llm.lm_head.weight"] + 1
+    with pytest.raises(ValueError, match="holds llm.lm_head.weight and llm.model.embed_tokens.weight with different"):
+        load_strict(_wrapped(True), bad, "m")

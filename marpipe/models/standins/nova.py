@@ -11,8 +11,8 @@ docstring, as used by :class:`marpipe.models.nova.NovaMAR`:
 * ``PhiStandin`` -> ``PhiEncoderModel`` (``text_encoder/``), ``TokenizerStandin`` ->
   the CodeGen tokenizer, ``VaeStandin`` -> ``diffnext`` ``AutoencoderKL`` (SD VAE,
   4 channels, stride 8, ``scale_``/``unscale_``, ``decode(x).sample``),
-  ``DDPMSchedulerStandin`` -> ``diffnext`` ``DDPMScheduler`` (epsilon prediction,
-  ``set_timesteps``, ``timesteps``, ``alphas_cumprod``).
+  ``DDPMSchedulerStandin`` -> diffusers' ``DDPMScheduler`` (epsilon prediction, x0 clipped to
+  [-1, 1], ``set_timesteps``, ``timesteps``, ``previous_timestep``, ``alphas_cumprod``).
 
 Token layout (as ``PatchEmbed.patchify``): a latent ``[B, C, H, W]`` cut into
 ``p x p`` patches, token ``(h, w)`` row-major, vector ordered ``(py, px, c)``.
@@ -414,21 +414,28 @@ class VaeStandin(nn.Module):
 
 
 class DDPMSchedulerStandin:
-    """Stands in for ``diffnext`` ``DDPMScheduler`` (SD-style ``scaled_linear`` betas, ``leading``
-    timestep spacing, epsilon prediction, fixed-small variance, no x0 clipping)."""
+    """Stands in for diffusers' ``DDPMScheduler`` as NOVA's pipeline loads it (SD-style
+    ``scaled_linear`` betas, ``leading`` timestep spacing, epsilon prediction, fixed-small variance,
+    and diffusers' default ``clip_sample=True``: ``step`` clamps x0 to [-1, 1])."""
 
     def __init__(self, num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012):
         self.config = SimpleNamespace(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear",
                                       prediction_type="epsilon", variance_type="fixed_small",
-                                      clip_sample=False, thresholding=False, timestep_spacing="leading",
-                                      steps_offset=0)
+                                      clip_sample=True, clip_sample_range=1.0, thresholding=False,
+                                      timestep_spacing="leading", steps_offset=0)
         betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float32) ** 2
         self.alphas_cumprod = torch.cumprod(1.0 - betas, 0)
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+        self.num_inference_steps = None
 
     def set_timesteps(self, n, device=None):
+        self.num_inference_steps = n
         ratio = self.config.num_train_timesteps // n
         self.timesteps = (torch.arange(0, n) * ratio).flip(0).long() + self.config.steps_offset
+
+    def previous_timestep(self, timestep):
+        n = self.num_inference_steps or self.config.num_train_timesteps
+        return timestep - self.config.num_train_timesteps // n
 
 
 def build_nova_standin(cfg: NovaStandinConfig) -> dict:

@@ -1,0 +1,111 @@
+"""Multiply-adds of one rollout of the real NOVA and Harmon, computed from their configs.
+
+Pure arithmetic (no weights, no model classes): what ``marpipe bench train-step`` prints on a
+machine without a GPU, to put the head's share of a rollout and MTE's extra head passes in the
+real proportions. Conventions: a linear layer costs its weight count per token; a transformer
+block of width ``d`` costs ``12 d^2`` per token (attention projections ``4 d^2``, MLP ``8 d^2``)
+plus ``2 L d`` for the attention scores over ``L`` keys; LayerNorms, softmax and the VAE are
+left out. Architectures, from the official code and configs:
+
+* NOVA ``BAAI/nova-d48w1024-sd512`` (baaivision/NOVA@2cd254a,
+  ``diffnext/models/transformers/transformer_nova.py``): video encoder ``vit_d16w1024`` (once
+  per prompt, over the 256 prompt-slot tokens), image encoder ``vit_d32w1024`` whose first 16
+  blocks see only the known tokens and the last 16 all 1,024 (plus the 256 prompt tokens as
+  keys), head ``mlp_d6w1024`` (6 AdaLN blocks: modulation ``3 w^2`` + MLP ``2 w^2``), tokens of
+  16 dims, text encoder Phi-2 (2.7B) once per prompt.
+* Harmon ``wusize/Harmon-1_5B`` (wusize/Harmon@4eb6087, ``src/models/mar.py`` ``mar_huge`` and
+  the Qwen2.5-1.5B config): MAE encoder 20 blocks of width 1280 over the known tokens + 64
+  buffer slots, the LLM (28 Qwen2 layers, hidden 1536, MLP 8960, 2 of 12 heads for K/V) over the
+  prompt and those tokens, MAE decoder 20 blocks of width 1280 over all 1,024 + 64, head
+  ``SimpleMLPAdaLN`` (12 res-blocks of width 1536), tokens of 16 dims.
+
+Every AR step runs with CFG ([cond; uncond], a batch of two).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROMPT_TOKENS = {"nova": 256, "harmon": 32}   # NOVA: fixed 256 slots; Harmon: a typical templated prompt
+
+
+@dataclass(frozen=True)
+class RealArch:
+    name: str
+    tokens: int = 1024
+    token_dim: int = 16
+    ar_steps: int = 64
+    diffusion_steps: int = 25
+
+
+def block(d: int, queries: int, keys: int, mlp: int | None = None) -> float:
+    """One pre-norm transformer block: projections + MLP per query, attention scores."""
+    mlp = 4 * d if mlp is None else mlp
+    return queries * (4 * d * d + 2 * d * mlp) + 2 * queries * keys * d
+
+
+def qwen2_layer(queries: int, keys: int, h: int = 1536, inter: int = 8960, kv_dim: int = 256) -> float:
+    """A Qwen2 decoder layer: q/o ``h^2`` each, k/v ``h * kv_dim`` each, gated MLP ``3 h inter``."""
+    return queries * (2 * h * h + 2 * h * kv_dim + 3 * h * inter) + 2 * queries * keys * h
+
+
+def head_macs_per_token_step(name: str) -> float:
+    """One head evaluation of one token (a diffusion step)."""
+    # blocks: AdaLN modulation 3 w^2 + MLP 2 w^2; condition embedding cond -> w (-> w for NOVA);
+    # time embedding 256 -> w -> w; input projection 16 -> w; final AdaLN 2 w^2 and output layer
+    if name == "nova":     # mlp_d6w1024 (diffnext/models/diffusion_mlp.py DiffusionMLP), outputs eps (16)
+        w, blocks, cond = 1024, 6, 1024
+        return blocks * 5 * w * w + (cond * w + w * w) + (256 * w + w * w) + 16 * w + 2 * w * w + w * 16
+    if name == "harmon":   # SimpleMLPAdaLN width 1536, 12 res-blocks, outputs eps and v (32)
+        w, blocks, cond = 1536, 12, 1280
+        return blocks * 5 * w * w + cond * w + (256 * w + w * w) + 16 * w + 2 * w * w + w * 32
+    raise ValueError(f"unknown real model {name!r}")
+
+
+def ar_step_macs(name: str, known: int, tokens: int = 1024) -> float:
+    """One AR step for one image (one CFG branch) with ``known`` tokens known."""
+    p = PROMPT_TOKENS[name]
+    if name == "nova":
+        d = 1024
+        enc = 16 * block(d, known, known + p)          # MAE half: known tokens (+ prompt keys)
+        dec = 16 * block(d, tokens, tokens + p)        # second half: every position
+        return enc + dec
+    if name == "harmon":
+        d, buf = 1280, 64
+        enc = 20 * block(d, known + buf, known + buf)
+        llm = 28 * qwen2_layer(p + known + buf, p + known + buf)
+        dec = 20 * block(d, tokens + buf, tokens + buf)
+        proj = 2 * (known + buf) * 1280 * 1536
+        return enc + llm + dec + proj
+    raise ValueError(f"unknown real model {name!r}")
+
+
+def prompt_macs(name: str) -> float:
+    """Once per prompt and CFG branch: NOVA's Phi-2 text encoder and video encoder."""
+    if name == "nova":
+        return 256 * 2.7e9 + 16 * block(1024, 256, 256 + 256)
+    return 0.0   # Harmon's prompt runs through the LLM inside every AR step (counted there)
+
+
+def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int = 1) -> dict:
+    """Multiply-adds of one image's rollout (CFG, both branches) with the mask schedule ``counts``.
+
+    ``head_passes``: token-steps of the head under three schedules: the official sampler (only the
+    tokens accepted at each step: ``N T``), marpipe's rollout (every still-masked token at every AR
+    step, whose x0 the loss and Sim need: ``T sum_k P_k``), and the reference trainers (all
+    ``N`` tokens at every AR step: ``K N T``). MTE's ``S - 1`` extra trajectories add ``(S-1) N T``
+    conditional head passes once per image.
+    """
+    N, T, K = sum(counts), diffusion_steps, len(counts)
+    head_tok = head_macs_per_token_step(name)
+    known, ar, masked = 0, 0.0, []
+    for c in counts:
+        ar += 2 * ar_step_macs(name, known, N)
+        masked.append(N - known)
+        known += c
+    passes = {"official_sampler": 2 * N * T, "marpipe": 2 * T * sum(masked), "reference": 2 * K * N * T}
+    head = passes["marpipe"] * head_tok
+    mte = (S - 1) * N * T * head_tok
+    total = ar + head + 2 * prompt_macs(name)
+    return {"ar_steps": K, "transformer_macs": ar + 2 * prompt_macs(name), "head_macs": head,
+            "head_share": head / total, "head_passes": passes, "mte_extra_head_macs": mte,
+            "mte_extra_share": mte / total, "head_macs_per_token_step": head_tok}
