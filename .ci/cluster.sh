@@ -11,7 +11,7 @@
 # only ever see the default path. A foreign /etc/slurm/slurm.conf is never
 # overwritten (the script stops with an error instead).
 #
-# Design notes (see /work/shared/reference/FACTS.md section 5):
+# Design notes:
 #   - no systemd: daemons are started by hand, as root, and tracked by pid files;
 #   - our own munged with its own socket and key (AuthInfo=socket=...), so a
 #     munged that the distribution may already run is left alone;
