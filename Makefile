@@ -32,7 +32,8 @@ test: $(STAMP) $(OFFICIAL_STAMPS)
 	$(BIN)/python -m pytest -q --ignore=tests/official $(PYTEST_ARGS) || rc=1; \
 	echo "[make test] tests/official against the official NOVA and Harmon code"; \
 	.venv-harmon/bin/python -m pytest -q tests/official/test_harmon_official.py $(PYTEST_ARGS) || rc=1; \
-	.venv-nova/bin/python -m pytest -q tests/official/test_nova_official.py $(PYTEST_ARGS) || rc=1; \
+	.venv-nova/bin/python -m pytest -q tests/official/test_nova_official.py tests/official/test_schedule_diffusers.py \
+		$(PYTEST_ARGS) || rc=1; \
 	exit $$rc
 
 demo: $(STAMP)
