@@ -2,7 +2,8 @@
 
 These tests use what `.ci/cluster.sh up` and `workflow/scripts/mlflow-server.sh up` started (`.ci/run`
 always starts both). Where that infrastructure is absent they skip and say why; they
-are never faked.
+are never faked. Under ``MARPIPE_REQUIRE_INFRA=1`` (``.ci/run`` sets it) they FAIL instead, with
+the same reason: CI cannot go green by skipping the only tests that reach the cluster and the server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("MARPIPE_STATE", "/tmp/marpipe-ci"))
+REQUIRED = os.environ.get("MARPIPE_REQUIRE_INFRA") == "1"
+
+
+def unavailable(reason: str):
+    """Skip with ``reason``, or fail with it where the infrastructure is required (CI)."""
+    if REQUIRED:
+        pytest.fail(f"infrastructure required (MARPIPE_REQUIRE_INFRA=1) but unusable: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def pytest_configure(config):
@@ -35,14 +44,14 @@ def _run(cmd: list[str], timeout: float = 15) -> subprocess.CompletedProcess:
 def slurm_cluster() -> str:
     """Name of the node of a responding SLURM cluster; skips if there is none."""
     if shutil.which("sinfo") is None:
-        pytest.skip("SLURM is not installed (no `sinfo` on PATH): run `.ci/cluster.sh up`")
+        unavailable("SLURM is not installed (no `sinfo` on PATH): run `.ci/cluster.sh up`")
     try:
         ping = _run(["scontrol", "ping"])
         nodes = _run(["sinfo", "-h", "-N", "-o", "%N %T"])
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"SLURM cluster is not responding ({exc}): run `.ci/cluster.sh up`")
+        unavailable(f"SLURM cluster is not responding ({exc}): run `.ci/cluster.sh up`")
     if ping.returncode != 0 or "UP" not in ping.stdout:
-        pytest.skip(
+        unavailable(
             "SLURM controller is not responding (`scontrol ping`: "
             f"{(ping.stdout + ping.stderr).strip().splitlines()[-1:]!r}): "
             "run `.ci/cluster.sh up`"
@@ -53,7 +62,7 @@ def slurm_cluster() -> str:
         if line.split()[1].rstrip("*~#") in {"idle", "mixed", "allocated", "completing"}
     ]
     if not ready:
-        pytest.skip(f"no SLURM node is usable (sinfo: {nodes.stdout.strip()!r})")
+        unavailable(f"no SLURM node is usable (sinfo: {nodes.stdout.strip()!r})")
     return ready[0]
 
 
@@ -72,13 +81,16 @@ def mlflow_server() -> str:
     Taken from MLFLOW_TRACKING_URI when it is an http(s) URI, else from the file
     that `workflow/scripts/mlflow-server.sh up` writes ($MARPIPE_STATE/mlflow/uri).
     """
-    pytest.importorskip("mlflow", reason="mlflow is not installed (extra `pipeline`)")
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        unavailable("mlflow is not installed (extra `pipeline`)")
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith("http"):
         uri_file = STATE / "mlflow" / "uri"
         if not uri_file.is_file():
-            pytest.skip(f"no MLflow server: {uri_file} missing; run `workflow/scripts/mlflow-server.sh up`")
+            unavailable(f"no MLflow server: {uri_file} missing; run `workflow/scripts/mlflow-server.sh up`")
         uri = uri_file.read_text().strip()
     if not _healthy(uri):
-        pytest.skip(f"MLflow server at {uri} does not answer /health: run `workflow/scripts/mlflow-server.sh up`")
+        unavailable(f"MLflow server at {uri} does not answer /health: run `workflow/scripts/mlflow-server.sh up`")
     return uri
