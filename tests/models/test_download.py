@@ -114,10 +114,19 @@ def test_gated_message_mentions_hf_token(tmp_path, monkeypatch):
         download_model(ModelSource("m", "a/b", REV), tmp_path, snapshot_download=fake_hub(exc=hub_error(E.GatedRepoError)))
 
 
-def test_base_models_are_not_downloadable_until_pinned(tmp_path):
-    src = ModelSource.from_dict("nova", dl.BASE_MODELS["nova"])
+def test_an_unpinned_model_is_refused_before_any_download(tmp_path):
+    calls = []
+    src = ModelSource("nova", "BAAI/nova-d48w1024-sd512", None)
     with pytest.raises(DownloadError, match="no revision pinned for BAAI/nova-d48w1024-sd512"):
-        download_model(src, tmp_path, snapshot_download=fake_hub())
+        download_model(src, tmp_path, snapshot_download=fake_hub(calls=calls))
+    assert calls == []
+
+
+@pytest.mark.xfail(strict=True, reason="NOVA and Harmon are not pinned yet: no machine here reaches the hub to "
+                                       "read their commit hashes; pin them and this passes")
+def test_base_models_are_pinned():
+    for name, entry in dl.BASE_MODELS.items():
+        assert check_revision(entry.get("revision"), entry["repo_id"]), name
 
 
 # ------------------------------------------------------------------ strict loading and declared ties
