@@ -183,15 +183,19 @@ def total_variation(images: torch.Tensor) -> float:
 
 
 def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str = "redness", lr: float = 3e-4,
-                      held_out: int = 24, as_json: bool = False, device: str | None = None) -> dict:
+                      held_out: int = 24, as_json: bool = False, device: str | None = None,
+                      preset: str = "paper") -> dict:
     """``marpipe bench reward-rise``: does each variant raise a simple reward?
 
     Trains every variant for ``steps`` steps from the same pre-trained tiny model
     (``weights``) on the world's training prompts, once per seed, and reports the
     mean training reward of the first and last five steps and the mean reward of
-    images sampled (fixed seed) for ``held_out`` unseen style prompts before and after.
+    images sampled (fixed seed) for ``held_out`` unseen style prompts before and after;
+    the loss assembled by ``preset`` (``paper`` | ``reference``, the reference trainer of the
+    model's family). The per-step reward, KL and gradient norm (before clipping) of every run
+    are in the report's ``curves``; the table adds the last five steps' KL and the median norm.
     """
-    from marpipe.models.registry import load_model
+    from marpipe.models.registry import load_model, model_family
     from marpipe.rollout import sample_images
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,26 +207,35 @@ def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str =
         images = sample_images(model, texts, seed=0, device=device)
         return float(score(images, texts, meta).mean())
 
-    before = held_out_reward(load_model(weights, device=device))
-    report = {"weights": weights, "reward": reward, "steps": steps, "lr": lr, "held_out_before": before, "runs": {}}
+    base = load_model(weights, device=device)
+    family = model_family(base)
+    before = held_out_reward(base)
+    report = {"weights": weights, "reward": reward, "steps": steps, "lr": lr, "preset": preset,
+              "model_family": family, "held_out_before": before, "runs": {}, "curves": {}}
     for variant in VARIANTS:
         for seed in seeds:
             model = load_model(weights, device=device)
-            cfg = GRPOConfig(**{**BENCH, "lr": lr}, **VARIANTS[variant], steps=steps, save_every=10**6, seed=seed)
+            cfg = GRPOConfig(**{**BENCH, "lr": lr}, **VARIANTS[variant], steps=steps, save_every=10**6, seed=seed,
+                             preset=preset, model_family=family)
             with tempfile.TemporaryDirectory() as d:
                 rows = Trainer(model, cfg, train, score, d, device=device, progress=False).train()
-            r = [row["reward_mean"] for row in rows]
+            curves = {k: [row[k] for row in rows] for k in ("reward_mean", "kl", "grad_norm")}
+            r = curves["reward_mean"]
+            report["curves"][f"{variant}/seed{seed}"] = curves
             report["runs"][f"{variant}/seed{seed}"] = {
                 "train_first5": statistics.mean(r[:5]), "train_last5": statistics.mean(r[-5:]),
-                "held_out_after": held_out_reward(model)}
+                "held_out_after": held_out_reward(model), "kl_last5": statistics.mean(curves["kl"][-5:]),
+                "grad_norm_median": statistics.median(curves["grad_norm"])}
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{reward} reward, {steps} steps at lr {lr}; held-out: {held_out} style prompts, "
-              f"before training {before:.4f}")
-        print(f"  {'variant/seed':<18} {'train first 5':>14} {'train last 5':>13} {'held-out after':>15}")
+        print(f"{reward} reward, {steps} steps at lr {lr}, preset {preset} ({family}); held-out: {held_out} "
+              f"style prompts, before training {before:.4f}")
+        print(f"  {'variant/seed':<18} {'train first 5':>14} {'train last 5':>13} {'held-out after':>15} "
+              f"{'KL last 5':>10} {'median |g|':>11}")
         for key, r in report["runs"].items():
-            print(f"  {key:<18} {r['train_first5']:>14.4f} {r['train_last5']:>13.4f} {r['held_out_after']:>15.4f}")
+            print(f"  {key:<18} {r['train_first5']:>14.4f} {r['train_last5']:>13.4f} {r['held_out_after']:>15.4f} "
+                  f"{r['kl_last5']:>10.2e} {r['grad_norm_median']:>11.3g}")
     return report
 
 

@@ -154,7 +154,8 @@ def cmd_bench(args):
         if not Path(args.weights).is_file():
             raise FileNotFoundError(f"--weights {args.weights}: no such file (the embedded default writes it: "
                                     f"make demo, or snakemake {args.weights} --configfile config/small.yaml)")
-        bench_reward_rise(args.weights, steps=args.steps or 30, seeds=args.seeds, as_json=args.json, device=args.device)
+        bench_reward_rise(args.weights, steps=args.steps or 30, seeds=args.seeds, as_json=args.json, device=args.device,
+                          preset=args.preset)
     elif args.what == "warmup":
         bench_warmup_cmd(args)
     else:
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default="resources/models/tiny-nova/model.safetensors",
                    help="pre-trained tiny model (reward-rise)")
     s.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="training seeds (reward-rise)")
+    s.add_argument("--preset", choices=["paper", "reference"], default="paper",
+                   help="reward-rise: how the loss is assembled (train.preset; reference: the trainer of the "
+                        "model's family)")
     s.add_argument("--models", nargs="*", default=None,
                    help="train-step: tiny presets (default both) or model specs (nova:DIR, harmon:DIR, *-standin); "
                         "warmup: config models (default all)")

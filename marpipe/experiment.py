@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from marpipe.config import ConfigError, GRPOConfig
+from marpipe.config import FAMILIES, ConfigError, GRPOConfig
 
 SCHEMA_PATH = Path(__file__).parent / "data" / "config.schema.yaml"
 BASE = "base"                       # the untrained row of each model
@@ -170,6 +170,15 @@ class Experiment:
     def has_warmup(self, model: str) -> bool:
         return bool(self.cfg["models"][model].get("warmup"))
 
+    def model_family(self, model: str) -> str | None:
+        """``nova`` | ``harmon``: the model's adapter, or a tiny model's preset (``tiny-nova``); it
+        picks the reference trainer that ``train.preset: reference`` follows."""
+        m = self.cfg["models"][model]
+        if m.get("adapter") in FAMILIES:
+            return m["adapter"]
+        preset = m["source"].get("preset", "")
+        return preset.removeprefix("tiny-") if preset.removeprefix("tiny-") in FAMILIES else None
+
     # --- training -------------------------------------------------------------------
     def _merged_train(self, model: str, variant: str | None) -> dict:
         m = self.cfg["models"][model]
@@ -183,6 +192,7 @@ class Experiment:
         d = self._merged_train(model, variant)
         d["reward"] = reward
         d.setdefault("seed", self.cfg["seed"])
+        d["model_family"] = self.model_family(model)
         if variant not in self.cfg["selection"]["best_of"]:
             d["steps"] = self.cfg["selection"]["fixed_step"][reward]   # fixed in advance: train to it
         try:
@@ -196,7 +206,11 @@ class Experiment:
         d.update(trainable="head", fix_decoder=False, mte=False, sim=False, lr=w["lr"], steps=w["steps"],
                  reward=w["reward"], save_every=min(d.get("save_every", 50), w["steps"]))
         d.setdefault("seed", self.cfg["seed"])
-        return GRPOConfig.from_dict(d)
+        d["model_family"] = self.model_family(model)
+        try:
+            return GRPOConfig.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"models.{model} warm-up: {e}") from None
 
     # --- rows, suites and files ---------------------------------------------------------
     def rows(self, model: str) -> list[Row]:

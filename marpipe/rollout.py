@@ -8,13 +8,21 @@ up front (:class:`RolloutPlan`, paper Sec. 3.2) it records the known-token
 canvas, which tokens the step predicts and accepts, ``x_t``, ``x_{t-1}``, the
 log variance and the log-prob of each transition.
 
-With ``S > 1`` (MTE) it also samples ``S - 1`` extra head trajectories, once per
-image after the rollout, as the reference code does: every token restarts from
-fresh noise under the condition ``z`` it was accepted with, conditional branch
-only (no CFG). Their final ``x0`` give the token uncertainty of Eq. 9, and their
-transitions at the trained head steps are what Eq. 10 averages over. Run once
-per image instead of once per AR step, they cost ``(S-1)/(2K)`` of the rollout's
-head passes (``K`` AR steps, CFG doubling the rollout's batch).
+With ``S > 1`` trajectories (MTE) it also samples ``S - 1`` extra head trajectories
+per token (:attr:`RolloutPlan.mte_scope`):
+
+* ``image`` (reference code): once per image after the rollout; every token restarts
+  from fresh noise under the condition ``z`` it was accepted with. Their final ``x0``
+  (:attr:`Rollout.x0_final`) give the token uncertainty of Eq. 9. They cost ``(S-1)/(2K)``
+  of the rollout's head passes (``K`` AR steps, CFG doubling the rollout's batch).
+* ``step`` (paper, Alg. 2 lines 8-9): at each trained AR step, from that step's
+  condition ``Z^k``, for every token the step predicts; their ``x0`` at the step
+  (:attr:`Rollout.x0_step`) give that step's uncertainty, and, drawn from the policy
+  being trained, their log-probs are recorded like the rollout's.
+
+Either way their transitions at the trained head steps are what Eq. 10 averages over;
+``mte_guided`` samples them with the rollout's CFG (Harmon reference, paper), else with the
+conditional branch only (NOVA reference).
 
 All randomness comes from per-prompt generators seeded by ``(seed, step,
 prompt index)``, so a rollout does not depend on how prompts are split across
@@ -48,20 +56,28 @@ class RolloutPlan:
     """Which steps are trained, chosen before sampling so nothing else is stored."""
     ar_steps: tuple[int, ...]          # J trained AR steps (sorted)
     diffusion_steps: torch.Tensor      # [J, T'] trained head steps for each AR step
-    trajectories: int = 1              # S (MTE); 1 = single trajectory
+    trajectories: int = 1              # head trajectories per token: the rollout's + extra ones (MTE)
+    mte_scope: str = "image"           # extra trajectories once per image | per trained AR step ("step")
+    seed: int = 0                      # seeds what the loss draws at random (top_k_random)
 
     @classmethod
     def sample(cls, ar_steps: int, diffusion_steps: int, train_ar: int, train_diffusion: int,
-               trajectories: int, seed: int, final_step: bool = False) -> "RolloutPlan":
+               trajectories: int, seed: int, final_step: bool = False, shared: bool = False,
+               mte_scope: str = "image") -> "RolloutPlan":
         """Random ``train_ar`` AR steps and, for each, ``train_diffusion`` head steps
-        (the last head step only if ``final_step``)."""
+        (the last head step only if ``final_step``; the same ones for every AR step if ``shared``)."""
+        if mte_scope not in ("image", "step"):
+            raise ValueError(f"mte_scope {mte_scope!r}: use 'image' or 'step'")
         g = torch.Generator().manual_seed(seed)
         j = min(train_ar, ar_steps)
         steps = torch.randperm(ar_steps, generator=g)[:j].sort().values
         pool = diffusion_steps if final_step or diffusion_steps == 1 else diffusion_steps - 1
         t = min(train_diffusion, pool)
-        diff = torch.stack([torch.randperm(pool, generator=g)[:t].sort().values for _ in range(j)])
-        return cls(tuple(int(s) for s in steps), diff, trajectories)
+        if shared:
+            diff = torch.randperm(pool, generator=g)[:t].sort().values.expand(j, t).clone()
+        else:
+            diff = torch.stack([torch.randperm(pool, generator=g)[:t].sort().values for _ in range(j)])
+        return cls(tuple(int(s) for s in steps), diff.reshape(j, t), trajectories, mte_scope, seed)
 
 
 @dataclass
@@ -77,12 +93,14 @@ class Rollout:
     x_t: torch.Tensor           # [J,S,T',B,N,C] trajectory 0: the rollout's; 1..S-1: MTE's extra ones
     x_prev: torch.Tensor        # [J,S,T',B,N,C]
     log_var: torch.Tensor       # [J,S,T',B,N,C] variance used at sampling (recorded)
-    old_log_prob: torch.Tensor  # [J,S,T',B,N] log-prob of each rollout transition (sum over C); 0 for the
-                                # extra trajectories, sampled under another condition (see loss.py)
+    old_log_prob: torch.Tensor  # [J,S,T',B,N] log-prob of each transition (sum over C); 0 for the extra
+                                # trajectories of mte_scope "image", sampled under another condition (loss.py)
     x0: torch.Tensor            # [J,B,N,C] the rollout's x0 prediction at step m
     x0_before: torch.Tensor     # [J,B,N,C] its x0 prediction at step m-1 (zeros at m=0)
     has_before: torch.Tensor    # [J] bool
-    x0_final: torch.Tensor      # [S,B,N,C] each trajectory's final tokens (0: ``latents``)
+    x0_final: torch.Tensor      # [S,B,N,C] each trajectory's final tokens (0: ``latents``); mte_scope
+                                # "step": [1,B,N,C], the rollout's only
+    x0_step: torch.Tensor | None = None  # mte_scope "step": [J,S,B,N,C] each trajectory's x0 at step m
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -130,12 +148,12 @@ def _sample_chain(model: MARModel, x, z_cond, z_uncond, cfg_scale: float, guided
 @torch.no_grad()
 def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: RolloutPlan,
             seed: int, step: int = 0, prompt_ids: Sequence[int] | None = None,
-            cfg_scale: float | None = None, guided_logp: bool = False,
+            cfg_scale: float | None = None, guided_logp: bool = False, mte_guided: bool = False,
             device: torch.device | str = "cpu") -> Rollout:
     """Sample ``group_size`` images for each prompt and record the trained steps.
 
     ``prompt_ids`` are the prompts' global indices (they seed the per-prompt noise);
-    defaults to ``0..P-1``.
+    defaults to ``0..P-1``. ``mte_guided``: the extra trajectories use the rollout's CFG.
     """
     cfg_scale = model.sampling.cfg_scale if cfg_scale is None else cfg_scale
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
@@ -161,11 +179,14 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
         x_t=zeros(J, S, Tp, B, N, C), x_prev=zeros(J, S, Tp, B, N, C), log_var=zeros(J, S, Tp, B, N, C),
         old_log_prob=zeros(J, S, Tp, B, N), x0=zeros(J, B, N, C), x0_before=zeros(J, B, N, C),
         has_before=zeros(J, dtype=torch.bool), x0_final=zeros(S, B, N, C))
+    per_step = S > 1 and plan.mte_scope == "step"
+    if per_step:
+        rec["x0_step"], rec["x0_final"] = zeros(J, S, B, N, C), zeros(1, B, N, C)
     slot = {m: j for j, m in enumerate(plan.ar_steps)}
 
     canvas = torch.zeros(B, N, C, device=device)
     known = torch.zeros(B, N, dtype=torch.bool, device=device)
-    z_accepted = None                                             # [B,N,Dz] each token's condition
+    z_accepted = z_accepted_u = None                              # [B,N,Dz] each token's condition
     rows = torch.arange(B, device=device)[:, None]
     done, prev_x0 = 0, None
     for k in range(K):
@@ -191,28 +212,38 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
             rec["x0"][j][rows, pos] = x
             if prev_x0 is not None:
                 rec["x0_before"][j], rec["has_before"][j] = prev_x0, True
+            if per_step:
+                rec["x0_step"][j, 0][rows, pos] = x
+                _step_trajectories(model, plan, j, rows, pos, z_c, z_u if mte_guided else None, cfg_scale,
+                                   guided_logp, rec, lambda pos=pos: noise(mte_gens, (S - 1,), pos.shape[1]))
         step_x0 = torch.zeros(B, N, C, device=device)
         step_x0[rows, pos] = x
         prev_x0 = step_x0
-        if S > 1:
+        if S > 1 and not per_step:
             z_accepted = z_c.new_zeros(B, N, z_c.shape[-1]) if z_accepted is None else z_accepted
             z_accepted[rows, new] = z_c[:, : counts[k]]
+            if mte_guided:
+                z_accepted_u = z_u.new_zeros(B, N, z_u.shape[-1]) if z_accepted_u is None else z_accepted_u
+                z_accepted_u[rows, new] = z_u[:, : counts[k]]
         canvas = canvas.clone()
         canvas[rows, new] = x[:, : counts[k]]
         known = known.clone()
         known[rows, new] = True
         done += counts[k]
     rec["x0_final"][0] = canvas
-    if S > 1:
-        rec["x0_final"][1:] = _extra_trajectories(model, plan, z_accepted, rec, lambda: noise(mte_gens, (S - 1,), N))
+    if S > 1 and not per_step:
+        rec["x0_final"][1:] = _extra_trajectories(model, plan, z_accepted, z_accepted_u, cfg_scale, rec,
+                                                  lambda: noise(mte_gens, (S - 1,), N))
     images = model.decode(canvas)
     return Rollout(prompts=flat_prompts, images=images, latents=canvas, plan=plan, **rec)
 
 
-def _extra_trajectories(model: MARModel, plan: RolloutPlan, z_accepted: torch.Tensor, rec: dict, noise):
+def _extra_trajectories(model: MARModel, plan: RolloutPlan, z_accepted: torch.Tensor, z_accepted_u, cfg_scale,
+                        rec: dict, noise):
     """MTE's ``S - 1`` extra head trajectories of every token, from its acceptance ``z``.
 
-    Conditional branch only, once per image (reference code). Their transitions at
+    Once per image (reference code); with CFG when ``z_accepted_u`` is given (Harmon
+    reference), else the conditional branch only (NOVA reference). Their transitions at
     each trained (AR step, head step) are stored on the tokens that AR step predicts.
     """
     S1 = plan.trajectories - 1
@@ -225,7 +256,27 @@ def _extra_trajectories(model: MARModel, plan: RolloutPlan, z_accepted: torch.Te
                 rec[name][j, 1:, i] = val * keep
 
     z = z_accepted.expand(S1, *z_accepted.shape)
-    return _sample_chain(model, noise(), z, None, 1.0, False, noise, record)
+    z_u = None if z_accepted_u is None else z_accepted_u.expand(S1, *z_accepted_u.shape)
+    return _sample_chain(model, noise(), z, z_u, cfg_scale, False, noise, record)
+
+
+def _step_trajectories(model: MARModel, plan: RolloutPlan, j: int, rows, pos, z_c, z_u, cfg_scale: float,
+                       guided_logp: bool, rec: dict, noise) -> None:
+    """MTE's ``S - 1`` extra head trajectories of the tokens ``pos`` that trained AR step ``j``
+    predicts, from that step's condition (paper, Alg. 2 line 8); recorded like the rollout's."""
+    S1 = plan.trajectories - 1
+    zc = z_c.expand(S1, *z_c.shape)
+    zu = None if z_u is None else z_u.expand(S1, *z_u.shape)
+
+    def record(t, x_t, x_prev, log_var, logp_mean):
+        if not (plan.diffusion_steps[j] == t).any():
+            return
+        i = int((plan.diffusion_steps[j] == t).nonzero())
+        for name, val in (("x_t", x_t), ("x_prev", x_prev), ("log_var", log_var)):
+            rec[name][j, 1:, i][:, rows, pos] = val
+        rec["old_log_prob"][j, 1:, i][:, rows, pos] = gaussian_log_prob(x_prev, logp_mean, log_var)
+
+    rec["x0_step"][j, 1:][:, rows, pos] = _sample_chain(model, noise(), zc, zu, cfg_scale, guided_logp, noise, record)
 
 
 @torch.no_grad()

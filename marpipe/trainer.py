@@ -93,13 +93,14 @@ class Trainer:
         ids, items = self.prompts_for_step(step)
         plan = RolloutPlan.sample(len(mask_schedule(model)), model.sampling.diffusion_steps,
                                   cfg.train_ar_steps, cfg.train_diffusion_steps, cfg.trajectories,
-                                  seed=derive_seed(cfg.seed, step, 11), final_step=cfg.train_final_step)
+                                  seed=derive_seed(cfg.seed, step, 11), final_step=cfg.train_final_step,
+                                  shared=cfg.shared_diffusion_steps, mte_scope=cfg.mte_scope)
         t0 = time.perf_counter()
         model.eval()
         with self.autocast():
             ro = rollout(model, [it.prompt for it in items], cfg.group_size, plan, seed=cfg.seed, step=step,
                          prompt_ids=ids, cfg_scale=cfg.cfg_scale, guided_logp=cfg.guided_logp,
-                         device=self.device)
+                         mte_guided=cfg.mte_guided, device=self.device)
         t1 = time.perf_counter()
         meta = [it.metadata for it in items for _ in range(cfg.group_size)]
         with torch.no_grad():

@@ -19,6 +19,16 @@ TINY = ("tiny-nova", "tiny-harmon")
 STANDINS = ("nova-standin", "harmon-standin")
 
 
+def model_family(model) -> str | None:
+    """``nova`` | ``harmon``: which real model a loaded model is or stands in for (a tiny model's
+    ``kind``, the adapter's class), or None; ``train.preset: reference`` follows that family's trainer."""
+    kind = getattr(getattr(model, "cfg", None), "kind", None)
+    if kind in ("nova", "harmon"):
+        return kind
+    name = type(model).__name__.lower()
+    return next((f for f in ("nova", "harmon") if f in name), None)
+
+
 def default_dtype(device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
