@@ -35,8 +35,8 @@ from marpipe.trainer import PromptItem, Trainer
 VARIANTS = {
     "grpo": dict(),
     "fix_decoder": dict(fix_decoder=True),
-    "mte": dict(fix_decoder=True, mte=True, S=3, top_k=0.3),
-    "sim": dict(fix_decoder=True, mte=True, S=3, top_k=0.3, sim=True),
+    "mte": dict(fix_decoder=True, mte=True, top_k=0.3),             # S: the preset's
+    "sim": dict(fix_decoder=True, mte=True, top_k=0.3, sim=True),
 }
 # the paper's proportions at tiny scale: 12 of 64 AR steps -> 2 of 8; 10 of 25 head steps -> 4 of 10
 BENCH = dict(group_size=4, prompts_per_step=3, train_ar_steps=2, train_diffusion_steps=4, lr=1e-5)
@@ -56,10 +56,11 @@ def _model(spec: str, device: str):
     return zero_init_probe(model, device)[0]    # a fresh head outputs 0: perturb it, as the suite does
 
 
-def _trainer(model_name: str, variant: str, device: str, out: str) -> Trainer:
+def _trainer(model_name: str, variant: str, device: str, out: str, preset: str = "reference") -> Trainer:
+    from marpipe.models.registry import model_family
     model = _model(model_name, device)
     cfg = GRPOConfig(**(BENCH if model_name in TINY else SPEC_BENCH), **VARIANTS[variant],
-                     steps=10**6, save_every=10**6)
+                     preset=preset, model_family=model_family(model), steps=10**6, save_every=10**6)
     return Trainer(model, cfg, [PromptItem(p, {}) for p in PROMPTS], build_reward("redness"),
                    out, device=device, progress=False)
 
@@ -69,10 +70,10 @@ def _vm_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _peak_rss_child(model_name, variant, device, q):
+def _peak_rss_child(model_name, variant, device, preset, q):
     """Peak RSS growth of one training step over the process after set-up (Linux)."""
     with tempfile.TemporaryDirectory() as d:
-        t = _trainer(model_name, variant, device, d)
+        t = _trainer(model_name, variant, device, d, preset)
         t.train_step(0)                       # allocator warm-up, lazy inits
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                      # reset the peak (VmHWM) to the current RSS
@@ -81,27 +82,29 @@ def _peak_rss_child(model_name, variant, device, q):
         q.put((_vm_kb("VmHWM") - base) / 1024)
 
 
-def peak_memory_mb(model_name: str, variant: str, device: str) -> float:
+def peak_memory_mb(model_name: str, variant: str, device: str, preset: str = "reference") -> float:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         with tempfile.TemporaryDirectory() as d:
-            _trainer(model_name, variant, device, d).train_step(1)
+            _trainer(model_name, variant, device, d, preset).train_step(1)
         return torch.cuda.max_memory_allocated() / 2**20
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_peak_rss_child, args=(model_name, variant, device, q))
+    p = ctx.Process(target=_peak_rss_child, args=(model_name, variant, device, preset, q))
     p.start()
     p.join()
     return q.get()
 
 
 def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-nova", "tiny-harmon"),
-                     device: str | None = None) -> dict:
+                     device: str | None = None, preset: str = "reference") -> dict:
+    """``preset``: how the loss is assembled (``train.preset``; the MTE variant's extra trajectories
+    differ: ``reference`` samples them once per image, ``paper`` at every trained AR step)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    report = {"device": device, "threads": torch.get_num_threads(), "steps": steps, "models": {}}
+    report = {"device": device, "threads": torch.get_num_threads(), "steps": steps, "preset": preset, "models": {}}
     for name in model_names:
         with tempfile.TemporaryDirectory() as d:
-            trainers = {v: _trainer(name, v, device, f"{d}/{v}") for v in VARIANTS}
+            trainers = {v: _trainer(name, v, device, f"{d}/{v}", preset) for v in VARIANTS}
             times = {v: [] for v in VARIANTS}
             for v, t in trainers.items():  # warm-up step, not timed
                 t.train_step(0)
@@ -121,7 +124,7 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
             "head_to_ar_macs_per_token": (round(head_to_ar_ratio(TinyMARConfig.preset(name)), 4)
                                           if name in TINY else None),
             "median_step_s": {v: round(s, 4) for v, s in med.items()},
-            "peak_memory_mb": {v: round(peak_memory_mb(name, v, device), 1) for v in VARIANTS},
+            "peak_memory_mb": {v: round(peak_memory_mb(name, v, device, preset), 1) for v in VARIANTS},
             "ratio_mte_over_fix_decoder": ratio("mte", "fix_decoder"),
             "ratio_sim_over_mte": ratio("sim", "mte"),
         }
@@ -129,7 +132,8 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"device {device}, {report['threads']} threads, median of {steps} steps per variant")
+        print(f"device {device}, {report['threads']} threads, median of {steps} steps per variant, "
+              f"preset {preset}")
         for name, r in report["models"].items():
             print(f"\n{name}" + (f" (head/AR multiply-adds per token: {r['head_to_ar_macs_per_token']})"
                                  if r["head_to_ar_macs_per_token"] is not None else ""))

@@ -148,7 +148,7 @@ def cmd_bench(args):
     if args.what == "train-step":
         from marpipe.bench import bench_train_step
         bench_train_step(steps=args.steps or 5, as_json=args.json, model_names=args.models or ("tiny-nova", "tiny-harmon"),
-                         device=args.device)
+                         device=args.device, preset=args.preset)
     elif args.what == "reward-rise":
         from marpipe.bench import bench_reward_rise
         if not Path(args.weights).is_file():
@@ -285,9 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default="resources/models/tiny-nova/model.safetensors",
                    help="pre-trained tiny model (reward-rise)")
     s.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="training seeds (reward-rise)")
-    s.add_argument("--preset", choices=["paper", "reference"], default="paper",
-                   help="reward-rise: how the loss is assembled (train.preset; reference: the trainer of the "
-                        "model's family)")
+    s.add_argument("--preset", choices=["paper", "reference"], default="reference",
+                   help="train-step, reward-rise: how the loss is assembled (train.preset; reference, as the "
+                        "configs: the trainer of the model's family)")
     s.add_argument("--models", nargs="*", default=None,
                    help="train-step: tiny presets (default both) or model specs (nova:DIR, harmon:DIR, *-standin); "
                         "warmup: config models (default all)")
