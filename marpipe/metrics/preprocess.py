@@ -1,6 +1,6 @@
 """Image preprocessing as pure tensor functions (``[B,3,H,W]`` float in [0,1] in and out).
 
-Facts (FACTS.md section 4 and the reference code):
+Facts (the metrics' official code and the reference code):
 
 * OpenAI CLIP mean/std ``(0.48145466, 0.4578275, 0.40821073)`` /
   ``(0.26862954, 0.26130258, 0.27577711)`` -- used by HPS, PickScore (laion CLIP

@@ -98,7 +98,8 @@ def test_cosine_mask_counts(n, k):
 
 def test_nova_mask_counts_drop_empty_steps():
     """NOVA at 1,024 tokens x 64 steps: the first step would make round(1024 (1 - cos(pi/128))) = 0
-    tokens known and is dropped, leaving 63 AR steps that start 1, 2, 2, 3 (FACTS.md sec. 3)."""
+    tokens known and is dropped, leaving 63 AR steps that start 1, 2, 2, 3 (baaivision/NOVA@2cd254a:
+    diffnext/models/transformers/transformer_3d.py, generate_frame)."""
     c = grpo.nova_mask_counts(1024, 64)
     assert len(c) == 63 and sum(c) == 1024 and min(c) >= 1 and c[:4] == [1, 2, 2, 3]
     masked = [round(math.cos(math.pi / 2 * k / 64) * 1024) for k in range(65)]   # no .5 ties here

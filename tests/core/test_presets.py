@@ -440,8 +440,8 @@ def test_paper_preset_matches_the_equations(final_step):
 
 
 def reference_step_losses(m, ref, ro, cfg, A, grid=None):
-    """The reference trainers' compute_loss, per selected AR step i (facts: FACTS.md sec. 2 and the
-    trainers' per-element formulas): logp elementwise; policy exp(logp - logp.detach()) * A;
+    """The reference trainers' compute_loss, per selected AR step i (facts: AMAP-ML/mar-grpo@fcb7969:
+    src/grpo/src/open_r1/trainer/grpo_trainer_{nova,harmon}_v1_2.py, per-element formulas): logp elementwise; policy exp(logp - logp.detach()) * A;
     critic mask = top max(1, int(k N)) of the seeds' std (mean over channels) (+ NOVA's one random
     pixel), the seeds' mean policy there; Sim only at i > 1, clamp(hard * completion + next, 0, 1);
     policy = sum(loss * mask) / sum(mask); KL over `completion`; step loss -(policy - beta KL);

@@ -83,7 +83,7 @@ def log_to_mlflow(exp, files: list[Path], uri: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # sha256 of the paper's Tables 1-2 as transcribed in the project's reference copy
-# (shared/reference/paper-tables/table{1,2}.csv), recorded here so the check needs nothing outside the repo
+# (the paper's Tables 1-2 transcribed), recorded here so the check needs nothing outside the repo
 PAPER_SHA256 = {1: "09398b762edea5a7f4968f2ae788ff03c1040baae536053d9b25bea598d3a841",
                 2: "1d3bdfe555f4f1ccb58006f65b09e48ed5398802c3dc3592e1c98562ff1a6f4a"}
 
