@@ -27,7 +27,7 @@ import torch
 from marpipe.config import GRPOConfig
 from marpipe.grpo import harmon_mask_counts, nova_mask_counts
 from marpipe.models.cost import rollout_cost
-from marpipe.models.registry import TINY
+from marpipe.models.registry import TINY, model_family
 from marpipe.models.tiny import TinyMAR, TinyMARConfig, head_to_ar_ratio
 from marpipe.rewards import build_reward
 from marpipe.trainer import PromptItem, Trainer
@@ -57,7 +57,6 @@ def _model(spec: str, device: str):
 
 
 def _trainer(model_name: str, variant: str, device: str, out: str, preset: str = "reference") -> Trainer:
-    from marpipe.models.registry import model_family
     model = _model(model_name, device)
     cfg = GRPOConfig(**(BENCH if model_name in TINY else SPEC_BENCH), **VARIANTS[variant],
                      preset=preset, model_family=model_family(model), steps=10**6, save_every=10**6)
@@ -199,7 +198,7 @@ def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str =
     model's family). The per-step reward, KL and gradient norm (before clipping) of every run
     are in the report's ``curves``; the table adds the last five steps' KL and the median norm.
     """
-    from marpipe.models.registry import load_model, model_family
+    from marpipe.models.registry import load_model
     from marpipe.rollout import sample_images
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -192,14 +192,18 @@ def sim_token_mask(kappa: torch.Tensor, predicted: torch.Tensor, step_tokens: to
     return keep | (step_tokens & predicted) if keep_step_tokens else keep
 
 
+def _check_steps(num_tokens: int, steps: int) -> None:
+    if not 1 <= steps <= num_tokens:
+        raise ValueError(f"ar_steps={steps} must be in [1, num_tokens={num_tokens}]")
+
+
 def cosine_mask_counts(num_tokens: int, steps: int) -> list[int]:
     """Tokens made known at each of ``steps`` mask steps (cosine schedule).
 
     ``masked_after(k) = round(cos(pi/2 * (k+1)/K) * N)``, at least one token per
     step, summing to ``N``.
     """
-    if not 1 <= steps <= num_tokens:
-        raise ValueError(f"ar_steps={steps} must be in [1, num_tokens={num_tokens}]")
+    _check_steps(num_tokens, steps)
     masked = num_tokens
     counts = []
     for k in range(steps):
@@ -209,11 +213,6 @@ def cosine_mask_counts(num_tokens: int, steps: int) -> list[int]:
         masked = after
     assert sum(counts) == num_tokens and min(counts) >= 1
     return counts
-
-
-def _check_steps(num_tokens: int, steps: int) -> None:
-    if not 1 <= steps <= num_tokens:
-        raise ValueError(f"ar_steps={steps} must be in [1, num_tokens={num_tokens}]")
 
 
 def nova_mask_counts(num_tokens: int, steps: int) -> list[int]:

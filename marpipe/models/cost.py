@@ -23,18 +23,7 @@ Every AR step runs with CFG ([cond; uncond], a batch of two).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 PROMPT_TOKENS = {"nova": 256, "harmon": 32}   # NOVA: fixed 256 slots; Harmon: a typical templated prompt
-
-
-@dataclass(frozen=True)
-class RealArch:
-    name: str
-    tokens: int = 1024
-    token_dim: int = 16
-    ar_steps: int = 64
-    diffusion_steps: int = 25
 
 
 def block(d: int, queries: int, keys: int, mlp: int | None = None) -> float:
