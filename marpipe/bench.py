@@ -26,7 +26,7 @@ import torch
 
 from marpipe.config import GRPOConfig
 from marpipe.grpo import harmon_mask_counts, nova_mask_counts
-from marpipe.models.cost import rollout_cost
+from marpipe.models.cost import rollout_cost, train_step_cost
 from marpipe.models.registry import TINY, model_family
 from marpipe.models.tiny import TinyMAR, TinyMARConfig, head_to_ar_ratio
 from marpipe.rewards import build_reward
@@ -38,18 +38,21 @@ VARIANTS = {
     "mte": dict(fix_decoder=True, mte=True, top_k=0.3),             # S: the preset's
     "sim": dict(fix_decoder=True, mte=True, top_k=0.3, sim=True),
 }
-# the paper's proportions at tiny scale: 12 of 64 AR steps -> 2 of 8; 10 of 25 head steps -> 4 of 10
-BENCH = dict(group_size=4, prompts_per_step=3, train_ar_steps=2, train_diffusion_steps=4, lr=1e-5)
-# a loaded model spec (nova:DIR, harmon:DIR, ...): the paper's 12 AR x 10 head steps, one prompt per step
-SPEC_BENCH = dict(group_size=4, prompts_per_step=1, train_ar_steps=12, train_diffusion_steps=10, lr=1e-6)
-MTE_S = {"nova": 4, "harmon": 6}   # the reference's 3 / 5 extra seeds + the rollout
+# the paper's step counts (Sec. 4.1): 64 AR steps, 25 head steps, 12 x 10 of them trained. At the
+# tiny models' own 8 AR steps MTE's once-per-image seeds would weigh 8x their real share of a rollout.
+PAPER_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25}
+BENCH = dict(group_size=4, prompts_per_step=3, train_ar_steps=12, train_diffusion_steps=10, lr=1e-5)
+# a loaded model spec (nova:DIR, harmon:DIR, ...) samples with its own settings; one prompt per step
+SPEC_BENCH = dict(BENCH, prompts_per_step=1, lr=1e-6)
+# reward-rise trains the demo's model at its own 8 AR x 10 head steps, the paper's shares trained
+RISE = dict(group_size=4, prompts_per_step=3, train_ar_steps=2, train_diffusion_steps=4)
 PROMPTS = ["a red circle", "a blue square left of a green circle", "three yellow striped triangles"]
 
 
 def _model(spec: str, device: str):
     torch.manual_seed(0)
     if spec in TINY:
-        return TinyMAR(TinyMARConfig.preset(spec, zero_init=False))
+        return TinyMAR(TinyMARConfig.preset(spec, zero_init=False, sampling=PAPER_SAMPLING))
     from marpipe.models.conformance import zero_init_probe
     from marpipe.models.registry import load_model
     model = load_model(spec, device=device)
@@ -127,7 +130,7 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
             "ratio_mte_over_fix_decoder": ratio("mte", "fix_decoder"),
             "ratio_sim_over_mte": ratio("sim", "mte"),
         }
-    report["real_configs"] = real_config_costs()
+    report["real_configs"] = real_config_costs(preset)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -141,28 +144,36 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
                 print(f"  {v:<12} {r['median_step_s'][v]:>9.4f} {r['peak_memory_mb'][v]:>9.1f}")
             print(f"  MTE / Fix Decoder = {r['ratio_mte_over_fix_decoder']:.3f}   "
                   f"Sim / MTE = {r['ratio_sim_over_mte']:.3f}")
-        print_real_config_costs(report["real_configs"])
+        print_real_config_costs(report["real_configs"], preset)
     return report
 
 
-def real_config_costs() -> dict:
-    """One rollout of the real NOVA / Harmon (1,024 tokens, 64 AR steps, 25 head steps, CFG),
-    computed from their configs under each model's official mask schedule."""
+def real_config_costs(preset: str = "reference") -> dict:
+    """One rollout and one training step of the real NOVA / Harmon (1,024 tokens, 64 AR steps, 25
+    head steps, CFG, 12 x 10 trained steps), computed from their configs under each model's official
+    mask schedule and ``preset``'s MTE (:func:`marpipe.models.cost.train_step_cost`)."""
     out = {}
     for name, counts in (("nova", nova_mask_counts(1024, 64)), ("harmon", harmon_mask_counts(1024, 64))):
-        r = rollout_cost(name, counts, 25, S=MTE_S[name])
+        cfg = GRPOConfig(preset=preset, model_family=name, **VARIANTS["mte"])
+        S = cfg.S + (0 if cfg.mte_rollout_in_average else 1)          # trajectories incl. the rollout's
+        r = rollout_cost(name, counts, 25, S=S, guided=cfg.mte_guided)
+        kw = dict(loss_tokens=cfg.loss_tokens, beta=cfg.beta)
+        fd = train_step_cost(name, counts, "fix_decoder", **kw)
+        mte = train_step_cost(name, counts, "mte", S=S, guided=cfg.mte_guided, scope=cfg.mte_scope, top_k=cfg.top_k, **kw)
         out[name] = {k: (round(v, 4) if isinstance(v, float) and v < 10 else v) for k, v in r.items()}
+        out[name]["ratio_mte_over_fix_decoder"] = round(mte / fd, 3)
     return out
 
 
-def print_real_config_costs(costs: dict) -> None:
-    print("\nreal configs, one rollout of one image (computed from the configs; CFG; multiply-adds):")
+def print_real_config_costs(costs: dict, preset: str) -> None:
+    print(f"\nreal configs, one rollout of one image (computed from the configs; CFG; multiply-adds; "
+          f"MTE as preset {preset}):")
     print(f"  {'model':<7} {'AR steps':>8} {'transformer':>12} {'head':>10} {'head share':>10} "
-          f"{'MTE extra':>9}   head passes: official sampler / marpipe / reference")
+          f"{'MTE extra':>9} {'MTE/FixDec step':>15}   head passes: official sampler / marpipe / reference")
     for name, r in costs.items():
         p = r["head_passes"]
         print(f"  {name:<7} {r['ar_steps']:>8} {r['transformer_macs']:>12.3g} {r['head_macs']:>10.3g} "
-              f"{r['head_share']:>10.1%} {r['mte_extra_share']:>9.1%}   "
+              f"{r['head_share']:>10.1%} {r['mte_extra_share']:>9.1%} {r['ratio_mte_over_fix_decoder']:>15.3f}   "
               f"{p['official_sampler']:,} / {p['marpipe']:,} / {p['reference']:,}")
 
 
@@ -218,7 +229,7 @@ def bench_reward_rise(weights: str, steps: int = 30, seeds=(0, 1), reward: str =
     for variant in VARIANTS:
         for seed in seeds:
             model = load_model(weights, device=device)
-            cfg = GRPOConfig(**{**BENCH, "lr": lr}, **VARIANTS[variant], steps=steps, save_every=10**6, seed=seed,
+            cfg = GRPOConfig(**RISE, lr=lr, **VARIANTS[variant], steps=steps, save_every=10**6, seed=seed,
                              preset=preset, model_family=family)
             with tempfile.TemporaryDirectory() as d:
                 rows = Trainer(model, cfg, train, score, d, device=device, progress=False).train()

@@ -29,9 +29,7 @@ def parse_sets(pairs: list[str]) -> dict:
 def experiment(args):
     """Load and validate the experiment config; ``--set a.b=v`` overrides nested keys."""
     from marpipe import experiment as E
-    raw = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).exists() else None
-    if raw is None:
-        raise ConfigError(f"config file {args.config} not found (use config.yaml or config/small.yaml)")
+    raw = E.read_config(args.config)
     for key, value in parse_sets(getattr(args, "set", [])).items():
         node = raw
         *parents, leaf = key.split(".")

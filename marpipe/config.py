@@ -78,7 +78,7 @@ _PAPER = dict(
     top_k_random=0,
     S=3,                          # not given for Table 2 (Fig. 7: gains up to S < 5)
     mte_rollout_in_average=True,  # Eq. 10: l^(1), the rollout's, is one of the S trajectories
-    mte_scope="step",             # Alg. 2 l. 8-10: S trajectories from each selected step's Z^k
+    mte_scope="image",            # App. D.1: "after obtaining the full AR latent" (Alg. 2 l. 8: step)
     mte_guided=True,              # the S trajectories are drawn as the rollout's (with its CFG)
     mte_variance="own",           # Eq. 12 with the variance each transition was sampled with
     sim_skip_steps=0,             # Eq. 11 at every step (sim(-1) = 0)

@@ -39,6 +39,17 @@ def _validator():
     return jsonschema.validators.extend(cls, {"properties": set_defaults})(schema)
 
 
+def _branch_error(err):
+    """For a ``oneOf`` of tagged objects (``kind: hub | pretrain | ...``): the best error of the
+    branch whose ``kind`` matches, instead of "'hub' is not 'pretrain'"."""
+    import jsonschema
+    branches = {}
+    for e in err.context:
+        branches.setdefault(e.relative_schema_path[0], []).append(e)
+    tagged = [es for es in branches.values() if not any(e.relative_path and e.relative_path[0] == "kind" for e in es)]
+    return jsonschema.exceptions.best_match(tagged[0]) if len(tagged) == 1 else err
+
+
 def _describe(err) -> str:
     """One line for a ``jsonschema.ValidationError``: the key's path and what is wrong."""
     path = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
@@ -48,7 +59,45 @@ def _describe(err) -> str:
         return f"{path}.{extra[0]}: unknown key (known keys: {known})"
     if err.validator == "required":
         return f"{path}: {err.message}"
+    if err.validator == "pattern" and err.schema.get("description"):
+        return f"{path} = {err.instance!r}: expected {err.schema['description']}"
     return f"{path} = {err.instance!r}: {err.message}"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML with duplicate keys refused (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                m = key_node.start_mark
+                raise ConfigError(f"{m.name}:{m.line + 1}:{m.column + 1}: duplicate key {key!r} (first at line "
+                                  f"{seen[key] + 1}; YAML keeps only the last one: merge the two)")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
+def read_config(path: str | Path) -> dict:
+    """A config file as a dict: YAML syntax errors and duplicate keys name the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (use config.yaml or config/small.yaml)")
+    try:
+        with path.open() as f:                     # a stream: marks carry the file's name
+            raw = yaml.load(f, Loader=_StrictLoader) or {}
+    except yaml.MarkedYAMLError as e:
+        m = e.problem_mark or e.context_mark
+        where = f"{path}:{m.line + 1}:{m.column + 1}" if m else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {e.problem or e.context} (check the indentation "
+                          f"and quoting there)") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(raw).__name__}")
+    return raw
 
 
 def validate(raw: dict) -> dict:
@@ -57,7 +106,8 @@ def validate(raw: dict) -> dict:
     cfg = copy.deepcopy(raw)
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
-        best = jsonschema.exceptions.best_match(errors)
+        best = jsonschema.exceptions.best_match(_branch_error(e) if e.validator == "oneOf" and e.context else e
+                                                for e in errors)
         raise ConfigError(f"{_describe(best)} (keys, types, ranges: workflow/schemas/config.schema.yaml)")
     _check_references(cfg)
     return cfg
@@ -70,11 +120,14 @@ def _check_references(cfg: dict) -> None:
     from marpipe.rewards import available_rewards
     registered = set(available_rewards())
     ev = cfg["evaluation"]
-    used = set(cfg.get("scorers", {})) | {m["scorer"] for m in ev["preference"]["metrics"].values()} | {
-        c["scorer"] for c in ev["compbench"]["categories"].values()}
-    for scorer in sorted(used):
-        need(scorer in registered, f"scorer {scorer!r} (config.scorers / config.evaluation) is not a registered "
-                                   f"scorer; known: {', '.join(sorted(registered))}")
+    known = ", ".join(sorted(registered))
+    uses = {f"config.scorers.{s}": s for s in cfg.get("scorers", {})}
+    uses |= {f"config.evaluation.preference.metrics.{col}.scorer": m["scorer"]
+             for col, m in ev["preference"]["metrics"].items()}
+    uses |= {f"config.evaluation.compbench.categories.{col}.scorer": c["scorer"]
+             for col, c in ev["compbench"]["categories"].items()}
+    for key, scorer in uses.items():
+        need(scorer in registered, f"{key} = {scorer!r}: not a registered scorer; known: {known}")
     for name, kwargs in cfg.get("scorers", {}).items():
         w = kwargs.get("weights")
         for ref in ([] if w is None else [w] if isinstance(w, str) else list(w.values())):
@@ -97,7 +150,20 @@ def _check_references(cfg: dict) -> None:
              f"config.selection.fixed_step: no step for reward {reward!r}")
     for v in cfg["selection"]["best_of"]:
         need(v in cfg["variants"], f"config.selection.best_of: {v!r} is not in config.variants")
+    for model, m in cfg["models"].items():
+        for v in m.get("variants", {}):
+            need(v in cfg["variants"], f"config.models.{model}.variants.{v}: not a variant in config.variants "
+                                       f"({', '.join(cfg['variants'])}); an override of an unknown row is never used")
     exp = Experiment(cfg)
+    for model in cfg["models"]:          # the fixed step is a checkpoint of every run that is selected from
+        for reward in exp.trained_rewards:
+            fixed = cfg["selection"]["fixed_step"][reward]
+            for variant in cfg["selection"]["best_of"]:
+                t = exp.train_config(model, reward, variant)
+                need(fixed <= t.steps and fixed % t.save_every == 0,
+                     f"config.selection.fixed_step.{reward} = {fixed}: must be <= train.steps ({t.steps}) and a "
+                     f"multiple of train.save_every ({t.save_every}) for models.{model} x variants.{variant}, so "
+                     f"the fixed rows train no longer than the rows selected by training reward")
     for model in cfg["models"]:          # every (model, variant) must resolve to a valid GRPOConfig
         for variant in cfg["variants"]:
             for reward in exp.trained_rewards:
@@ -115,9 +181,7 @@ def load(path_or_dict: str | Path | dict, cache: str | Path | None = None) -> "E
         raw = path_or_dict
     else:
         path = Path(path_or_dict)
-        if not path.exists():
-            raise ConfigError(f"config file {path} not found")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_config(path)
     if cache is None:
         return Experiment(validate(raw))
     from marpipe.rewards import available_rewards

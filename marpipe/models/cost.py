@@ -75,14 +75,14 @@ def prompt_macs(name: str) -> float:
     return 0.0   # Harmon's prompt runs through the LLM inside every AR step (counted there)
 
 
-def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int = 1) -> dict:
+def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int = 1, guided: bool = False) -> dict:
     """Multiply-adds of one image's rollout (CFG, both branches) with the mask schedule ``counts``.
 
     ``head_passes``: token-steps of the head under three schedules: the official sampler (only the
     tokens accepted at each step: ``N T``), marpipe's rollout (every still-masked token at every AR
     step, whose x0 the loss and Sim need: ``T sum_k P_k``), and the reference trainers (all
     ``N`` tokens at every AR step: ``K N T``). MTE's ``S - 1`` extra trajectories add ``(S-1) N T``
-    conditional head passes once per image.
+    head passes once per image, twice that with CFG (``guided``).
     """
     N, T, K = sum(counts), diffusion_steps, len(counts)
     head_tok = head_macs_per_token_step(name)
@@ -93,8 +93,48 @@ def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int
         known += c
     passes = {"official_sampler": 2 * N * T, "marpipe": 2 * T * sum(masked), "reference": 2 * K * N * T}
     head = passes["marpipe"] * head_tok
-    mte = (S - 1) * N * T * head_tok
+    mte = (S - 1) * N * T * head_tok * (2 if guided else 1)
     total = ar + head + 2 * prompt_macs(name)
     return {"ar_steps": K, "transformer_macs": ar + 2 * prompt_macs(name), "head_macs": head,
             "head_share": head / total, "head_passes": passes, "mte_extra_head_macs": mte,
             "mte_extra_share": mte / total, "head_macs_per_token_step": head_tok}
+
+
+def train_step_cost(name: str, counts: list[int], variant: str, S: int = 1, guided: bool = False,
+                    scope: str = "image", top_k: float = 0.3, loss_tokens: str = "unknown",
+                    diffusion_steps: int = 25, trained_ar: int = 12, trained_head: int = 10,
+                    beta: float = 0.01) -> float:
+    """Expected multiply-adds of one image's training step: rollout, MTE's extra trajectories, loss.
+
+    ``variant``: ``grpo`` (AR and head trained), ``fix_decoder`` (head frozen), ``mte``. The
+    ``trained_ar`` AR steps are drawn uniformly from the ``K`` of ``counts``, so a step's loss
+    enters with weight ``trained_ar / K``. At a trained step with ``P`` tokens still masked (``P``
+    less the step's accepted ones under ``loss_tokens: after_step``) the loss runs the AR part on
+    the recorded canvas and the head on ``P x trained_head`` transitions; a backward pass costs
+    twice its forward (weights and inputs; the input gradient alone through a frozen head), and
+    ``beta > 0`` adds the reference model's forward. MTE's ``S - 1`` extra trajectories (CFG
+    doubling them when ``guided``) run once per image over all ``N`` tokens (``scope: image``) or
+    at each trained step over its ``P`` masked tokens (``step``, Alg. 2), and the loss adds their
+    transitions on the ``top_k`` most uncertain loss tokens.
+    """
+    N, T, K = sum(counts), diffusion_steps, len(counts)
+    head_tok = head_macs_per_token_step(name)
+    base = rollout_cost(name, counts, T)
+    total = base["transformer_macs"] + base["head_macs"] + 2 * prompt_macs(name) * (1 + (beta > 0))
+    head_bwd = 2 if variant == "grpo" else 1          # weight + input gradients, or the input's only
+    extras = (S - 1) * (2 if guided else 1) if variant == "mte" else 0
+    known = 0
+    for c in counts:
+        P = N - known - (c if loss_tokens == "after_step" else 0)
+        rows = P * trained_head
+        step = 3 * ar_step_macs(name, known, N) + (1 + head_bwd) * rows * head_tok
+        step += (ar_step_macs(name, known, N) + rows * head_tok) if beta > 0 else 0
+        if variant == "mte":
+            step += (S - 1) * top_k * (1 + head_bwd) * rows * head_tok
+            if scope == "step":
+                step += extras * (N - known) * T * head_tok
+        total += trained_ar / K * step
+        known += c
+    if scope == "image":
+        total += extras * N * T * head_tok
+    return total

@@ -89,3 +89,29 @@ def test_train_step_bench_takes_a_model_spec(capsys):
     assert all(t > 0 for t in r["median_step_s"].values()) and r["ratio_mte_over_fix_decoder"] > 0
     out = capsys.readouterr().out
     assert "real configs, one rollout" in out and "51,200 /" in out
+
+
+def test_train_step_cost_adds_mte_extras_once_per_image_or_per_trained_step():
+    """MTE's extra trajectories re-derived from the schedule: once per image, (S-1) x N x T head
+    passes (twice with CFG); Alg. 2's per-step reading, (S-1) x CFG x T x the masked tokens of each
+    trained step, weighted by the chance 12/K that a step is trained; the loss then adds (S-1) x
+    top_k of each trained step's head transitions, forward and input-gradient."""
+    from marpipe.grpo import harmon_mask_counts
+    from marpipe.models.cost import head_macs_per_token_step, train_step_cost
+    counts = harmon_mask_counts(1024, 64)
+    h, K = head_macs_per_token_step("harmon"), len(counts)
+    fd = train_step_cost("harmon", counts, "fix_decoder")
+    image = train_step_cost("harmon", counts, "mte", S=6, guided=True, top_k=0.0) - fd
+    assert math.isclose(image, 5 * 2 * 1024 * 25 * h, rel_tol=1e-9)
+    masked = [1024 - sum(counts[:k]) for k in range(K)]
+    step = train_step_cost("harmon", counts, "mte", S=3, guided=True, scope="step", top_k=0.0) - fd
+    assert math.isclose(step, 12 / K * sum(2 * 2 * p * 25 * h for p in masked), rel_tol=1e-9)
+    loss = train_step_cost("harmon", counts, "mte", S=3, top_k=0.5) - train_step_cost(
+        "harmon", counts, "mte", S=3, top_k=0.0)
+    assert math.isclose(loss, 12 / K * sum(2 * 0.5 * 2 * p * 10 * h for p in masked), rel_tol=1e-9)
+    # Harmon's after-step loss set drops the step's accepted tokens from the loss rows
+    after = train_step_cost("harmon", counts, "fix_decoder", loss_tokens="after_step", beta=0.0)
+    unknown = train_step_cost("harmon", counts, "fix_decoder", beta=0.0)
+    assert math.isclose(unknown - after, 12 / K * 2 * 1024 * 10 * h, rel_tol=1e-9)
+    # at the real proportions, once-per-image extras are a few percent of a step; Alg. 2's, a fifth
+    assert image / fd < 0.1 < 0.2 < step / fd

@@ -23,6 +23,7 @@ def workdir(tmp_path):
     cfg["scorers"]["redness"] = {}
     cfg["rewards"]["hps"] = {"redness": 1.0}
     cfg["train"].update(steps=2, save_every=2, prompts_per_step=2, group_size=2, lr=1e-4)
+    cfg["selection"]["fixed_step"] = {"hps": 2, "mixed": 2}
     cfg["models"]["tiny-nova"]["sampling"] = {"ar_steps": 4, "diffusion_steps": 5, "cfg_scale": 3.0}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     model_dir = tmp_path / "resources" / "models" / "tiny-nova"

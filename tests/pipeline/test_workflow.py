@@ -80,3 +80,24 @@ def test_bad_config_fails_with_one_clear_message_before_any_job(tmp_path, mutate
     out = r.stdout + r.stderr
     assert message in out
     assert "Job stats" not in out and "rule " not in r.stdout
+
+
+def test_a_duplicate_key_stops_snakemake_naming_file_and_line(tmp_path):
+    """Snakemake's own YAML reader keeps the last of two keys; the workflow reads the file again strictly."""
+    text = (ROOT / "config" / "small.yaml").read_text()
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(text + "\nseed: 1\n")
+    r = snakemake("all", "-n", "--profile", "local", "--configfile", str(bad))
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and f"{bad}:{len(text.splitlines()) + 2}:1: duplicate key 'seed'" in out
+    assert "Job stats" not in out
+
+
+def test_the_profiles_name_only_rules_that_exist():
+    """A resource entry for a rule name that does not exist is silently ignored by snakemake."""
+    r = snakemake("--list", "--configfile", str(ROOT / "config" / "small.yaml"))
+    rules = set(r.stdout.split())
+    for profile in ("slurm", "slurm-paper", "local"):
+        named = set(yaml.safe_load((ROOT / profile / "config.yaml").read_text()).get("set-resources") or {})
+        assert named <= rules, f"{profile}/config.yaml names no such rule: {sorted(named - rules)}"
+    assert {"download_base_model", "download_weights", "train"} <= rules

@@ -39,10 +39,10 @@ def test_ours_takes_the_step_fixed_in_advance(tmp_path):
     exp = E.load(shrunk_config())                     # fixed_step: 4
     write_run(tmp_path, [0.1, 0.2, 0.9, 0.8, 0.3, 0.2], save_every=2)
     assert choose_step(exp, "hps", "sim", tmp_path)[:2] == (4, "fixed")
-    cfg = shrunk_config()
-    cfg["selection"]["fixed_step"]["hps"] = 5
+    cfg = E.validate(shrunk_config())                 # the config check refuses fixed_step 5 (tests/stages/
+    cfg["selection"]["fixed_step"]["hps"] = 5         # test_config_validation.py); selection still names it
     with pytest.raises(FileNotFoundError, match="no checkpoint at the fixed step 5"):
-        choose_step(E.load(cfg), "hps", "sim", tmp_path)
+        choose_step(E.Experiment(cfg), "hps", "sim", tmp_path)
 
 
 def test_windowed_reward():

@@ -8,12 +8,12 @@ from marpipe.stages import session
 
 session.ensure_cli_on_path()
 
-# --configfile replaces config.yaml instead of being merged into it (two worlds never mix)
-if workflow.overwrite_configfiles:
-    config.clear()
-    for _path in workflow.overwrite_configfiles:
-        config.update(yaml.safe_load(Path(_path).read_text()))
-    config.update(workflow.config_settings.overwrite_config)
+# --configfile replaces config.yaml instead of being merged into it (two worlds never mix); each
+# file is read again strictly (duplicate keys are an error, naming the file and line)
+config.clear()
+for _path in workflow.overwrite_configfiles or ["config.yaml"]:
+    config.update(E.read_config(_path))
+config.update(workflow.config_settings.overwrite_config)
 
 EXP = E.load(config, cache=".marpipe/validated")  # ConfigError naming the key: nothing is submitted
 # The validated config every job reads (content-addressed, so re-parsing in a job writes the same file)
