@@ -24,7 +24,7 @@ from torch import nn
 
 from .base import (Metric, WeightsError, fix_hint, load_state_dict_strict, load_tensor_file,
                    read_json, require_file)
-from .preprocess import (OPENAI_MEAN, OPENAI_STD, clip_preprocess, hps_preprocess)
+from .preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess, hf_clip_preprocess, hps_preprocess
 
 
 # --- open_clip helpers ----------------------------------------------------------
@@ -274,8 +274,10 @@ class PickScore(Metric):
     Embeddings are taken explicitly as ``visual_projection(vision_model(...).pooler_output)``
     and ``text_projection(text_model(...).pooler_output)`` -- what ``get_*_features``
     returned before transformers 5 (which now returns an output object). Text: padding,
-    truncation to 77 tokens. Image: CLIP processor (shortest side 224 bicubic, centre
-    crop 224, OpenAI mean/std; read from ``preprocessor_config.json`` when present).
+    truncation to 77 tokens. Image: transformers' CLIP processor, see
+    :func:`~marpipe.metrics.preprocess.hf_clip_preprocess` (shortest side 224 PIL bicubic,
+    centre crop 224 with floor offsets, OpenAI mean/std; read from
+    ``preprocessor_config.json`` when present).
     """
     name = "pickscore"
 
@@ -300,11 +302,7 @@ class PickScore(Metric):
                    batch_size=batch_size, **kw)
 
     def _score_batch(self, images, prompts):
-        from .preprocess import normalize, resize_shortest_center_crop
-        px = normalize(resize_shortest_center_crop(images, self.size), self.mean, self.std)
-        if self.crop != self.size:
-            top = (px.shape[-2] - self.crop) // 2
-            px = px[..., top:top + self.crop, top:top + self.crop]
+        px = hf_clip_preprocess(images, self.size, self.crop, self.mean, self.std)
         m = self.model
         img = m.visual_projection(m.vision_model(pixel_values=px.to(self.dtype)).pooler_output)
         t = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=77,

@@ -208,9 +208,9 @@ class DepthEstimator:
         return cls(model, device, dtype, size, png_levels)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """8-bit ``[1,3,H,W]`` -> the model input: bilinear resize to ``size`` (antialiased and
-        rounded to 8 bits as PIL), then ``(x - 0.5) / 0.5``."""
-        x = quantize_uint8(resize_square(x, self.size, mode="bilinear"))
+        """8-bit ``[1,3,H,W]`` -> the model input: PIL bilinear resize to ``size`` (on the 8-bit
+        image, as ``transforms.Resize([480, 480])`` on the PIL image), then ``(x - 0.5) / 0.5``."""
+        x = resize_square(x, self.size, mode="bilinear")
         return normalize(x, (0.5,) * 3, (0.5,) * 3)
 
     @torch.no_grad()

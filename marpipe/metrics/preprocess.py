@@ -1,33 +1,58 @@
-"""Image preprocessing as pure tensor functions (``[B,3,H,W]`` float in [0,1] in and out).
+"""Metric image preprocessing: ``[B,3,H,W]`` float in [0,1] in, the model input out.
 
-Facts (the metrics' official code and the reference code):
+Every official pipeline but HPS's reads an 8-bit image and resizes it with PIL
+(``Image.resize``; its bicubic, a = -0.5, rounds and clips to 0..255 after each of its two
+separable passes), so these functions do exactly that: each image is converted
+to 8 bits, resized by PIL itself, cropped with the official offset formula, divided by
+255 (``ToTensor`` / ``rescale(1/255)``) and normalised. A float-tensor imitation (torch's
+antialiased bicubic is PIL's kernel in float) is off by ~1 grey level on smooth images and
+up to ~24 on noise, from PIL's 8-bit rounding and clipping between its two passes.
 
-* OpenAI CLIP mean/std ``(0.48145466, 0.4578275, 0.40821073)`` /
-  ``(0.26862954, 0.26130258, 0.27577711)`` -- used by HPS, PickScore (laion CLIP
-  processor), Aesthetic (OpenAI CLIP), ImageReward and BLIP-VQA.
-* HPS v2 (``hpsv2/src/open_clip/transform.py``, ``ResizeMaxSize`` with
-  ``light_augmentation=True``): ToTensor, then resize the LONGEST side to 224 with
-  bicubic interpolation on the float tensor (new side = ``round(side * scale)``), then
-  zero-pad to a square (left/top get ``pad // 2``), then normalise. No crop. The resize
-  runs on a tensor, so there is no clamping; torchvision >= 0.17 antialiases tensors by
-  default (older torchvision did not: ``antialias=False`` reproduces that).
-* CLIP-style (OpenAI ``clip.load`` preprocess, ImageReward ``_transform``, the
-  transformers CLIP processor): resize the SHORTEST side to N (long side
-  ``int(N * long / short)``, truncated, as torchvision), bicubic with antialias (PIL),
-  centre crop N (offset ``int(round((H - N) / 2))``), normalise. PIL works on 8-bit
-  images and clips to [0, 255]; we clamp to [0, 1] after resizing to match.
-* BLIP-VQA (T2I-CompBench ``BLIPvqa_eval/data/__init__.py``): resize to a fixed
-  480x480 square (aspect not kept), bicubic (PIL), normalise.
+8-bit conversion: ``round(clamp(x, 0, 1) * 255)`` in float32, ties to even
+(:func:`marpipe.io.files.to_uint8`) -- the rule of the PNGs the pipeline writes and of
+:func:`~marpipe.metrics.base.quantize_uint8`, which ``Metric.score`` applies first.
+
+Per metric, as the official code does it:
+
+* HPS v2.1 (``hpsv2/src/open_clip/transform.py``, ``ResizeMaxSize``): ToTensor, resize the
+  LONGEST side to 224 (new side ``round(side * scale)``) bicubic on the float tensor
+  (torchvision >= 0.17 antialiases tensors by default; ``antialias=False`` is the older
+  behaviour), zero-pad to a square (left/top get ``pad // 2``), normalise. No crop, no
+  8-bit rounding after the resize: :func:`hps_preprocess` (tensor path).
+* Aesthetic (improved-aesthetic-predictor), T2I-CompBench CLIPScore and ImageReward
+  (``_transform``): OpenAI ``clip.load`` preprocess -- torchvision on the PIL image:
+  ``Resize(n, BICUBIC)`` (shortest side to n, long side ``int(n * long / short)``),
+  ``CenterCrop(n)`` (torchvision ``center_crop``: offset ``int(round((side - n) / 2.0))``,
+  Python's round, ties to even), ``ToTensor``, ``Normalize``: :func:`clip_preprocess`.
+* PickScore (``CLIPProcessor`` of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``) and GIT-VQA
+  (``AutoProcessor`` of git-large-vqav2): transformers ``CLIPImageProcessor``, the PIL
+  implementation (named ``CLIPImageProcessorPil`` since transformers 5): shortest edge to
+  224 with PIL bicubic (``get_resize_output_image_size(default_to_square=False)``: the
+  same sizes as torchvision), ``center_crop`` with offset ``(side - crop) // 2`` (floor),
+  ``rescale(1/255)``, ``normalize``: :func:`hf_clip_preprocess`.
+* BLIP-VQA (T2I-CompBench ``BLIPvqa_eval``): ``Resize((480, 480), BICUBIC)`` on the PIL
+  image (aspect not kept), ToTensor, Normalize: :func:`resize_square` + :func:`normalize`.
+* DPT depth (T2I-CompBench ``experts/model_bank.py``): ``Resize([480, 480])`` (bilinear)
+  on the PIL image, ToTensor, ``Normalize(0.5, 0.5)``: ``resize_square(..., "bilinear")``.
+
+OpenAI CLIP mean/std ``(0.48145466, 0.4578275, 0.40821073)`` /
+``(0.26862954, 0.26130258, 0.27577711)`` are used by all of them except DPT.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from ..io.files import to_uint8
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 def normalize(images: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
@@ -36,20 +61,53 @@ def normalize(images: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.T
     return (images - m) / s
 
 
-def _resize(images: torch.Tensor, size: tuple[int, int], antialias: bool, clamp: bool,
-            mode: str = "bicubic") -> torch.Tensor:
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    # antialias only matters (and is only supported the torchvision way) when downsampling;
-    # F.interpolate ignores it for upsampling in the same manner as torchvision/PIL.
-    out = F.interpolate(images, size=size, mode=mode, align_corners=False,
-                        antialias=antialias)
-    return out.clamp(0, 1) if clamp else out
+def pil_resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Each image as 8-bit PIL, ``Image.resize`` to ``size = (h, w)``, back as uint8 / 255
+    (ToTensor), stacked on the input's device."""
+    h, w = size
+    out = [np.asarray(Image.fromarray(a).resize((w, h), PIL_FILTERS[mode])) for a in to_uint8(images)]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(images.device)
+
+
+def shortest_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(size)`` / transformers ``get_resize_output_image_size`` with
+    ``default_to_square=False``: shortest side -> ``size``, long side ``int(size * long / short)``."""
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
+
+
+def center_crop_offset(side: int, crop: int, rounding: str) -> int:
+    """``"round"``: torchvision ``center_crop``, ``int(round((side - crop) / 2.0))`` (ties to
+    even); ``"floor"``: transformers ``center_crop``, ``(side - crop) // 2``."""
+    if rounding == "round":
+        return int(round((side - crop) / 2.0))
+    if rounding == "floor":
+        return (side - crop) // 2
+    raise ValueError(f"unknown crop rounding {rounding!r}")
+
+
+def resize_shortest_center_crop(images: torch.Tensor, size: int = 224, crop: int | None = None,
+                                rounding: str = "round") -> torch.Tensor:
+    """Shortest side -> ``size`` (PIL bicubic on 8 bits), centre crop ``crop`` (default ``size``)
+    with the offsets of :func:`center_crop_offset`. Values are ``k / 255``."""
+    crop = crop or size
+    nh, nw = shortest_side_size(*images.shape[-2:], size)
+    images = pil_resize(images, (nh, nw))
+    top, left = center_crop_offset(nh, crop, rounding), center_crop_offset(nw, crop, rounding)
+    return images[..., top:top + crop, left:left + crop]
+
+
+def resize_square(images: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
+    """``size x size`` ignoring the aspect ratio, PIL on 8 bits (BLIP-VQA: bicubic; the
+    T2I-CompBench DPT transform ``transforms.Resize([480, 480])``: ``mode="bilinear"``)."""
+    return pil_resize(images, (size, size), mode)
 
 
 def resize_longest_pad(images: torch.Tensor, size: int = 224, *, antialias: bool = True,
                        fill: float = 0.0) -> torch.Tensor:
-    """HPS v2 ``ResizeMaxSize``: longest side -> ``size`` (bicubic), zero-pad to square.
+    """HPS v2 ``ResizeMaxSize`` on the float tensor: longest side -> ``size`` (bicubic, no
+    clamping), zero-pad to square.
 
     The reference skips both steps when the longest side already equals ``size``; we
     still pad such (non-square) images so that a batch has one shape (identical for the
@@ -57,42 +115,30 @@ def resize_longest_pad(images: torch.Tensor, size: int = 224, *, antialias: bool
     """
     h, w = images.shape[-2:]
     scale = size / float(max(h, w))
-    if scale != 1.0:
-        nh, nw = round(h * scale), round(w * scale)
-        images = _resize(images, (nh, nw), antialias, clamp=False)
-    else:
-        nh, nw = h, w
+    nh, nw = round(h * scale), round(w * scale)
+    if (nh, nw) != (h, w):
+        images = F.interpolate(images, size=(nh, nw), mode="bicubic", align_corners=False,
+                               antialias=antialias)
     ph, pw = size - nh, size - nw
     if ph or pw:
         images = F.pad(images, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=fill)
     return images
 
 
-def resize_shortest_center_crop(images: torch.Tensor, size: int = 224, *,
-                                antialias: bool = True, clamp: bool = True) -> torch.Tensor:
-    """CLIP preprocess: shortest side -> ``size`` (bicubic, antialias), centre crop ``size``."""
-    h, w = images.shape[-2:]
-    if h <= w:
-        nh, nw = size, int(size * w / h)
-    else:
-        nh, nw = int(size * h / w), size
-    images = _resize(images, (nh, nw), antialias, clamp)
-    top = int(round((nh - size) / 2.0))
-    left = int(round((nw - size) / 2.0))
-    return images[..., top:top + size, left:left + size]
-
-
-def resize_square(images: torch.Tensor, size: int, *, antialias: bool = True,
-                  clamp: bool = True, mode: str = "bicubic") -> torch.Tensor:
-    """Resize to ``size x size`` ignoring the aspect ratio (BLIP-VQA test transform: bicubic;
-    the T2I-CompBench DPT transform ``transforms.Resize([480, 480])``: ``mode="bilinear"``)."""
-    return _resize(images, (size, size), antialias, clamp, mode)
-
-
 def hps_preprocess(images: torch.Tensor, size: int = 224, antialias: bool = True) -> torch.Tensor:
+    """HPS v2.1 (tensor path, see the module docstring)."""
     return normalize(resize_longest_pad(images, size, antialias=antialias))
 
 
-def clip_preprocess(images: torch.Tensor, size: int = 224, mean=OPENAI_MEAN, std=OPENAI_STD,
-                    antialias: bool = True) -> torch.Tensor:
-    return normalize(resize_shortest_center_crop(images, size, antialias=antialias), mean, std)
+def clip_preprocess(images: torch.Tensor, size: int = 224, mean=OPENAI_MEAN,
+                    std=OPENAI_STD) -> torch.Tensor:
+    """OpenAI ``clip.load`` preprocess (Aesthetic, CLIPScore, ImageReward): PIL bicubic
+    shortest side, torchvision ``CenterCrop`` (round offsets), normalise."""
+    return normalize(resize_shortest_center_crop(images, size), mean, std)
+
+
+def hf_clip_preprocess(images: torch.Tensor, size: int = 224, crop: int | None = None,
+                       mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
+    """transformers ``CLIPImageProcessor`` (PIL implementation; PickScore, GIT-VQA): PIL
+    bicubic shortest edge ``size``, ``center_crop`` ``crop`` (floor offsets), normalise."""
+    return normalize(resize_shortest_center_crop(images, size, crop, rounding="floor"), mean, std)

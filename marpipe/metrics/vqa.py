@@ -2,7 +2,7 @@
 
 BLIP-VQA (``T2I-CompBench/BLIPvqa_eval``, ``inference='vqa_prob'``; FACTS 4):
 
-* image: resize to 480x480 bicubic (no aspect kept), OpenAI mean/std;
+* image: resize to 480x480 with PIL bicubic on the 8-bit image (no aspect kept), OpenAI mean/std;
 * question: BLIP ``pre_question`` (lower-case, drop ``.!"()*#:;~``, right-strip),
   tokenised with padding to the longest and truncation to 35, first token replaced by
   ``[ENC]`` (``question.input_ids[:, 0] = enc_token_id``);
@@ -27,7 +27,7 @@ import torch
 
 from .base import Metric, WeightsError, autocast_ctx, load_state_dict_strict, quantize_uint8, require_file
 from .clip_metrics import _size_from_cfg, fill_tied, load_hf_state, load_hf_tokenizer, read_image_processor_cfg
-from .preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess, normalize, resize_square
+from .preprocess import OPENAI_MEAN, OPENAI_STD, hf_clip_preprocess, normalize, resize_square
 
 BLIP_YES_ID, BLIP_NO_ID = 2748, 2053     # blip_vqa.py vqa_prob (bert-base-uncased)
 BLIP_DEC_ID = 30522                       # [DEC], the decoder bos
@@ -144,7 +144,7 @@ class GitVQA(Metric):
             x = images[i:i + 1].to(self.device, torch.float32)
             x = quantize_uint8(x) if self.quantize else x
             with autocast_ctx(self.device, self.autocast):
-                px = clip_preprocess(x, self.size, self.mean, self.std).to(self.dtype)
+                px = hf_clip_preprocess(x, self.size, self.crop, self.mean, self.std).to(self.dtype)
                 ids = [self.tokenizer.cls_token_id] + self.tokenizer(q, add_special_tokens=False)["input_ids"]
                 ids = torch.tensor([ids], device=self.device)
                 logits = self.model(pixel_values=px, input_ids=ids).logits[:, -1].float()

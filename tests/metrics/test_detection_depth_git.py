@@ -265,12 +265,13 @@ def test_depth_shape_levels_and_default_size(dpt):
 
 
 def test_depth_by_hand(dpt):
-    """bilinear 480 + 8-bit + (x-0.5)/0.5 -> DPT -> min-max -> bilinear align_corners=True back
-    to H x W -> floor(255 d) / 255 (``Image.fromarray(255 * depth).convert('L')``)."""
+    """PIL bilinear 480 (``transforms.Resize([480, 480])`` on the 8-bit image) + (x-0.5)/0.5 -> DPT
+    -> min-max -> bilinear align_corners=True back to H x W -> floor(255 d) / 255
+    (``Image.fromarray(255 * depth).convert('L')``)."""
+    from torchvision import transforms
     x = images(1, 40, 48)
-    px = F.interpolate(quantize_uint8(x), size=(480, 480), mode="bilinear", align_corners=False,
-                       antialias=True).clamp(0, 1)
-    px = (quantize_uint8(px) - 0.5) / 0.5
+    px = transforms.Compose([transforms.Resize([480, 480]), transforms.ToTensor(),
+                             transforms.Normalize(mean=0.5, std=0.5)])(pil(x))[None]
     with torch.no_grad():
         raw = dpt.model(pixel_values=px).predicted_depth[0]
     assert raw.shape == (480, 480)
