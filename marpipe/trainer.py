@@ -4,17 +4,31 @@ Runs from the CLI (``marpipe train``), from Snakemake rules, and under
 ``torchrun`` (gloo on CPU, NCCL on GPUs): prompts are sharded across ranks,
 every group lives on one rank (so group statistics are per prompt), and
 gradients are averaged across ranks before clipping.
+
+Resuming gives the uninterrupted run, bit for bit and byte for byte:
+
+* randomness: rollouts and batches draw from generators seeded by ``(seed, step, ...)``;
+  the global RNGs (torch CPU and CUDA, numpy, ``random``), which only incidental code
+  uses (a reward's dropout, a stand-in's prompt dropout), are reseeded at every step
+  boundary by :func:`seed_global_rngs`, so their state at the end of step ``k`` is a pure
+  function of ``(seed, k)`` -- whatever ran before in the process, resumed or not;
+* checkpoints (:mod:`marpipe.io.checkpoint`) have byte-stable files: equal sha256;
+* logs: ``metrics.jsonl`` is cut back to the resumed step, so it has one row per step;
+  MLflow points of redone steps that reached the server before the kill are not sent
+  again (:meth:`marpipe.io.tracking.MLflowRun.log_step`).
 """
 from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -30,6 +44,18 @@ from marpipe.rollout import RolloutPlan, derive_seed, mask_schedule, rollout
 
 class NonFiniteError(RuntimeError):
     pass
+
+
+GLOBAL_RNG_STREAM = 13   # derive_seed(seed, step, 13): the global RNGs after step ``step``
+
+
+def seed_global_rngs(seed: int, step: int) -> None:
+    """Put every global RNG (torch CPU and all CUDA devices, numpy, ``random``) in the state
+    that belongs to the end of step ``step`` (0: before the first step) of a run with ``seed``."""
+    s = derive_seed(seed, step, GLOBAL_RNG_STREAM)      # < 2**32
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
 
 
 @dataclass
@@ -172,22 +198,30 @@ class Trainer:
         path = ckpt.latest_valid(self.out_dir / "checkpoints")
         if path is None:
             return 0
-        info = ckpt.load_checkpoint(path, self.model, self.optimizer)
-        self.metrics.truncate_after(info["step"]) if self.rank == 0 else None
-        return info["step"]
+        return ckpt.load_checkpoint(path, self.model, self.optimizer)["step"]
 
     def train(self, resume: bool = False, steps: int | None = None) -> list[dict]:
+        """Steps ``start+1 .. end``, ``start`` being the resumed checkpoint's step (or 0).
+
+        ``metrics.jsonl`` is first cut back to ``start`` (also when no checkpoint was found,
+        or when not resuming): rows of steps that are about to be redone go, so the file
+        holds exactly one row per step. Leaves the global RNGs as :func:`seed_global_rngs`
+        puts them for the last step run."""
         start = self.resume() if resume else 0
         end = self.cfg.steps if steps is None else steps
+        if self.rank == 0:
+            self.metrics.truncate_after(start)
+        seed_global_rngs(self.cfg.seed, start)
         history = []
         bar = tqdm(range(start + 1, end + 1), disable=not self.progress, desc="grpo", dynamic_ncols=True)
         for step in bar:
             row = self.train_step(step)
+            seed_global_rngs(self.cfg.seed, step)
             history.append(row)
             if self.rank == 0:
                 self.metrics.append(row)
                 if self.mlflow is not None:
-                    self.mlflow.log(step, row)
+                    self.mlflow.log_step(step, row)
                 bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.2e}")
             if step % self.cfg.save_every == 0 or step == end:
                 self.save(step)

@@ -5,23 +5,99 @@ A checkpoint holds the model state (``model.*``), the optimizer state
 and the step. It is written to a temporary file in the same folder, fsynced and
 renamed, so a kill mid-write leaves the previous checkpoint valid; a truncated
 or unreadable file is skipped by :func:`latest_valid`.
+
+Files are byte-stable (:func:`write_safetensors`): the same tensors and metadata give the
+same bytes in any process, so a checkpoint of an uninterrupted run and of a killed and
+resumed one have equal sha256. safetensors' own writer cannot promise that: it keeps
+``__metadata__`` in a Rust ``HashMap`` whose iteration order is seeded per process, so
+two saves of identical data differ in the header. The metadata values that are JSON
+(``meta``, ``optimizer``) are canonical JSON, and no time, pid, host or path goes in.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import struct
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from marpipe.io.files import canonical_json
 
 PATTERN = re.compile(r"step-(\d+)\.safetensors$")
 
 
 def checkpoint_path(folder: str | Path, step: int) -> Path:
     return Path(folder) / f"step-{step:06d}.safetensors"
+
+
+# torch dtype -> safetensors name, in the order safetensors lays tensors out (its Dtype enum,
+# descending): element sizes never grow along it, so every tensor is aligned to its size.
+_DTYPES = {torch.uint64: "U64", torch.int64: "I64", torch.float64: "F64", torch.float32: "F32",
+           torch.uint32: "U32", torch.int32: "I32", torch.bfloat16: "BF16", torch.float16: "F16",
+           torch.uint16: "U16", torch.int16: "I16", torch.float8_e4m3fn: "F8_E4M3",
+           torch.float8_e5m2: "F8_E5M2", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+_RANK = {dt: i for i, dt in enumerate(_DTYPES)}
+
+
+def safetensors_header(tensors: Mapping[str, torch.Tensor],
+                       metadata: Mapping[str, str] | None = None) -> tuple[bytes, list[tuple[str, torch.Tensor]]]:
+    """The header (length prefix, JSON, space padding) and the tensors in file order.
+
+    The layout is safetensors' own (0.4 to 0.8): tensors by dtype (:data:`_DTYPES` order),
+    then by name; compact JSON; the header padded with spaces to a multiple of 8 bytes; so
+    without metadata the bytes equal ``safetensors.torch.save``'s. The one difference:
+    ``__metadata__`` (first) has its keys sorted.
+    """
+    if metadata and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("safetensors metadata must map str to str")
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name}: dtype {t.dtype} has no safetensors name")
+    order = sorted(tensors.items(), key=lambda kv: (_RANK[kv[1].dtype], kv[0]))
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    offset = 0
+    for name, t in order:
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, order
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
+                      metadata: Mapping[str, str] | None = None) -> Path:
+    """A safetensors file whose bytes depend on ``tensors`` and ``metadata`` only, written
+    atomically (temporary file in the same folder, fsync, rename, fsync of the folder).
+    Tensors are streamed one at a time: no copy of the whole file in memory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    head, order = safetensors_header(tensors, metadata)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")   # the pid names the file, it is not in it
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            for _, t in order:
+                if t.numel():
+                    f.write(t.reshape(-1).view(torch.uint8).numpy())   # a view: no copy
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -44,27 +120,15 @@ def _rng_tensors() -> dict:
 
 def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None, meta: dict | None = None) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """``meta`` must be plain JSON data; it is stored as canonical JSON."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"step": str(step), "meta": json.dumps(meta or {})}
+    metadata = {"step": str(step), "meta": canonical_json(meta or {})}
     if optimizer is not None:
         opt, groups = _optimizer_tensors(optimizer)
         tensors.update(opt)
-        metadata["optimizer"] = json.dumps(groups)
+        metadata["optimizer"] = canonical_json(groups)
     tensors.update(_rng_tensors())
-    path = checkpoint_path(folder, step)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return write_safetensors(checkpoint_path(folder, step), tensors, metadata)
 
 
 def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:

@@ -133,38 +133,62 @@ def sample_grid(bundles: dict[str, str | Path], out_png: str | Path, n_prompts: 
         loaded[name] = load_images(path)
     first = next(iter(loaded.values()))
     prompts = first["prompts"][:n_prompts]
-    n_cols, n_rows = len(prompts), len(loaded)
-    if n_cols == 0:
+    if not prompts:
         raise ValueError(f"sample_grid: {next(iter(bundles.values()))} holds no prompts")
     size = int(first["images"].shape[-1])
+    tiles = []
+    for bundle in loaded.values():
+        images = to_uint8(bundle["images"])
+        index = list(bundle["prompt_index"])
+        row = []
+        for c, prompt in enumerate(prompts):
+            j = _first_image_of(bundle, index, prompt, c)
+            row.append(None if j is None or images.shape[1] != size else images[j])
+        tiles.append(row)
+    row_labels = [(labels or {}).get(name, display_label(name)) for name in loaded]
+    return _draw_grid(tiles, row_labels, prompts, size, out_png)
+
+
+def prompt_grid(images, prompts: list[str], out_png: str | Path, label: str = "") -> Path:
+    """One row of samples, one per prompt, with the prompt printed above each image: the base
+    model check's figure. ``images``: ``[N,3,H,W]`` in [0,1] (a tensor), image i for prompt i;
+    upscaled with nearest neighbour to at least :data:`GRID_MIN_CELL` pixels like :func:`sample_grid`."""
+    arr = to_uint8(images)
+    if len(arr) != len(prompts) or not len(prompts):
+        raise ValueError(f"prompt_grid: {len(arr)} images for {len(prompts)} prompts")
+    return _draw_grid([list(arr)], [label], list(prompts), int(arr.shape[1]), out_png)
+
+
+def _draw_grid(tiles: list[list[np.ndarray | None]], row_labels: list[str], prompts: list[str], size: int,
+               out_png: str | Path) -> Path:
+    """The grid figure: ``tiles[r][c]`` a ``[size,size,3]`` uint8 image (None: a gray cell), each
+    upscaled by an integer factor with nearest neighbour; row labels left, prompts above."""
+    n_rows, n_cols = len(tiles), len(prompts)
     scale = max(1, math.ceil(GRID_MIN_CELL / size))
     cell = size * scale
     width, height = grid_size(n_rows, n_cols, size)
     mosaic_w, mosaic_h = width - GRID_LABEL_W, height - GRID_TITLE_H
     mosaic = np.full((mosaic_h, mosaic_w, 3), 255, dtype=np.uint8)
-    for r, bundle in enumerate(loaded.values()):
-        images = to_uint8(bundle["images"])
-        index = list(bundle["prompt_index"])
-        for c, prompt in enumerate(prompts):
+    for r, row in enumerate(tiles):
+        for c in range(n_cols):
             y, x = GRID_PAD + r * (cell + GRID_PAD), GRID_PAD + c * (cell + GRID_PAD)
-            j = _first_image_of(bundle, index, prompt, c)
-            if j is None or images.shape[1] != size:
+            tile = row[c] if c < len(row) else None
+            if tile is None or tile.shape[:2] != (size, size):
                 mosaic[y:y + cell, x:x + cell] = 200          # gray: no image for this prompt
                 continue
-            mosaic[y:y + cell, x:x + cell] = images[j].repeat(scale, axis=0).repeat(scale, axis=1)
+            mosaic[y:y + cell, x:x + cell] = tile.repeat(scale, axis=0).repeat(scale, axis=1)
 
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     ax = fig.add_axes((GRID_LABEL_W / width, 0, mosaic_w / width, mosaic_h / height))
     ax.imshow(mosaic, interpolation="nearest", aspect="auto", extent=(0, mosaic_w, mosaic_h, 0))
     ax.set_axis_off()
-    for r, name in enumerate(loaded):
+    for r, text in enumerate(row_labels):
         y = 1 - (GRID_TITLE_H + GRID_PAD + r * (cell + GRID_PAD) + cell / 2) / height
-        text = (labels or {}).get(name, display_label(name))
         fig.text(6 / width, y, "\n".join(textwrap.wrap(text, 16)), ha="left", va="center", fontsize=10)
     for c, prompt in enumerate(prompts):
         x = (GRID_LABEL_W + GRID_PAD + c * (cell + GRID_PAD) + cell / 2) / width
-        wrapped = textwrap.wrap(prompt, max(8, cell // 6))[:3]
-        fig.text(x, 1 - 4 / height, "\n".join(wrapped), ha="center", va="top", fontsize=7)
+        wrapped = textwrap.wrap(prompt, max(8, cell * 3 // 20))[:3]     # 19 characters a line at 128 px
+        fig.text(x, 1 - 4 / height, "\n".join(wrapped), ha="center", va="top", fontsize=8)
     return _save(fig, out_png)
 
 

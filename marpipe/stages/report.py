@@ -32,6 +32,19 @@ def make_figures(exp: Experiment, out_dir: str | Path, results: str | Path = "re
     return made
 
 
+def figure_subcategory(wildcards) -> str:
+    """The Snakemake report's subcategory of a file in ``results/figures``, from the wildcards of the
+    ``report(..., patterns=[...])`` pattern it matched (``dynamics_{model}_{reward}.png`` or
+    ``samples_{model}.png``)."""
+    return "Training dynamics" if "reward" in wildcards.keys() else "Samples"
+
+
+def figure_labels(wildcards) -> dict[str, str]:
+    """The report's columns for a figure (sample grids: the preference suite's rows)."""
+    return {"figure": figure_subcategory(wildcards), "model": wildcards.model,
+            "reward": wildcards.get("reward", "preference suite")}
+
+
 def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_uri: str | None = None) -> dict:
     """Replay every training metrics file and score file into MLflow (only what is missing)."""
     from marpipe.io.tracking import sync_to_mlflow

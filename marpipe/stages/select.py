@@ -4,16 +4,19 @@ Baselines (``selection.best_of``: GRPO, +Fix Decoder) are unstable, so they are
 reported at their best checkpoint by training reward (marked ``*``): the saved
 step whose mean training reward over the preceding ``window`` steps is highest.
 The other variants use the step fixed in advance (``selection.fixed_step``).
+
+Both outputs are byte-stable: the weights file is written by
+:func:`marpipe.io.checkpoint.write_safetensors` (the selected checkpoint's model tensors),
+and the JSON names the checkpoint relative to the run folder, with its sha256 and the
+weights' sha256 -- never an absolute path.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from marpipe.experiment import Experiment
-from marpipe.io.checkpoint import checkpoint_path, is_valid, list_checkpoints, load_model_weights
-from marpipe.io.files import write_json
+from marpipe.io.checkpoint import checkpoint_path, is_valid, list_checkpoints, load_model_weights, write_safetensors
+from marpipe.io.files import sha256_file, write_json
 from marpipe.io.tracking import read_jsonl
 
 
@@ -44,8 +47,9 @@ def select_checkpoint(exp: Experiment, reward: str, variant: str, run_dir: str |
     run_dir = Path(run_dir)
     step, rule, scores = choose_step(exp, reward, variant, run_dir)
     src = checkpoint_path(run_dir / "checkpoints", step)
-    Path(out_weights).parent.mkdir(parents=True, exist_ok=True)
-    save_file(load_model_weights(src), str(out_weights))
-    info = {"step": step, "rule": rule, "checkpoint": str(src), "windowed_reward": scores}
+    write_safetensors(out_weights, load_model_weights(src))
+    info = {"step": step, "rule": rule, "checkpoint": src.relative_to(run_dir).as_posix(),
+            "checkpoint_sha256": sha256_file(src), "weights_sha256": sha256_file(out_weights),
+            "windowed_reward": scores}
     write_json(out_json, info)
     return info

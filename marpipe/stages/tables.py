@@ -13,8 +13,8 @@
 * :func:`compare_with_paper` puts our numbers beside the paper's (``marpipe/data/
   paper_table{1,2}.csv``) with deltas, and compares orderings per column (Kendall tau,
   "Ours > GRPO") -- in the small world only the orderings are meaningful, the scorers differ.
-* :func:`write_tables` writes the CSVs (fixed float format: reruns are byte-identical)
-  and ``tables.md``; :func:`format_for_terminal` is the short text printed at the end.
+* :func:`write_tables` writes the CSVs (fixed float format: reruns are byte-identical),
+  ``tables.md`` and the report's HTML (:func:`tables_html`, :func:`tables_summary_html`); :func:`format_for_terminal` is the short text printed at the end.
 """
 from __future__ import annotations
 
@@ -408,7 +408,8 @@ def _ordering_summary(ordering: pd.DataFrame) -> list[str]:
 def write_tables(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame],
                  out_dir: str | Path) -> list[Path]:
     """Write ``table1.csv``, ``table2.csv``, ``table1_vs_paper.csv``, ``table2_vs_paper.csv``,
-    ``ordering_vs_paper.csv`` and ``tables.md`` into ``out_dir``; returns the paths."""
+    ``ordering_vs_paper.csv``, ``tables.md``, ``tables.html`` (the report's Tables page) and
+    ``tables_summary.html`` (the report's landing-page excerpt) into ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"table1.csv": tables["table1"], "table2.csv": tables["table2"],
@@ -418,11 +419,14 @@ def write_tables(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataF
     for name, df in files.items():
         _csv(df, out / name)
         paths.append(out / name)
-    md = out / "tables.md"
-    tmp = md.with_name(".tables.md.tmp")
-    tmp.write_text(tables_markdown(tables, comparison))
-    tmp.replace(md)
-    return paths + [md]
+    texts = {"tables.md": tables_markdown(tables, comparison), "tables.html": tables_html(tables, comparison),
+             "tables_summary.html": tables_summary_html(tables, comparison)}
+    for name, text in texts.items():
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+        paths.append(out / name)
+    return paths
 
 
 def _stand_ins_of(tables) -> tuple[str, dict[str, str]]:
@@ -456,6 +460,197 @@ def tables_markdown(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.Da
         *[f"- {col}: `{scorer}`" for col, scorer in scorers.items()], "",
     ]
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------
+# HTML for the Snakemake report (snakemake --report shows an HTML result inline)
+# ------------------------------------------------------------------------------------------
+TWO_DECIMALS = ("HPS", "ImageReward", "PickScore", "Aesthetic")   # printed as the paper prints them
+
+_PAGE_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;font-size:13px;
+color:#1f2937;margin:16px;background:#fff}
+h1{font-size:19px;margin:0 0 6px} h2{font-size:16px;margin:24px 0 4px} p,li{max-width:75em;margin:3px 0}
+.wrap{overflow-x:auto}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:8px 0}
+th,td{padding:2px 6px;border-bottom:1px solid #e5e7eb;white-space:nowrap}
+th{background:#f3f4f6;font-weight:600;text-align:center}
+th.sub{font-weight:500;font-size:11px;color:#4b5563}
+td.label{text-align:left;font-weight:600;position:sticky;left:0;background:#fff}
+td.num{text-align:right} td.ours{font-weight:600} td.paper{color:#6b7280}
+td.delta.pos{color:#15803d} td.delta.neg{color:#b91c1c}
+.g{border-left:2px solid #d1d5db}
+tr.ref td{color:#9ca3af;font-weight:400} tr.ref td.label{font-weight:400}
+tr.start td{border-top:2px solid #9ca3af}
+code{background:#f3f4f6;padding:0 3px;border-radius:3px}
+"""
+
+
+def _decimals(col: str) -> int:
+    return 2 if col in TWO_DECIMALS else 4
+
+
+def _num_html(v, col: str, signed: bool = False) -> str:
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+        return "–"
+    return f"{v:+.{_decimals(col)}f}" if signed else f"{v:.{_decimals(col)}f}"
+
+
+def _comparison_rows(long: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, bool, dict]]:
+    """(key, reference_only, {column: (ours, paper, delta)}) per table row, in the long table's order."""
+    rows = []
+    for key, grp in long.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        cells = {r["column"]: (r["ours"], r["paper"], r["delta"]) for _, r in grp.iterrows()}
+        rows.append((key, bool(grp["reference_only"].iloc[0]), cells))
+    return rows
+
+
+def _comparison_table_html(table_id: str, long: pd.DataFrame, keys: list[str], label: str,
+                           extra: tuple[list[str], dict[tuple, list[str]]] = ([], {}), blocks: bool = False) -> str:
+    """One row per table row, three cells per column: ours, the paper's, Δ = ours − paper.
+
+    ``keys[-1]`` names the row as the paper does; with ``blocks``, a change of ``keys[0]`` (Table 1:
+    the base model) starts a new block. ``extra``: headers and per-key cells appended at the right."""
+    from html import escape as e
+    cols = list(dict.fromkeys(long["column"]))
+    extra_heads, extra_cells = extra
+    head1 = [f'<th rowspan="2">{e(label)}</th>'] + [f'<th class="g" colspan="3">{e(c)}</th>' for c in cols]
+    head1 += [f'<th class="g" rowspan="2">{e(h)}</th>' for h in extra_heads]
+    head2 = [f'<th class="sub{" g" if i % 3 == 0 else ""}">{t}</th>'
+             for i, t in enumerate(["ours", "paper", "Δ"] * len(cols))]
+    body, previous = [], None
+    for key, ref, cells in _comparison_rows(long, keys):
+        start = blocks and not ref and previous is not None and key[0] != previous
+        classes = (["ref"] if ref else []) + (["start"] if start else [])
+        previous = key[0]
+        tds = [f'<td class="label">{e(str(key[-1]))}</td>']
+        for c in cols:
+            ours, paper, delta = cells.get(c, (np.nan, np.nan, np.nan))
+            sign = "" if math.isnan(delta) else (" pos" if delta > 0 else " neg" if delta < 0 else "")
+            tds += [f'<td class="num ours g" data-col="{e(c)}">{_num_html(ours, c)}</td>',
+                    f'<td class="num paper" data-col="{e(c)}">{_num_html(paper, c)}</td>',
+                    f'<td class="num delta{sign}" data-col="{e(c)}">{_num_html(delta, c, signed=True)}</td>']
+        tds += [f'<td class="g">{e(t)}</td>' for t in extra_cells.get(key, [""] * len(extra_heads))]
+        body.append(f'<tr class="{" ".join(classes)}">' + "".join(tds) + "</tr>" if classes
+                    else "<tr>" + "".join(tds) + "</tr>")
+    return (f'<div class="wrap"><table id="{table_id}"><thead><tr>{"".join(head1)}</tr><tr>{"".join(head2)}</tr>'
+            f'</thead><tbody>\n' + "\n".join(body) + "\n</tbody></table></div>")
+
+
+def _plain_table_html(df: pd.DataFrame, table_id: str) -> str:
+    from html import escape as e
+    head = "".join(f"<th>{e(str(c))}</th>" for c in df.columns)
+    body = []
+    for row in df.itertuples(index=False):
+        cells = []
+        for v in row:
+            if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
+                cells.append(f'<td class="num">{"–" if math.isnan(v) else f"{v:+.2f}"}</td>')
+            else:
+                cells.append(f"<td>{e(_fmt(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="wrap"><table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n'
+            + "\n".join(body) + "\n</tbody></table></div>")
+
+
+def _world_note(world: str) -> str:
+    if world == "small":
+        return ("The small world's scorers stand in for the paper's metrics: absolute values and the Δ "
+                "column are not comparable with the paper's; orderings are (see Orderings).")
+    return "Δ = ours − the paper's value."
+
+
+def tables_html(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame],
+                paper_dir: str | Path = DATA_DIR) -> str:
+    """A self-contained HTML page (the report's Tables page): Tables 1 and 2 with, in every column,
+    our value, the paper's and Δ = ours − paper, rows named and ordered as in the paper (Table 1
+    also shows the paper's reference models, greyed); the orderings and the stand-in scorers."""
+    from html import escape as e
+    world, scorers = _stand_ins_of(tables)
+    ours2 = tables["table2"]
+    paper2 = read_paper_tables(paper_dir)["table2"]
+    checkpoints = {(r["row"],): [str(r["checkpoint"]),
+                                 str(paper2.loc[paper2["row"] == r["row"], "checkpoint"].iloc[0])
+                                 if (paper2["row"] == r["row"]).any() else ""]
+                   for _, r in ours2.iterrows()}
+    summary = _ordering_summary(comparison["ordering"])
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>MAR-GRPO: Tables 1 and 2 beside the paper's</title>", f"<style>{_PAGE_CSS}</style></head><body>",
+        "<h1>MAR-GRPO: Tables 1 and 2 reproduced, beside the paper's</h1>",
+        f"<p>World: <strong>{e(world)}</strong>. Each column: <strong>ours</strong>, the <span style=\"color:#6b7280\">"
+        f"paper's</span> value and Δ = ours − paper. {e(_world_note(world))} “–”: no value.</p>",
+        "<h2>Table 1</h2>",
+        "<p>Per model: the base model, <code>+GRPO</code> (plain GRPO, best checkpoint by training reward) and "
+        "<code>Ours</code> (+Sim, the step fixed in advance). Preference columns from the rows trained with the "
+        "preference reward, T2I-CompBench columns from the rows trained with the CompBench reward. Grey rows: "
+        "the paper's other models (not trained here).</p>",
+        _comparison_table_html("table1", comparison["table1"], ["base", "model"], "Model", blocks=True),
+        "<h2>Table 2</h2>",
+        "<p>The ablation on the first model. <code>best*</code>: best checkpoint by training reward (the "
+        "baselines), <code>fixed</code>: the step declared in advance.</p>",
+        _comparison_table_html("table2", comparison["table2"], ["row"], "Row",
+                               (["checkpoint (ours)", "checkpoint (paper)"], checkpoints)),
+        "<h2>Orderings</h2>",
+        "<p>Per column: Kendall tau between our values and the paper's over the rows (Table 1: base, +GRPO, "
+        "Ours; Table 2: its five rows), both orderings, and whether Ours &gt; GRPO for us and for the paper.</p>",
+        "<ul>" + "".join(f"<li>{e(line)}</li>" for line in summary) + "</ul>",
+        _plain_table_html(comparison["ordering"], "ordering"),
+        "<h2>Stand-ins</h2>", f"<p>World: {e(world)}. Scorer behind each column:</p>",
+        "<ul>" + "".join(f"<li>{e(c)}: <code>{e(sc)}</code></li>" for c, sc in scorers.items()) + "</ul>",
+        "</body></html>", "",
+    ]
+    return "\n".join(parts)
+
+
+def tables_summary_html(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame]) -> str:
+    """An HTML fragment for the report's landing page (inline styles only, so nothing leaks into the
+    page around it): our Tables 1 and 2 with the paper's value under each number, and the orderings."""
+    from html import escape as e
+    world, _ = _stand_ins_of(tables)
+    cell = "padding:1px 4px;border-bottom:1px solid #e5e7eb;text-align:right;white-space:nowrap"
+    head = "padding:1px 4px;text-align:center;font-weight:600;white-space:normal"
+    grey = "color:#9ca3af;font-size:9px"
+
+    def numbers(ours, paper, col) -> str:
+        return f'<td style="{cell}">{_num_html(ours, col)}<br><span style="{grey}">{_num_html(paper, col)}</span></td>'
+
+    def table(table_id: str, long: pd.DataFrame, keys: list[str], transpose: bool = False) -> str:
+        """Rows as in the paper, a column per metric; ``transpose``: a row per metric, a column per
+        table row, the first key (the base model) spanning its rows (Table 1 fits the page so)."""
+        cols = list(dict.fromkeys(long["column"]))
+        rows = [(k, c) for k, ref, c in _comparison_rows(long, keys) if not ref]
+        nan3 = (np.nan, np.nan, np.nan)
+        style = "border-collapse:collapse;font-size:10px;margin:2px 0 8px;font-variant-numeric:tabular-nums"
+        if transpose:
+            groups = list(dict.fromkeys(k[0] for k, _ in rows))
+            top = f'<th style="{head}"></th>' + "".join(
+                f'<th style="{head}" colspan="{sum(k[0] == g for k, _ in rows)}">{e(str(g))}</th>' for g in groups)
+            sub = f'<th style="{head}"></th>' + "".join(f'<th style="{head}">{e(str(k[-1]))}</th>' for k, _ in rows)
+            body = ["<tr>" + f'<td style="{cell};text-align:left;font-weight:600">{e(c)}</td>'
+                    + "".join(numbers(*cells.get(c, nan3)[:2], c) for _, cells in rows) + "</tr>" for c in cols]
+            return (f'<table id="{table_id}" style="{style}"><thead><tr>{top}</tr><tr>{sub}</tr></thead><tbody>'
+                    + "".join(body) + "</tbody></table>")
+        top = f'<th style="{head}"></th>' + "".join(f'<th style="{head}">{e(c)}</th>' for c in cols)
+        body = ["<tr>" + f'<td style="{cell};text-align:left;font-weight:600">{e(str(key[-1]))}</td>'
+                + "".join(numbers(*cells.get(c, nan3)[:2], c) for c in cols) + "</tr>" for key, cells in rows]
+        return f'<table id="{table_id}" style="{style}"><thead><tr>{top}</tr></thead><tbody>' + "".join(body) \
+            + "</tbody></table>"
+
+    note = ("small world: stand-in scorers, so compare orderings, not values" if world == "small"
+            else f"world: {world}")
+    return "\n".join([
+        '<div class="marpipe-tables-summary" style="overflow-x:auto;margin:4px 0">',
+        f'<p style="margin:2px 0"><strong>Table 1</strong> (transposed: a row per metric): ours, the paper\'s '
+        f'value in grey below ({e(note)}).</p>',
+        table("summary-table1", comparison["table1"], ["base", "model"], transpose=True),
+        '<p style="margin:2px 0"><strong>Table 2</strong> (the ablation on the first model).</p>',
+        table("summary-table2", comparison["table2"], ["row"]),
+        '<ul style="margin:2px 0;font-size:11px">'
+        + "".join(f"<li>{e(line)}</li>" for line in _ordering_summary(comparison["ordering"])) + "</ul>",
+        "</div>", "",
+    ])
 
 
 def format_for_terminal(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame] | None = None) -> str:

@@ -3,9 +3,22 @@
 Outputs in the run folder: ``checkpoints/step-*.safetensors``, ``metrics.jsonl``
 and, last, ``summary.json`` (what Snakemake waits for). Rerunning an
 interrupted job continues from its newest valid checkpoint.
+
+Checkpoints and ``summary.json`` are byte-identical between two runs of the same row
+and between a run and its killed-and-resumed twin (same config, code and machine
+type): ``summary.json`` holds only what the run computed (paths relative to the run
+folder, the final checkpoint's sha256). What differs from attempt to attempt -- wall
+time, the step resumed from, git commit, SLURM job id -- goes to ``attempts.jsonl``
+(one line per attempt: a log, not an artifact) and to the MLflow run's tags.
+``metrics.jsonl`` has one row per step, but its ``time_*`` columns are measurements.
+
+MLflow: see :mod:`marpipe.io.tracking` for which run a row continues; re-running a
+row from another clone continues the row's run when its training config (``train_hash``)
+is unchanged, and starts a new run under the same name otherwise.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -17,7 +30,7 @@ from marpipe import dist
 from marpipe.config import GRPOConfig
 from marpipe.experiment import Experiment
 from marpipe.io.checkpoint import latest_valid
-from marpipe.io.files import read_prompt_set, write_json
+from marpipe.io.files import canonical_json, read_prompt_set, sha256_file, write_json
 from marpipe.io.tracking import MLflowRun, read_jsonl
 from marpipe.stages.resources import load_base_model
 from marpipe.trainer import PromptItem, Trainer
@@ -36,11 +49,55 @@ def git_commit() -> str:
         return ""
 
 
+# fields of the training config that do not change a step's values: a run may be extended
+# (more steps) or checkpointed differently and still be the same MLflow run
+_NOT_LINEAGE = ("steps", "save_every")
+
+
+def train_hash(exp: Experiment, model: str, reward: str | None, variant: str) -> str:
+    """The row's training lineage: a hash of its model and resolved training config (without
+    ``steps``/``save_every``); "" for a base row. The MLflow run of a row is continued only
+    by a run with the same hash (:mod:`marpipe.io.tracking`)."""
+    if reward is None:
+        return ""
+    try:
+        cfg = exp.warmup_config(model) if variant == "warmup" else exp.train_config(model, reward, variant)
+    except (KeyError, ValueError):      # a row the config no longer has (an old score file): no lineage
+        return ""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_LINEAGE}
+    return hashlib.sha256(canonical_json({"model": model, "train": d}).encode()).hexdigest()[:16]
+
+
 def run_tags(exp: Experiment, model: str, reward: str | None, variant: str) -> dict:
-    return {"model": model, "label": exp.label(model), "reward": reward or "", "variant": variant,
+    tags = {"model": model, "label": exp.label(model), "reward": reward or "", "variant": variant,
             "row": variant if reward is None else f"{reward}-{variant}", "world": exp.cfg["world"],
             "config_hash": exp.config_hash, "git_commit": git_commit(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
+    lineage = train_hash(exp, model, reward, variant)
+    if lineage:
+        tags["train_hash"] = lineage
+    return tags
+
+
+def _append_attempt(out: Path, record: dict) -> None:
+    """One line per attempt (wall time, resumed step, commit, job id): a log, not an artifact."""
+    with open(out / "attempts.jsonl", "a") as f:
+        f.write(canonical_json(record) + "\n")
+
+
+def write_summary(out: Path, model: str, cfg: GRPOConfig) -> dict:
+    """``summary.json``: what the run computed, byte-stable (no time, no attempt, no absolute path)."""
+    out = Path(out)
+    rows = read_jsonl(out / "metrics.jsonl")      # the whole run, also across resumes
+    final = latest_valid(out / "checkpoints")
+    if final is None or not rows:
+        raise FileNotFoundError(f"{out}: no valid checkpoint or no metrics rows; the run did not train")
+    summary = {"model": model, "reward": cfg.reward, "steps": cfg.steps,
+               "final_checkpoint": final.relative_to(out).as_posix(),   # relative to the run folder
+               "final_checkpoint_sha256": sha256_file(final), "config": cfg.to_dict(),
+               "reward_first": rows[0]["reward_mean"], "reward_last": rows[-1]["reward_mean"]}
+    write_json(out / "summary.json", summary)
+    return summary
 
 
 def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: Path, prompts: Path,
@@ -57,12 +114,11 @@ def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: 
     history = trainer.train(resume=True)
     summary = {}
     if dist.rank() == 0:
-        rows = read_jsonl(out / "metrics.jsonl")      # the whole run, also across resumes
-        summary = {"model": model, "reward": cfg.reward, "steps": cfg.steps, "seconds": time.perf_counter() - t0,
-                   "resumed_from": (history[0]["step"] - 1) if history else cfg.steps,
-                   "final_checkpoint": str(latest_valid(out / "checkpoints")), "config": cfg.to_dict(),
-                   "tags": tags, "reward_first": rows[0]["reward_mean"], "reward_last": rows[-1]["reward_mean"]}
-        write_json(out / "summary.json", summary)
+        summary = write_summary(out, model, cfg)
+        attempt = {"seconds": time.perf_counter() - t0,
+                   "resumed_from": (history[0]["step"] - 1) if history else cfg.steps, "tags": tags}
+        _append_attempt(out, attempt)
+        summary = {**summary, **attempt}    # returned (the CLI prints the time), not written
     dist.teardown()
     return summary
 
@@ -83,7 +139,6 @@ def warmup_run(exp: Experiment, model: str, out: str | Path, prompts: str | Path
     summary = _train(exp, model, cfg, cfg.reward, out, Path(prompts), None, run_key(model, "warmup"),
                      run_tags(exp, model, cfg.reward, "warmup"), resources, progress)
     if summary:
-        from marpipe.io.checkpoint import load_model_weights
-        from safetensors.torch import save_file
-        save_file(load_model_weights(summary["final_checkpoint"]), str(out / "warm.safetensors"))
+        from marpipe.io.checkpoint import load_model_weights, write_safetensors
+        write_safetensors(out / "warm.safetensors", load_model_weights(out / summary["final_checkpoint"]))
     return summary

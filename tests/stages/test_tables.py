@@ -175,7 +175,7 @@ def test_written_files_byte_identical_on_rerun(exp, tmp_path):
         outs.append(tmp_path / run)
     names = sorted(p.name for p in outs[0].iterdir())
     assert names == ["ordering_vs_paper.csv", "table1.csv", "table1_vs_paper.csv", "table2.csv",
-                     "table2_vs_paper.csv", "tables.md"]
+                     "table2_vs_paper.csv", "tables.html", "tables.md", "tables_summary.html"]
     for n in names:
         assert (outs[0] / n).read_bytes() == (outs[1] / n).read_bytes(), n
     t1 = (outs[0] / "table1.csv").read_text().splitlines()

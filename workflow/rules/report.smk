@@ -1,4 +1,5 @@
 # Tables 1-2 beside the paper's, figures, MLflow sync and DVC versioning.
+from marpipe.stages.report import figure_labels, figure_subcategory
 
 localrules:
     tables,
@@ -14,6 +15,8 @@ rule tables:
         t1=report("results/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
         t2=report("results/tables/table2.csv", caption="../report/table2.rst", category="Tables"),
         md="results/tables/tables.md",
+        html=report("results/tables/tables.html", caption="../report/tables.rst", category="Tables"),
+        summary="results/tables/tables_summary.html",  # shown on the report's landing page (workflow.rst)
     params:
         config=CONFIG,
     log:
@@ -33,9 +36,11 @@ rule figures:
     output:
         report(
             directory("results/figures"),
-            patterns=["{name}.png"],
-            caption="../report/figures.rst",
+            patterns=["dynamics_{model}_{reward}.png", "samples_{model}.png"],
+            caption="../report/figures.rst",  # one caption per output: it branches on the pattern's wildcards
             category="Figures",
+            subcategory=figure_subcategory,
+            labels=figure_labels,
         ),
     params:
         config=CONFIG,
