@@ -40,6 +40,13 @@ def experiment(args):
 
 
 # --- subcommands ---------------------------------------------------------------------------
+def cmd_check_config(args):
+    exp = experiment(args)
+    rows = sum(len(exp.rows(m)) - 1 for m in exp.models)
+    print(f"{args.config}: valid ({len(exp.models)} models, {len(exp.variants)} variants, "
+          f"{len(exp.trained_rewards)} rewards: {rows} training runs)")
+
+
 def cmd_fetch_model(args):
     from marpipe.stages.resources import fetch_base_model
     print(fetch_base_model(experiment(args), args.model, args.root, progress=not args.no_progress))
@@ -198,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
         return s
 
+    add("check-config", cmd_check_config, "validate a config (file:line for YAML errors, key paths for the rest)")
     s = add("fetch-model", cmd_fetch_model, "download a base model at its pinned revision (small world: pre-train it)")
     s.add_argument("model"); s.add_argument("--root", default="resources/models")
     s.add_argument("--no-progress", action="store_true")

@@ -68,9 +68,11 @@ def test_duplicate_keys_and_syntax_errors_name_file_line_and_column(tmp_path):
 def test_the_cli_reports_a_config_error_in_one_line_with_exit_code_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "config" / "small.yaml").read_text() + "\nseed: 1\n")
-    assert main(["fetch-model", "tiny-nova", "--config", str(bad)]) == 2
+    assert main(["check-config", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "duplicate key 'seed'" in err[0] and "bad.yaml:" in err[0]
+    assert main(["check-config", "--config", str(ROOT / "config" / "small.yaml")]) == 0
+    assert "small.yaml: valid (2 models, 4 variants, 2 rewards: 16 training runs)" in capsys.readouterr().out
 
 
 def test_both_shipped_configs_pass():
