@@ -121,8 +121,14 @@ def cmd_figures(args):
 
 
 def cmd_mlflow_sync(args):
+    from marpipe.io.tracking import MLflowUnreachable
     from marpipe.stages.report import mlflow_sync
-    mlflow_sync(experiment(args), args.results, args.out, args.tracking_uri)
+    exp = experiment(args)
+    try:
+        mlflow_sync(exp, args.results, args.out, args.tracking_uri)
+    except MLflowUnreachable as e:      # one message naming the address and what to do; no traceback
+        print(f"marpipe mlflow-sync: error: {e}", file=sys.stderr)
+        return 2
 
 
 def cmd_dvc_push(args):

@@ -20,14 +20,104 @@ training config without ``steps``/``save_every``, see
 continue that run (its existing steps are not sent again; a longer ``steps`` adds
 the new ones). Training config changed: a new run with the same name and key. To
 keep two clones' runs apart on purpose, give them different ``experiment`` names.
+
+Outages. A live logging call never holds training up for more than a few seconds:
+MLflow's HTTP client (3.17) retries a failed request 7 times with backoff factor 2 and
+a 120 s timeout by default (a refused connection: about 4 minutes in one call), so the
+live calls run with no retries and a short timeout
+(:data:`LIVE_TIMEOUT_S`, ``$MARPIPE_MLFLOW_TIMEOUT``). MLflow has no per-client
+setting for these; it reads ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` at every
+request, so :func:`_http` sets them for the duration of marpipe's own calls only and
+restores them after (process-wide while a call runs, serialised by a lock; nothing
+else in a marpipe process talks to MLflow meanwhile). After a failure live logging
+pauses; the steps logged meanwhile wait in a bounded in-memory backlog, and at most
+every :data:`RETRY_EVERY_S` seconds (``$MARPIPE_MLFLOW_RETRY_S``) the next step tries
+again. When the server answers, the backlog goes out first, filtered against what the
+run holds (a request that timed out may still have landed), so the one-value-per-step
+rule holds. What the process never gets to send, ``marpipe mlflow-sync`` sends (its
+calls: 3 retries, backoff 1, 30 s timeout, unless the user exported other values; it first
+checks the server answers, :func:`check_reachable`, and fails within seconds if not).
+
+Status. A training run ends FINISHED, FAILED (an exception) or KILLED (SIGINT, or
+SIGTERM as from ``scancel``) with its end time (:func:`run_status`); a run that
+continues an ended one is set back to RUNNING. :func:`sync_to_mlflow` marks a run
+FINISHED when its training finished (``finished=True``) but MLflow missed the end.
+Experiments are tagged ``mlflow.experimentKind = custom_model_development`` (at
+creation and when an existing one lacks a model-training kind), so the MLflow UI
+opens them on their runs, not in the GenAI view.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+LIVE_TIMEOUT_S = max(1, round(float(os.environ.get("MARPIPE_MLFLOW_TIMEOUT", "3"))))   # s per live request
+RETRY_EVERY_S = float(os.environ.get("MARPIPE_MLFLOW_RETRY_S", "30"))   # after a failure, try again this often
+BACKLOG_MAX_POINTS = 500_000                                            # unsent points kept in memory, at most
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# kinds the MLflow UI (3.x) opens on the runs table; anything else (unset, genai_*) is replaced
+_TRAINING_KINDS = {MODEL_TRAINING, "finetuning", "forecasting", "classification", "regression", "automl"}
+
+_LIVE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(LIVE_TIMEOUT_S)}
+# sync is a batch job: a few quick retries, a longer timeout (a user's own values win)
+_SYNC = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+_HTTP_LOCK = threading.RLock()
+
+
+@contextmanager
+def _http(settings: dict[str, str], override: bool = True):
+    """MLflow's HTTP retry/timeout env vars set to ``settings`` inside the block, restored after
+    (see the module docstring: MLflow reads them per request and has no per-client setting).
+    ``override=False`` keeps values the user exported."""
+    with _HTTP_LOCK:
+        old = {k: os.environ.get(k) for k in settings}
+        os.environ.update({k: v for k, v in settings.items() if override or old[k] is None})
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+class MLflowUnreachable(RuntimeError):
+    """The tracking server does not answer; the message says where and what to do."""
+
+
+def check_reachable(uri: str, timeout: float = 3.0, hint: str = "") -> None:
+    """Raise :class:`MLflowUnreachable` within about ``timeout`` seconds when an http(s)
+    tracking server does not answer (any HTTP answer counts: only the connection matters).
+    Other URIs (a local ``sqlite:``/file store) are not checked."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return                      # the server answered (a proxy or an auth layer may refuse /health)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise MLflowUnreachable(
+            f"MLflow tracking server at {uri} is not reachable ({reason}). Start it "
+            f"(`workflow/scripts/mlflow-server.sh up` prints its URI; `MARPIPE_STATE=.marpipe "
+            f"workflow/scripts/mlflow-server.sh up` restarts the pipeline's own server on its recorded port), "
+            f"or point marpipe at the running one: `export MLFLOW_TRACKING_URI=<uri>`, config "
+            f"`mlflow.tracking_uri`, or `--tracking-uri`." + (f" {hint}" if hint else "")) from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -66,52 +156,210 @@ class MetricsLog:
 
 
 class MLflowRun:
-    """Best-effort live MLflow logging; silent no-op without a tracking URI."""
+    """Best-effort live MLflow logging; silent no-op without a tracking URI.
+
+    No call blocks for more than about :data:`LIVE_TIMEOUT_S` seconds per request; after a
+    failure, live logging pauses and is retried at most every ``retry_every`` seconds, and the
+    steps logged meanwhile are sent when the server answers again (module docstring)."""
 
     def __init__(self, run_key: str, experiment: str, params: dict | None = None,
-                 tags: dict | None = None, tracking_uri: str | None = None):
-        self.run_key, self.active, self.client, self.run_id = run_key, False, None, None
-        self.created, self._steps = False, {}      # metric -> steps the run holds (filled on demand)
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            return
-        try:
-            self.client, self.run_id, self.created = _open_run(uri, experiment, run_key, params or {}, tags or {})
-            self.active = True
-        except Exception as e:  # unreachable server: keep training, replay later
-            print(f"[marpipe] MLflow unreachable ({type(e).__name__}: {e}); metrics stay in the JSONL "
-                  f"file and are sent later by `marpipe mlflow-sync`", file=sys.stderr)
+                 tags: dict | None = None, tracking_uri: str | None = None, retry_every: float | None = None):
+        self.run_key, self.experiment, self.params, self.tags = run_key, experiment, params or {}, tags or {}
+        self.active, self.client, self.run_id, self.created = False, None, None, False
+        self.retry_every = RETRY_EVERY_S if retry_every is None else retry_every
+        self.training = False                  # set by :func:`run_status`: an ended run goes back to RUNNING
+        self.stats = {"sent": 0, "failures": 0, "dropped": 0}   # points sent live; failed calls; backlog overflow
+        self._steps: dict[str, set[int]] = {}  # metric -> steps the run holds (filled on demand)
+        self._backlog: dict[int, dict[str, float]] = {}          # step -> metrics not sent yet
+        self._last_try, self._down_at = 0.0, None
+        self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if self.uri:
+            self._connect()
 
+    # --- public -----------------------------------------------------------------------------
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.active:
+        """Metrics at ``step`` as they are (evaluation scores; not deduplicated)."""
+        if not self._ready():
             return
         try:
-            _log_metrics(self.client, self.run_id, step, metrics)
+            with _http(_LIVE):
+                _log_metrics(self.client, self.run_id, step, metrics)
+            self.stats["sent"] += sum(isinstance(v, (int, float)) for v in metrics.values())
         except Exception as e:
-            self.active = False
-            print(f"[marpipe] MLflow logging failed at step {step} ({e}); continuing, replay later",
-                  file=sys.stderr)
+            self._fail(f"at step {step}", e)
 
     def log_step(self, step: int, metrics: dict[str, Any]) -> None:
         """A training step's metrics, idempotently: a (metric, step) the run already holds is
-        not sent again, so redoing steps after a resume leaves one point per step."""
-        if not self.active:
+        not sent again, so redoing steps after a resume leaves one point per step. While the
+        server is away the step waits in the backlog and goes out once it answers again."""
+        if not self.uri:
             return
+        new = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if new:
+            self._backlog.setdefault(step, {}).update(new)
+        if self._ready():
+            self._flush(f"at step {step}")
+        self._trim_backlog()
+
+    def end(self, status: str = "FINISHED") -> bool:
+        """Send what is left of the backlog, then end the run with ``status`` and the current
+        time as its end time. One try (bounded like every live call); False if MLflow missed it
+        (``marpipe mlflow-sync`` marks a finished run FINISHED later)."""
+        if not self.uri:
+            return False
+        if self.run_id is None and not self._connect():
+            return False
+        self.active = True
+        if self._backlog and not self._flush("at the end"):
+            return False
         try:
-            new = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and step not in self._held(k)}
-            if new:
-                _log_metrics(self.client, self.run_id, step, new)
-            for k in new:
-                self._steps[k].add(step)
+            with _http(_LIVE):
+                self.client.set_terminated(self.run_id, status, end_time=int(time.time() * 1000))
+            return True
         except Exception as e:
-            self.active = False
-            print(f"[marpipe] MLflow logging failed at step {step} ({e}); continuing, replay later",
-                  file=sys.stderr)
+            self._fail(f"ending the run as {status}", e)
+            return False
+
+    # --- internals ----------------------------------------------------------------------------
+    def _connect(self) -> bool:
+        self._last_try = time.monotonic()
+        try:
+            with _http(_LIVE):
+                self.client, self.run_id, self.created = _open_run(self.uri, self.experiment, self.run_key,
+                                                                   self.params, self.tags)
+                if self.training and not self.created:
+                    _mark_running(self.client, self.run_id)
+            self.active = True
+            return True
+        except Exception as e:  # unreachable server: keep training, replay later
+            self._fail("opening the run", e)
+            return False
+
+    def _ready(self) -> bool:
+        """Live logging on, or off and due for another try (then reconnect)."""
+        if self.active:
+            return True
+        if not self.uri or time.monotonic() - self._last_try < self.retry_every:
+            return False
+        if self.run_id is None:
+            return self._connect()
+        self._last_try = time.monotonic()
+        self.active = True              # the next request tells
+        return True
+
+    def _flush(self, where: str) -> bool:
+        """Send the backlog (only the (metric, step) pairs the run does not hold). True if sent."""
+        try:
+            with _http(_LIVE):
+                pending = sorted(self._backlog.items())
+                if not pending:
+                    return True
+                held = {k: self._held(k) for k in sorted({k for _, m in pending for k in m})}
+                rows = [(s, {k: v for k, v in m.items() if s not in held[k]}) for s, m in pending]
+                _log_rows(self.client, self.run_id, rows)
+            for s, m in rows:
+                for k in m:
+                    self._steps[k].add(s)
+            n = sum(len(m) for _, m in rows)
+            self.stats["sent"] += n
+            self._backlog.clear()
+            if self._down_at is not None:
+                print(f"[marpipe] MLflow at {self.uri} answers again ({where}): live logging resumed, "
+                      f"{n} points sent, {time.monotonic() - self._down_at:.0f} s after it stopped answering",
+                      file=sys.stderr)
+                self._down_at = None
+            return True
+        except Exception as e:
+            self._fail(where, e)
+            return False
+
+    def _fail(self, where: str, e: Exception) -> None:
+        self.active, self._last_try = False, time.monotonic()
+        self.stats["failures"] += 1
+        self.created, self._steps = False, {}   # a timed-out request may have landed: ask the run again
+        if self._down_at is None:               # one message per outage
+            self._down_at = self._last_try
+            msg = str(e).splitlines()[0][:300] if str(e) else ""
+            print(f"[marpipe] MLflow at {self.uri} failed {where} ({type(e).__name__}: {msg}); training goes "
+                  f"on, metrics stay in the JSONL file; live logging retries every {self.retry_every:g} s "
+                  f"(`marpipe mlflow-sync` sends whatever is missed)", file=sys.stderr)
+
+    def _trim_backlog(self) -> None:
+        n = sum(len(m) for m in self._backlog.values())
+        while n > BACKLOG_MAX_POINTS and self._backlog:
+            dropped = self._backlog.pop(min(self._backlog))
+            n -= len(dropped)
+            self.stats["dropped"] += len(dropped)
 
     def _held(self, key: str) -> set[int]:
         if key not in self._steps:
             self._steps[key] = set() if self.created else _logged_steps(self.client, self.run_id, key)
         return self._steps[key]
+
+
+class Terminated(BaseException):
+    """SIGTERM turned into an exception inside :func:`run_status`, so the run can end as KILLED."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextmanager
+def run_status(run: MLflowRun | None):
+    """End ``run`` with its real status: FINISHED when the block completes, FAILED on an exception,
+    KILLED on Ctrl-C or SIGTERM (``scancel``). Inside the block SIGTERM raises :class:`Terminated`
+    (main thread only); after the run is ended the process dies of the signal as it would have
+    (exit status 128+15), so SLURM and Snakemake see what they saw before. ``None`` (ranks > 0),
+    or a run without a tracking URI: the block runs unchanged."""
+    if run is None or not run.uri:
+        yield
+        return
+    run.training = True
+    if run.active and not run.created:
+        try:
+            with _http(_LIVE):
+                _mark_running(run.client, run.run_id)
+        except Exception as e:
+            run._fail("marking the run RUNNING", e)
+
+    def on_sigterm(signum, frame):
+        raise Terminated(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+
+    def restore():
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    try:
+        yield
+    except BaseException as e:
+        if isinstance(e, Terminated):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second SIGTERM must not cut the ending short
+            run.end("KILLED")
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            sys.stdout.flush(), sys.stderr.flush()
+            os.kill(os.getpid(), e.signum)                  # die of the signal, as without this handler
+            raise
+        restore()
+        if isinstance(e, KeyboardInterrupt):
+            run.end("KILLED")
+        elif isinstance(e, SystemExit) and e.code in (0, None):
+            run.end("FINISHED")
+        else:
+            run.end("FAILED")
+        raise
+    else:
+        restore()
+        run.end("FINISHED")
+
+
+def _mark_running(client, run_id) -> None:
+    """A run continued by a new attempt (resume, longer ``steps``) is RUNNING again."""
+    if client.get_run(run_id).info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
 
 
 def _logged_steps(client, run_id, key) -> set[int]:
@@ -125,7 +373,12 @@ def _open_run(uri, experiment, run_key, params, tags):
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else _create_experiment(client, experiment)
+    if exp is None:
+        exp_id = _create_experiment(client, experiment)
+    else:
+        exp_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND_TAG) not in _TRAINING_KINDS:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     query = f"tags.`marpipe.run_key` = '{run_key}'"
     if tags.get("train_hash"):
         query += f" and tags.`train_hash` = '{tags['train_hash']}'"
@@ -145,9 +398,14 @@ def _open_run(uri, experiment, run_key, params, tags):
 
 def _create_experiment(client, name):
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except Exception:  # created concurrently by another job
-        return client.get_experiment_by_name(name).experiment_id
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        if exp.tags.get(EXPERIMENT_KIND_TAG) not in _TRAINING_KINDS:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        return exp.experiment_id
 
 
 def _log_batches(client, run_id, metrics=(), params=(), tags=()):
@@ -165,7 +423,6 @@ def _log_metrics(client, run_id, step, metrics):
 
 def _log_rows(client, run_id, rows):
     """Metrics of many steps, ``[(step, {name: value})]``, in as few requests as possible."""
-    import time
     from mlflow.entities import Metric
     now = int(time.time() * 1000)
     _log_batches(client, run_id, metrics=[Metric(k, float(v), now, step) for step, metrics in rows
@@ -185,18 +442,54 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dict | None = None,
                    tags: dict | None = None, final_metrics: dict | None = None,
-                   tracking_uri: str | None = None) -> str:
-    """Replay a metrics JSONL file into MLflow; only steps MLflow lacks are sent. Returns the run id."""
+                   tracking_uri: str | None = None, finished: bool = False,
+                   end_time: int | None = None) -> str:
+    """Replay a metrics JSONL file into MLflow; only steps MLflow lacks are sent. Returns the run id.
+
+    ``finished``: the training is known to have finished (its ``summary.json`` exists); a run
+    MLflow still shows otherwise (RUNNING, or KILLED/FAILED by an earlier attempt because the
+    server was away at the end of the last one) is ended FINISHED at ``end_time`` (ms; default now)."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise RuntimeError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or config mlflow.tracking_uri")
-    client, run_id, created = _open_run(uri, experiment, run_key, params or {}, tags or {})
-    rows = read_jsonl(jsonl)
-    keys = sorted({k for row in rows for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
-    have = {k: set() if created else _logged_steps(client, run_id, k) for k in keys}
-    _log_rows(client, run_id, [(row["step"], {k: v for k, v in row.items()
-                                              if k != "step" and row["step"] not in have.get(k, ())})
-                               for row in rows])
-    if final_metrics:
-        _log_metrics(client, run_id, 0, {f"final.{k}": v for k, v in final_metrics.items()})
+    with _http(_SYNC, override=False):
+        client, run_id, created = _open_run(uri, experiment, run_key, params or {}, tags or {})
+        rows = read_jsonl(jsonl)
+        keys = sorted({k for row in rows for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
+        have = {k: set() if created else _logged_steps(client, run_id, k) for k in keys}
+        _log_rows(client, run_id, [(row["step"], {k: v for k, v in row.items()
+                                                  if k != "step" and row["step"] not in have.get(k, ())})
+                                   for row in rows])
+        if final_metrics:
+            _log_metrics(client, run_id, 0, {f"final.{k}": v for k, v in final_metrics.items()})
+        if finished:
+            _finish(client, run_id, end_time, only_running=False)
     return run_id
+
+
+def finish_run(run_key: str, experiment: str, tags: dict | None = None, tracking_uri: str | None = None,
+               end_time: int | None = None) -> bool:
+    """End the row's run (as :func:`_open_run` finds it; none is created) FINISHED at ``end_time``
+    if it is still RUNNING: for runs that only evaluation opened (a base row). True if ended."""
+    from mlflow.tracking import MlflowClient
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    with _http(_SYNC, override=False):
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return False
+        query = f"tags.`marpipe.run_key` = '{run_key}'"
+        if (tags or {}).get("train_hash"):
+            query += f" and tags.`train_hash` = '{tags['train_hash']}'"
+        found = client.search_runs([exp.experiment_id], filter_string=query, max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+        return bool(found) and _finish(client, found[0].info.run_id, end_time, only_running=True)
+
+
+def _finish(client, run_id, end_time, only_running: bool) -> bool:
+    info = client.get_run(run_id).info
+    if info.status == "FINISHED" or (only_running and info.status != "RUNNING"):
+        return False
+    end = max(int(end_time or time.time() * 1000), info.start_time or 0)   # never before it started
+    client.set_terminated(run_id, "FINISHED", end_time=end)
+    return True

@@ -45,30 +45,50 @@ def figure_labels(wildcards) -> dict[str, str]:
             "reward": wildcards.get("reward", "preference suite")}
 
 
-def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_uri: str | None = None) -> dict:
-    """Replay every training metrics file and score file into MLflow (only what is missing)."""
-    from marpipe.io.tracking import sync_to_mlflow
+def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_uri: str | None = None,
+                state: str | Path = ".marpipe") -> dict:
+    """Replay every training metrics file and score file into MLflow (only what is missing), and
+    end as FINISHED the runs whose training (``summary.json``) or evaluation (score file) finished
+    but that MLflow still shows otherwise.
+
+    The server: ``tracking_uri``, else config ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``,
+    else the pipeline's own server recorded in ``<state>/mlflow/uri``. One that does not answer
+    fails within a few seconds (:class:`marpipe.io.tracking.MLflowUnreachable`)."""
+    from marpipe.io.tracking import MLflowUnreachable, check_reachable, finish_run, sync_to_mlflow
     from marpipe.stages.evaluate import log_scores
+    from marpipe.stages.session import recorded_uri
     from marpipe.stages.train import run_key, run_tags
-    uri = tracking_uri or exp.cfg["mlflow"].get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    recorded = recorded_uri(state)
+    uri = tracking_uri or exp.cfg["mlflow"].get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or recorded
     if not uri:
-        raise RuntimeError("no MLflow tracking server: set config mlflow.tracking_uri or MLFLOW_TRACKING_URI")
+        raise MLflowUnreachable("no MLflow tracking server: start one (`workflow/scripts/mlflow-server.sh up` prints "
+                           "its URI) and set MLFLOW_TRACKING_URI, config mlflow.tracking_uri or --tracking-uri")
+    check_reachable(uri, hint=f"The pipeline's own server was last started at {recorded} ({state}/mlflow/uri)."
+                    if recorded and recorded != uri else "")
     results = Path(results)
-    sent = {"runs": 0, "scores": 0}
+    sent = {"runs": 0, "scores": 0, "finished": 0}
     for metrics in sorted(results.glob("runs/*/*/*/metrics.jsonl")):
         model, reward, variant = metrics.parts[-4:-1]
         summary = metrics.with_name("summary.json")
         params = read_json(summary)["config"] if summary.exists() else {}
         sync_to_mlflow(metrics, run_key(model, f"{reward}-{variant}"), exp.cfg["experiment"],
                        params={"train": params, "model": model}, tags=run_tags(exp, model, reward, variant),
-                       tracking_uri=uri)
+                       tracking_uri=uri, finished=summary.exists(),
+                       end_time=int(summary.stat().st_mtime * 1000) if summary.exists() else None)
         sent["runs"] += 1
     for score in sorted(results.glob("scores/*/*/*.json")):
-        if not log_scores(exp, read_json(score), tracking_uri=uri):
+        record = read_json(score)
+        if not log_scores(exp, record, tracking_uri=uri):
             raise RuntimeError(f"MLflow at {uri} did not take {score}; is the server up?")
         sent["scores"] += 1
-    write_json(out, {"tracking_uri": uri, "experiment": exp.cfg["experiment"], **sent})
-    print(f"[marpipe] MLflow {uri}: {sent['runs']} training runs and {sent['scores']} score files in sync")
+        # a row only evaluation opened (a base row) is done once its scores are in
+        sent["finished"] += finish_run(run_key(record["model"], record["row"]), exp.cfg["experiment"],
+                                       tags=run_tags(exp, record["model"], record["reward"], record["variant"]),
+                                       tracking_uri=uri, end_time=int(score.stat().st_mtime * 1000))
+    write_json(out, {"tracking_uri": uri, "experiment": exp.cfg["experiment"],
+                     "runs": sent["runs"], "scores": sent["scores"]})
+    print(f"[marpipe] MLflow {uri}: {sent['runs']} training runs and {sent['scores']} score files in sync"
+          + (f"; {sent['finished']} evaluation-only runs ended FINISHED" if sent["finished"] else ""))
     return sent
 
 

@@ -21,7 +21,11 @@ def ensure_cli_on_path() -> None:
 def ensure_tracking_server(configured: str | None, state: str | Path = ".marpipe") -> str:
     """Config ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else start a server for this run.
 
-    The URI is exported so that every job (local, or SLURM with ``--export=ALL``) logs to it.
+    The URI is exported so that every job (local, or SLURM with ``--export=ALL``) logs to it. The
+    started server keeps its port across restarts (``<state>/mlflow/port``, see
+    ``workflow/scripts/mlflow-server.sh``), so the URI that jobs and ``MLFLOW_TRACKING_URI`` hold
+    stays valid. A given URI that does not answer is only warned about: live logging is best
+    effort, and ``marpipe mlflow-sync`` (the ``mlflow_sync`` rule) sends everything later.
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -30,8 +34,21 @@ def ensure_tracking_server(configured: str | None, state: str | Path = ".marpipe
                              capture_output=True, text=True).stdout.strip()
         _started.append(env)
         print(f"[marpipe] MLflow: started a tracking server at {uri} (state in {state}/mlflow)", file=sys.stderr)
+    else:
+        from marpipe.io.tracking import MLflowUnreachable, check_reachable
+        try:
+            check_reachable(uri)
+        except MLflowUnreachable as e:
+            print(f"[marpipe] WARNING: {e} Jobs keep their metrics in metrics.jsonl; the mlflow_sync rule "
+                  f"sends them once the server answers.", file=sys.stderr)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri
+
+
+def recorded_uri(state: str | Path = ".marpipe") -> str | None:
+    """The URI of the pipeline's own server as last started (``<state>/mlflow/uri``), if any."""
+    f = Path(state) / "mlflow" / "uri"
+    return (f.read_text().strip() or None) if f.is_file() else None
 
 
 def stop_tracking_server() -> None:

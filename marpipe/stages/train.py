@@ -14,7 +14,8 @@ time, the step resumed from, git commit, SLURM job id -- goes to ``attempts.json
 
 MLflow: see :mod:`marpipe.io.tracking` for which run a row continues; re-running a
 row from another clone continues the row's run when its training config (``train_hash``)
-is unchanged, and starts a new run under the same name otherwise.
+is unchanged, and starts a new run under the same name otherwise. The run ends with its real
+status (FINISHED, FAILED, or KILLED on SIGTERM/SIGINT) and end time (:func:`marpipe.io.tracking.run_status`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from marpipe.config import GRPOConfig
 from marpipe.experiment import Experiment
 from marpipe.io.checkpoint import latest_valid
 from marpipe.io.files import canonical_json, read_prompt_set, sha256_file, write_json
-from marpipe.io.tracking import MLflowRun, read_jsonl
+from marpipe.io.tracking import MLflowRun, read_jsonl, run_status
 from marpipe.stages.resources import load_base_model
 from marpipe.trainer import PromptItem, Trainer
 
@@ -109,16 +110,17 @@ def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: 
     items = [PromptItem(r["prompt"], r["metadata"]) for r in read_prompt_set(prompts)]
     mlflow = MLflowRun(key, exp.cfg["experiment"], params={"train": cfg.to_dict(), "model": model},
                        tags=tags, tracking_uri=exp.cfg["mlflow"].get("tracking_uri")) if dist.rank() == 0 else None
-    trainer = Trainer(net, cfg, items, reward, out, device=device, mlflow=mlflow, progress=progress)
-    t0 = time.perf_counter()
-    history = trainer.train(resume=True)
-    summary = {}
-    if dist.rank() == 0:
-        summary = write_summary(out, model, cfg)
-        attempt = {"seconds": time.perf_counter() - t0,
-                   "resumed_from": (history[0]["step"] - 1) if history else cfg.steps, "tags": tags}
-        _append_attempt(out, attempt)
-        summary = {**summary, **attempt}    # returned (the CLI prints the time), not written
+    with run_status(mlflow):    # the MLflow run ends FINISHED, FAILED or KILLED (SIGTERM/SIGINT), with its end time
+        trainer = Trainer(net, cfg, items, reward, out, device=device, mlflow=mlflow, progress=progress)
+        t0 = time.perf_counter()
+        history = trainer.train(resume=True)
+        summary = {}
+        if dist.rank() == 0:
+            summary = write_summary(out, model, cfg)
+            attempt = {"seconds": time.perf_counter() - t0,
+                       "resumed_from": (history[0]["step"] - 1) if history else cfg.steps, "tags": tags}
+            _append_attempt(out, attempt)
+            summary = {**summary, **attempt}    # returned (the CLI prints the time), not written
     dist.teardown()
     return summary
 

@@ -10,10 +10,13 @@
 #               jobs writing one sqlite file directly hit "database is locked")
 #   artifacts/  artifact store, served by the server (--serve-artifacts), so
 #               jobs upload over HTTP and need no shared path
-#   uri         the tracking URI (export MLFLOW_TRACKING_URI=$(cat .../uri))
+#   uri         the tracking URI (export MLFLOW_TRACKING_URI=$(cat .../uri)); removed by `down`
+#   port        the port last used; kept by `down`, so a restarted server comes back at the
+#               same URI (jobs, MLFLOW_TRACKING_URI and `marpipe mlflow-sync` keep working)
 #   server.pid  pid = process-group id (started with setsid)
 #   server.log  server output
-# Port: $MARPIPE_MLFLOW_PORT, else 5000, else a free one.
+# Port: $MARPIPE_MLFLOW_PORT (an error if taken), else the recorded port (.../port) if free,
+# else 5000 if free, else a free one (logged: clients holding an older URI must be pointed at it).
 # mlflow binary: $MLFLOW_BIN, else <repo>/.venv/bin/mlflow, else PATH.
 set -euo pipefail
 
@@ -22,6 +25,7 @@ STATE="${MARPIPE_STATE:-/tmp/marpipe-ci}"
 DIR="$STATE/mlflow"
 PIDF="$DIR/server.pid"
 URIF="$DIR/uri"
+PORTF="$DIR/port"
 
 log() { echo "[mlflow] $*" >&2; }
 die() { echo "[mlflow] ERROR: $*" >&2; exit 1; }
@@ -45,10 +49,11 @@ PY
 
 running() { [ -s "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
 
-port_free() {
+port_free() { # SO_REUSEADDR as the server sets it: a port left in TIME_WAIT by the last server is free
   python3 - "$1" <<'PY'
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
@@ -70,11 +75,23 @@ cmd_up() {
   local mlflow port uri
   mlflow="$(find_mlflow)"
   mkdir -p "$DIR/artifacts"
-  port="${MARPIPE_MLFLOW_PORT:-5000}"
-  if ! port_free "$port"; then
-    [ -n "${MARPIPE_MLFLOW_PORT:-}" ] && die "port $port is taken"
+  local recorded=""
+  [ -s "$PORTF" ] && recorded="$(tr -dc 0-9 < "$PORTF")"
+  if [ -n "${MARPIPE_MLFLOW_PORT:-}" ]; then
+    port="$MARPIPE_MLFLOW_PORT"
+    port_free "$port" || die "port $port (MARPIPE_MLFLOW_PORT) is taken"
+  elif [ -n "$recorded" ] && port_free "$recorded"; then
+    port="$recorded"
+  elif port_free 5000; then
+    port=5000
+  else
     port="$(free_port)"
   fi
+  if [ -n "$recorded" ] && [ "$port" != "$recorded" ]; then
+    log "WARNING: the recorded port $recorded is taken; the server moves to port $port:" \
+        "clients holding http://127.0.0.1:$recorded must be given the new URI (MLFLOW_TRACKING_URI)"
+  fi
+  echo "$port" > "$PORTF"
   uri="http://127.0.0.1:$port"
   # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no job runner + workers (2.3 GB -> ~0.5 GB)
   # setsid: own process group, so `down` stops the server and every worker it forked.
