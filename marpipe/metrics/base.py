@@ -33,29 +33,43 @@ class WeightsError(RuntimeError):
 WEIGHTS_KEY = {"detector": "gdino"}
 
 
-def fix_hint(metric: str, weights_dir: str | os.PathLike | None = None) -> str:
+def fix_hint(metric: str, weights_dir: str | os.PathLike | None = None, kwarg: str | None = None) -> str:
     """How to (re)download a weights folder: ``marpipe fetch-weights <key>`` (the snakemake
     rule ``download_weights``). ``<key>`` is the folder's name when it lies in
-    ``resources/metrics/``, else the metric's usual key."""
+    ``resources/metrics/`` (or when it is a second folder, ``kwarg``), else the metric's usual key.
+    ``kwarg``: a scorer's second folder (e.g. ``tokenizer_dir``), named in the config as
+    ``scorers.<metric>.weights.<kwarg>``."""
     key = WEIGHTS_KEY.get(metric, metric)
-    if weights_dir is not None and Path(weights_dir).parent.name == "metrics":
+    if weights_dir is not None and (kwarg or Path(weights_dir).parent.name == "metrics"):
         key = Path(weights_dir).name
-    return (f"download it: `marpipe fetch-weights {key}` (or `snakemake "
+    where = f"it is config `scorers.{metric}.weights.{kwarg}`; " if kwarg else ""
+    return (f"{where}download it: `marpipe fetch-weights {key}` (or `snakemake "
             f"resources/metrics/{key}/MANIFEST.sha256`; {key} = the folder's key under `weights:` "
             f"in the config)")
 
 
-def require_file(weights_dir: str | os.PathLike, names: str | Sequence[str], metric: str) -> Path:
-    """Return the first of ``names`` that exists in ``weights_dir``; else raise a clear error."""
+def require_dir(path: str | os.PathLike | None, metric: str, kwarg: str, what: str) -> Path:
+    """A scorer's second folder (``kwarg``, e.g. ``tokenizer_dir``), or a :class:`WeightsError`
+    naming the config key that should set it."""
+    if path is None:
+        raise WeightsError(f"[{metric}] no {what} folder given: set config `scorers.{metric}.weights."
+                           f"{kwarg}` to the `weights:` entry that downloads it")
+    return Path(path)
+
+
+def require_file(weights_dir: str | os.PathLike, names: str | Sequence[str], metric: str,
+                 kwarg: str | None = None) -> Path:
+    """Return the first of ``names`` that exists in ``weights_dir``; else raise a clear error
+    (``kwarg``: the folder is the scorer's ``kwarg`` folder, see :func:`fix_hint`)."""
     d = Path(weights_dir)
     names = [names] if isinstance(names, str) else list(names)
     if not d.is_dir():
-        raise WeightsError(f"[{metric}] weights folder {str(d)!r} does not exist; {fix_hint(metric, d)}")
+        raise WeightsError(f"[{metric}] weights folder {str(d)!r} does not exist; {fix_hint(metric, d, kwarg)}")
     for n in names:
         if (d / n).exists():
             return d / n
     raise WeightsError(f"[{metric}] missing file {' or '.join(repr(n) for n in names)} in "
-                       f"{str(d)!r}; {fix_hint(metric, d)}")
+                       f"{str(d)!r}; {fix_hint(metric, d, kwarg)}")
 
 
 def read_json(path: Path | None) -> dict:

@@ -22,7 +22,7 @@ def _tiny_dirs(root: Path, names):
     makers = {"hps": t.make_hps_dir, "aesthetic": t.make_aesthetic_dir,
               "pickscore": t.make_pickscore_dir, "imagereward": t.make_imagereward_dir,
               "blip_vqa": t.make_blip_vqa_dir}
-    return {n: makers[n](root) for n in names if n in makers}
+    return {n: (makers[n](root), t.tiny_load_kwargs(n, root)) for n in names if n in makers}
 
 
 def _real(name, device):
@@ -65,7 +65,8 @@ def bench_metrics(names=None, device="cpu", json: bool = False, n_images: int = 
         dirs = _tiny_dirs(Path(root), names)
         for n in names:
             if n in dirs:
-                m = load_metric(n, dirs[n], device=device, batch_size=8)
+                d, extra = dirs[n]
+                m = load_metric(n, d, device=device, batch_size=8, **extra)
                 rows.append({"metric": n, "config": "tiny", "device": str(device),
                              "images_per_s": round(_time(m, n_images, 64, device), 2)})
             if torch.device(device).type == "cuda":

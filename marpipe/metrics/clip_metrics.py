@@ -5,14 +5,17 @@ Weights folders (all offline; see :func:`marpipe.metrics.base.fix_hint` for the 
 * ``hps``: ``HPS_v2.1_compressed.pt`` (HF ``xswu/HPSv2``; a dict with ``state_dict`` of
   an open_clip ViT-H-14) and optionally ``open_clip_config.json`` (an open_clip model
   config; absent = the real ``ViT-H-14`` config).
-* ``aesthetic``: ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` (OpenAI
-  CLIP ViT-L/14 in open_clip layout, i.e. ``ViT-L-14-quickgelu``/``openai``) and
-  ``sac+logos+ava1-l14-linearMSE.pth`` (the MLP); optional ``open_clip_config.json``.
+* ``aesthetic``: two folders. ``weights_dir``: ``sac+logos+ava1-l14-linearMSE.pth`` (the MLP,
+  GitHub christophschuhmann/improved-aesthetic-predictor); ``clip_dir``:
+  ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` (OpenAI CLIP ViT-L/14 in
+  open_clip layout, i.e. ``ViT-L-14-quickgelu``/``openai``: HF ``timm/vit_large_patch14_clip_224.openai``),
+  optional ``open_clip_config.json``.
 * ``clip_b32`` (T2I-CompBench non-spatial): the OpenAI ViT-B/32 in open_clip layout
   (``ViT-B-32-quickgelu``), same file names as ``aesthetic``.
-* ``pickscore``: a transformers ``CLIPModel`` folder (``config.json`` +
-  ``model.safetensors``, HF ``yuvalkirstain/PickScore_v1``) plus the tokenizer /
-  ``preprocessor_config.json`` of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``.
+* ``pickscore``: two folders, as the official code loads them. ``weights_dir``: a transformers
+  ``CLIPModel`` (``config.json`` + ``model.safetensors``, HF ``yuvalkirstain/PickScore_v1``);
+  ``processor_dir``: the tokenizer and ``preprocessor_config.json`` of
+  ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (``AutoProcessor.from_pretrained`` of that repo).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from .base import (Metric, WeightsError, fix_hint, load_state_dict_strict, load_tensor_file,
-                   read_json, require_file)
+                   read_json, require_dir, require_file)
 from .preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess, hf_clip_preprocess, hps_preprocess
 
 
@@ -155,8 +158,8 @@ class AestheticMLP(nn.Module):
 _CLIP_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
 
 
-def _load_open_clip_weights(cls, weights_dir, default_name):
-    ck = require_file(weights_dir, _CLIP_FILES, cls.name)
+def _load_open_clip_weights(cls, weights_dir, default_name, kwarg=None):
+    ck = require_file(weights_dir, _CLIP_FILES, cls.name, kwarg=kwarg)
     model, tok, _ = build_open_clip(weights_dir, default_name, cls.name)
     sd = load_tensor_file(ck)
     load_state_dict_strict(model, _strip_module(sd.get("state_dict", sd)), metric=cls.name, source=ck)
@@ -179,8 +182,10 @@ class Aesthetic(_OpenClipMetric):
         self.mlp = mlp.to(self.device, torch.float32).eval()
 
     @classmethod
-    def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32, **kw):
-        model, tok = _load_open_clip_weights(cls, weights_dir, "ViT-L-14-quickgelu")
+    def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32, clip_dir=None, **kw):
+        """``weights_dir``: the MLP; ``clip_dir``: the CLIP ViT-L/14 backbone (its own config entry)."""
+        clip_dir = require_dir(clip_dir, cls.name, "clip_dir", "CLIP ViT-L/14 (open_clip format)")
+        model, tok = _load_open_clip_weights(cls, clip_dir, "ViT-L-14-quickgelu", kwarg="clip_dir")
         mf = require_file(weights_dir, [cls.MLP_FILE, "mlp.safetensors"], cls.name)
         mlp = AestheticMLP(model.visual.output_dim)
         load_state_dict_strict(mlp, load_tensor_file(mf), metric=cls.name, source=mf)
@@ -235,7 +240,7 @@ def fill_tied(model: torch.nn.Module, sd: dict) -> dict:
     return sd
 
 
-def load_hf_tokenizer(weights_dir, metric: str, sub: str | None = None):
+def load_hf_tokenizer(weights_dir, metric: str, sub: str | None = None, kwarg: str | None = None):
     from transformers import AutoTokenizer
     d = Path(weights_dir)
     cands = [d / sub] if sub else []
@@ -245,7 +250,7 @@ def load_hf_tokenizer(weights_dir, metric: str, sub: str | None = None):
                               ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer_config.json")):
             return AutoTokenizer.from_pretrained(str(c), local_files_only=True)
     raise WeightsError(f"[{metric}] no tokenizer files (tokenizer.json / vocab.*) in {str(d)!r}; "
-                       f"{fix_hint(metric)}")
+                       f"{fix_hint(metric, d if kwarg else None, kwarg)}")
 
 
 def read_image_processor_cfg(weights_dir) -> dict:
@@ -288,14 +293,19 @@ class PickScore(Metric):
         self.size, self.crop, self.mean, self.std = size, crop, tuple(mean), tuple(std)
 
     @classmethod
-    def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32, **kw):
+    def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32,
+                        processor_dir=None, **kw):
+        """``weights_dir``: PickScore_v1; ``processor_dir``: laion/CLIP-ViT-H-14-laion2B-s32B-b79K's
+        tokenizer and ``preprocessor_config.json`` (its own config entry)."""
         from transformers import CLIPConfig, CLIPModel
         require_file(weights_dir, "config.json", cls.name)
+        proc = require_dir(processor_dir, cls.name, "processor_dir", "CLIP processor (tokenizer + image processor)")
+        require_file(proc, "preprocessor_config.json", cls.name, kwarg="processor_dir")
         model = CLIPModel(CLIPConfig.from_pretrained(str(weights_dir), local_files_only=True))
         sd, f = load_hf_state(weights_dir, cls.name)
         load_state_dict_strict(model, fill_tied(model, sd), metric=cls.name, source=f)
-        tok = load_hf_tokenizer(weights_dir, cls.name)
-        cfg = read_image_processor_cfg(weights_dir)
+        tok = load_hf_tokenizer(proc, cls.name, kwarg="processor_dir")
+        cfg = read_image_processor_cfg(proc)
         size, crop = _size_from_cfg(cfg, model.config.vision_config.image_size)
         return cls(model, tok, size=size, crop=crop, mean=cfg.get("image_mean", OPENAI_MEAN),
                    std=cfg.get("image_std", OPENAI_STD), device=device, dtype=dtype,

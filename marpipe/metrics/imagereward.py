@@ -29,11 +29,16 @@ official ``ImageReward.pt``                            here
 ``blip.vision_proj.*``, ``blip.text_proj.*``           unused (ITC heads), dropped
 =====================================================  ======================================
 
-Weights folder: ``ImageReward.pt`` (official) or ``model.safetensors`` (already in the
-layout above), optional ``config.json`` (``{"vision": {...BlipVisionConfig},
-"text": {...BlipTextConfig}}``; absent = the real sizes), and the bert-base-uncased
-tokenizer (``tokenizer/`` or the folder itself); ``[DEC]``/``[ENC]`` are added if absent
-(as BLIP's ``init_tokenizer``), giving ids 30522/30523.
+Two folders, as the official package loads them (``ImageReward/utils.py`` ``load``,
+``models/BLIP/blip.py`` ``init_tokenizer``; THUDM/ImageReward@c1392c6dd0fd6ecd6d416c96959ab744a6d0a8fb):
+
+* ``weights_dir``: the hub repo ``THUDM/ImageReward`` as it holds them -- ``ImageReward.pt`` (the
+  state dict) and ``med_config.json`` (the text encoder's BERT config, read like
+  ``BertConfig.from_json_file``). The vision tower's sizes are in no file: the official code
+  hard-codes BLIP ViT-L (:data:`REAL_VISION`, each number cited).
+* ``tokenizer_dir``: ``bert-base-uncased`` (its own config entry; ``vocab.txt`` and
+  ``tokenizer_config.json``), read with ``BertTokenizer`` as the official code does;
+  ``[DEC]``/``[ENC]`` are added (BLIP's ``init_tokenizer``), giving ids 30522/30523.
 """
 from __future__ import annotations
 
@@ -42,8 +47,8 @@ import re
 import torch
 from torch import nn
 
-from .base import Metric, WeightsError, load_state_dict_strict, load_tensor_file, read_json, require_file
-from .clip_metrics import AestheticMLP, load_hf_tokenizer
+from .base import Metric, WeightsError, load_state_dict_strict, load_tensor_file, require_dir, require_file
+from .clip_metrics import AestheticMLP
 from .preprocess import clip_preprocess
 
 #: reward normalisation (``ImageReward.py``: ``self.mean`` / ``self.std``)
@@ -52,13 +57,34 @@ IR_STD = 1.0333394966054072
 #: prompt length (``ImageReward.py``: ``max_length=35``)
 IR_MAX_LEN = 35
 
+#: BLIP ViT-L as the official code hard-codes it (THUDM/ImageReward@c1392c6dd0fd6ecd6d416c96959ab744a6d0a8fb):
+#: ``ImageReward/ImageReward.py``: ``BLIP_Pretrain(image_size=224, vit='large')``;
+#: ``models/BLIP/blip.py`` ``create_vit('large')``: width 1024, depth 24, 16 heads, patch 16;
+#: ``models/BLIP/vit.py``: ``mlp_ratio=4.`` (4096), ``nn.LayerNorm(eps=1e-6)``, ``nn.GELU``, qkv bias.
 REAL_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                    num_attention_heads=16, image_size=224, patch_size=16,
                    layer_norm_eps=1e-6, hidden_act="gelu")
+#: what ``med_config.json`` gives (GitHub copy: ``train/src/config/med_config.json``), with
+#: ``encoder_width`` = the vision width (``blip_pretrain.py``); used where no file is read (bench)
 REAL_TEXT = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072,
                  num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=512,
                  layer_norm_eps=1e-12, hidden_act="gelu", encoder_hidden_size=1024,
                  pad_token_id=0, is_decoder=True)  # is_decoder: builds the cross-attention
+
+
+#: ``med_config.json`` keys the text encoder's shapes and maths depend on (BERT defaults when absent)
+MED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "max_position_embeddings", "layer_norm_eps", "hidden_act", "pad_token_id")
+
+
+def text_config_from_med(med_config, vision_width: int) -> dict:
+    """``BlipTextConfig`` kwargs from the official ``med_config.json``, read as the official code
+    reads it (``BertConfig.from_json_file``); ``encoder_width`` is the vision width
+    (``blip_pretrain.py``) and ``add_cross_attention`` is BlipText's ``is_decoder``."""
+    from transformers import BertConfig
+    bert = BertConfig.from_json_file(str(med_config))
+    return {**{k: getattr(bert, k) for k in MED_KEYS}, "encoder_hidden_size": vision_width,
+            "is_decoder": bool(getattr(bert, "add_cross_attention", False))}
 
 
 def map_official_keys(sd: dict) -> dict:
@@ -123,21 +149,27 @@ class ImageReward(Metric):
         self.image_size = model.vision.config.image_size
 
     @classmethod
-    def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32, **kw):
-        ck = require_file(weights_dir, ["ImageReward.pt", "model.safetensors"], cls.name)
-        cfg = read_json(ck.parent / "config.json")
-        vision = {**REAL_VISION, **cfg.get("vision", {})}
-        text = {**REAL_TEXT, **cfg.get("text", {})}
-        text.setdefault("encoder_hidden_size", vision["hidden_size"])
+    def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32,
+                        tokenizer_dir=None, vision: dict | None = None, **kw):
+        """``weights_dir``: ``ImageReward.pt`` + ``med_config.json``; ``tokenizer_dir``:
+        bert-base-uncased; ``vision``: overrides of :data:`REAL_VISION` (tiny test models only)."""
+        ck = require_file(weights_dir, "ImageReward.pt", cls.name, kwarg="weights_dir")
+        med = require_file(weights_dir, "med_config.json", cls.name, kwarg="weights_dir")
+        tok_dir = require_dir(tokenizer_dir, cls.name, "tokenizer_dir", "bert-base-uncased tokenizer")
+        require_file(tok_dir, "vocab.txt", cls.name, kwarg="tokenizer_dir")
+        vision = {**REAL_VISION, **(vision or {})}
+        text = text_config_from_med(med, vision["hidden_size"])
         model = ImageRewardModel(vision, text)
         sd = load_tensor_file(ck)
         if any(k.startswith("blip.") for k in sd):
             sd = map_official_keys(sd)
         load_state_dict_strict(model, sd, metric=cls.name, source=ck)
-        tok = add_blip_special_tokens(load_hf_tokenizer(weights_dir, cls.name))
+        from transformers import BertTokenizer
+        tok = add_blip_special_tokens(BertTokenizer.from_pretrained(str(tok_dir), local_files_only=True))
         if len(tok) > text["vocab_size"]:
             raise WeightsError(f"[{cls.name}] tokenizer has {len(tok)} tokens but the text model "
-                               f"only {text['vocab_size']}: wrong tokenizer folder")
+                               f"only {text['vocab_size']}: wrong tokenizer folder (config "
+                               f"`scorers.{cls.name}.weights.tokenizer_dir`)")
         return cls(model, tok, device=device, dtype=dtype, batch_size=batch_size, **kw)
 
     def _score_batch(self, images, prompts):

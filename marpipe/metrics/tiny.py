@@ -29,15 +29,19 @@ def write_bert_tokenizer(d: Path) -> Path:
     return d
 
 
-def write_clip_tokenizer(d: Path, n_merges: int = 300) -> Path:
-    """A CLIP BPE tokenizer with the first ``n_merges`` merges of the real CLIP vocab."""
-    import open_clip
+def clip_vocab(n_merges: int = 300) -> tuple[list[str], list[str]]:
+    """(vocab, merges) of a CLIP BPE tokenizer with the first ``n_merges`` merges of the real one."""
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    d.mkdir(parents=True, exist_ok=True)
     merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:1 + n_merges]
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return vocab + ["<|startoftext|>", "<|endoftext|>"], merges
+
+
+def write_clip_tokenizer(d: Path, n_merges: int = 300) -> Path:
+    """A CLIP BPE tokenizer with the first ``n_merges`` merges of the real CLIP vocab."""
+    d.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_vocab(n_merges)
     (d / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
     (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     from transformers import CLIPTokenizer
@@ -70,35 +74,59 @@ def make_hps_dir(tiny_root) -> Path:
     return d
 
 
+TINY_AESTHETIC_CLIP = {**TINY_OPEN_CLIP, "quick_gelu": True}
+
+
 def make_aesthetic_dir(tiny_root) -> Path:
-    from safetensors.torch import save_file
+    """The aesthetic MLP alone, as the pinned GitHub file downloads it (config ``weights.aesthetic``)."""
     from marpipe.metrics.clip_metrics import AestheticMLP
     d = tiny_root / "aesthetic"
     d.mkdir(exist_ok=True)
-    cfg = {**TINY_OPEN_CLIP, "quick_gelu": True}
-    (d / "open_clip_config.json").write_text(json.dumps(cfg))
-    save_file(_open_clip_model(cfg, 2).state_dict(), str(d / "open_clip_model.safetensors"))
     torch.manual_seed(3)
-    torch.save(AestheticMLP(cfg["embed_dim"]).state_dict(), d / "sac+logos+ava1-l14-linearMSE.pth")
+    torch.save(AestheticMLP(TINY_AESTHETIC_CLIP["embed_dim"]).state_dict(), d / "sac+logos+ava1-l14-linearMSE.pth")
     return d
 
 
-def _clip_towers(d: Path, max_text: int, patch: int) -> dict:
-    """Writes the tiny CLIP BPE tokenizer to ``d``; returns 1-layer, width-32 text and vision
-    tower configs (32x32 images) for the CLIP-family configs (CLIP, OWL-ViT)."""
-    write_clip_tokenizer(d)
-    nvocab = len(json.loads((d / "vocab.json").read_text()))
+def make_clip_l14_dir(tiny_root) -> Path:
+    """The aesthetic predictor's CLIP backbone (config ``weights.clip_l14``): open_clip weights, plus
+    a tiny ``open_clip_config.json`` (the real download takes the weights only and the built-in
+    ``ViT-L-14-quickgelu`` config)."""
+    from safetensors.torch import save_file
+    d = tiny_root / "clip_l14"
+    d.mkdir(exist_ok=True)
+    (d / "open_clip_config.json").write_text(json.dumps(TINY_AESTHETIC_CLIP))
+    save_file(_open_clip_model(TINY_AESTHETIC_CLIP, 2).state_dict(), str(d / "open_clip_model.safetensors"))
+    return d
+
+
+def _clip_towers(d: Path | None, max_text: int, patch: int) -> dict:
+    """Writes the tiny CLIP BPE tokenizer to ``d`` (unless None); returns 1-layer, width-32 text and
+    vision tower configs (32x32 images) for the CLIP-family configs (CLIP, OWL-ViT)."""
+    if d is not None:
+        write_clip_tokenizer(d)
+    nvocab = len(clip_vocab()[0])
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     return dict(text_config=dict(vocab_size=nvocab, max_position_embeddings=max_text, bos_token_id=nvocab - 2,
                                  eos_token_id=nvocab - 1, pad_token_id=nvocab - 1, **tower),
                 vision_config=dict(image_size=32, patch_size=patch, **tower))
 
 
+def make_clip_h14_processor_dir(tiny_root) -> Path:
+    """PickScore's processor folder (config ``weights.clip_h14_processor``, the laion ViT-H-14 repo):
+    the tiny CLIP BPE tokenizer and a ``preprocessor_config.json`` (shortest side 32, crop 32)."""
+    from transformers import CLIPImageProcessor
+    d = tiny_root / "clip_h14_processor"
+    write_clip_tokenizer(d)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(d))
+    return d
+
+
 def make_pickscore_dir(tiny_root) -> Path:
+    """PickScore_v1 as its repo holds the model: ``config.json`` + ``model.safetensors`` (the
+    tokenizer comes from :func:`make_clip_h14_processor_dir`)."""
     from transformers import CLIPConfig, CLIPModel
     d = tiny_root / "pickscore"
-    cfg = CLIPConfig(**_clip_towers(d, max_text=77, patch=16),
-        projection_dim=16)
+    cfg = CLIPConfig(**_clip_towers(None, max_text=77, patch=16), projection_dim=16)
     torch.manual_seed(4)
     m = CLIPModel(cfg)
     m.save_pretrained(str(d))
@@ -110,15 +138,38 @@ TINY_IR_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
 TINY_IR_TEXT = dict(vocab_size=len(BERT_WORDS) + 2, hidden_size=32, intermediate_size=64,
                     num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
                     encoder_hidden_size=32, bos_token_id=len(BERT_WORDS), sep_token_id=3)
+#: ``med_config.json`` with the official file's keys (BLIP's BERT config: GitHub
+#: THUDM/ImageReward ``train/src/config/med_config.json``) and TINY_IR_TEXT's sizes
+TINY_MED_CONFIG = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+                   "hidden_dropout_prob": 0.1, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+                   "model_type": "bert", "pad_token_id": 0, "type_vocab_size": 2, "encoder_width": 32,
+                   "add_cross_attention": True,
+                   **{k: TINY_IR_TEXT[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                  "num_hidden_layers", "num_attention_heads",
+                                                  "max_position_embeddings")}}
+#: the files of ``bert-base-uncased`` that BLIP's ``BertTokenizer.from_pretrained`` reads (and that
+#: config ``weights.bert_base_uncased`` downloads); the real tokenizer_config.json's content
+BERT_TOKENIZER_CONFIG = {"do_lower_case": True, "model_max_length": 512}
+
+
+def make_bert_base_uncased_dir(tiny_root) -> Path:
+    """ImageReward's tokenizer folder in the ``bert-base-uncased`` layout: ``vocab.txt`` (tiny) and
+    ``tokenizer_config.json`` -- no ``[DEC]``/``[ENC]``, the loader adds them as BLIP does."""
+    d = tiny_root / "bert_base_uncased"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.txt").write_text("\n".join(BERT_WORDS) + "\n")
+    (d / "tokenizer_config.json").write_text(json.dumps(BERT_TOKENIZER_CONFIG))
+    return d
 
 
 def make_imagereward_dir(tiny_root) -> Path:
-    """Written in the OFFICIAL checkpoint layout (``blip.visual_encoder...``), so the
-    key mapping is exercised."""
+    """The hub repo's layout: ``ImageReward.pt`` in the OFFICIAL checkpoint layout
+    (``blip.visual_encoder...``, so the key mapping is exercised) and ``med_config.json``. The
+    vision tower is TINY_IR_VISION (pass ``vision=TINY_IR_VISION``: the real one is hard-coded)."""
     from marpipe.metrics.imagereward import ImageRewardModel, REAL_TEXT, REAL_VISION
     d = tiny_root / "imagereward"
-    write_bert_tokenizer(d / "tokenizer")
-    (d / "config.json").write_text(json.dumps({"vision": TINY_IR_VISION, "text": TINY_IR_TEXT}))
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "med_config.json").write_text(json.dumps(TINY_MED_CONFIG, indent=2))
     torch.manual_seed(5)
     m = ImageRewardModel({**REAL_VISION, **TINY_IR_VISION}, {**REAL_TEXT, **TINY_IR_TEXT})
     sd = to_official_imagereward(m.state_dict())
@@ -126,6 +177,18 @@ def make_imagereward_dir(tiny_root) -> Path:
     sd["blip.text_proj.weight"] = torch.zeros(4, 32)
     torch.save(sd, d / "ImageReward.pt")
     return d
+
+
+def tiny_load_kwargs(name: str, tiny_root) -> dict:
+    """The ``from_pretrained`` kwargs a tiny metric needs beyond its weights folder: the second
+    folder (its own config entry for the real model) and ImageReward's tiny vision tower."""
+    if name == "imagereward":
+        return {"tokenizer_dir": make_bert_base_uncased_dir(tiny_root), "vision": TINY_IR_VISION}
+    if name == "pickscore":
+        return {"processor_dir": make_clip_h14_processor_dir(tiny_root)}
+    if name == "aesthetic":
+        return {"clip_dir": make_clip_l14_dir(tiny_root)}
+    return {}
 
 
 def to_official_imagereward(sd):

@@ -48,18 +48,24 @@ def hps_reward(weights_dir, device="cpu", batch_size=16, **kw):
 
 
 @register_reward("pickscore")
-def pickscore_reward(weights_dir, device="cpu", batch_size=16):
-    return _metric_reward("marpipe.metrics.clip_metrics.PickScore", weights_dir, device, batch_size)
+def pickscore_reward(weights_dir, processor_dir=None, device="cpu", batch_size=16, **kw):
+    """``processor_dir``: laion/CLIP-ViT-H-14-laion2B-s32B-b79K (config ``scorers.pickscore.weights``)."""
+    return _metric_reward("marpipe.metrics.clip_metrics.PickScore", weights_dir, device, batch_size,
+                          processor_dir=processor_dir, **kw)
 
 
 @register_reward("imagereward")
-def imagereward_reward(weights_dir, device="cpu", batch_size=16):
-    return _metric_reward("marpipe.metrics.imagereward.ImageReward", weights_dir, device, batch_size)
+def imagereward_reward(weights_dir, tokenizer_dir=None, device="cpu", batch_size=16, **kw):
+    """``tokenizer_dir``: bert-base-uncased (config ``scorers.imagereward.weights``)."""
+    return _metric_reward("marpipe.metrics.imagereward.ImageReward", weights_dir, device, batch_size,
+                          tokenizer_dir=tokenizer_dir, **kw)
 
 
 @register_reward("aesthetic")
-def aesthetic_reward(weights_dir, device="cpu", batch_size=16):
-    return _metric_reward("marpipe.metrics.clip_metrics.Aesthetic", weights_dir, device, batch_size)
+def aesthetic_reward(weights_dir, clip_dir=None, device="cpu", batch_size=16, **kw):
+    """``clip_dir``: the OpenAI CLIP ViT-L/14 backbone (config ``scorers.aesthetic.weights``)."""
+    return _metric_reward("marpipe.metrics.clip_metrics.Aesthetic", weights_dir, device, batch_size,
+                          clip_dir=clip_dir, **kw)
 
 
 def git_vqa_score(vqa, images, metadata: Sequence[dict]) -> torch.Tensor:

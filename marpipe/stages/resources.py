@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch
 from marpipe.experiment import Experiment
 from marpipe.io.files import write_json, write_prompt_set
 from marpipe.metrics.clip_metrics import HPS_STYLES
-from marpipe.models.download import MANIFEST, ModelSource, download_model, verify_manifest, write_manifest
+from marpipe.models.download import (MANIFEST, PIN_FILE, ModelSource, download_model, verify_manifest,
+                                     write_manifest)
 
 MODEL_FILE = "model.safetensors"
 
@@ -95,10 +97,34 @@ def fetch_weights(exp: Experiment, name: str, root: str | Path = "resources/metr
         files = spec.get("files")
         return download_model(ModelSource(name, spec["repo_id"], spec.get("revision"),
                                           allow_patterns=tuple(files) if files else None), root)
+    if spec["kind"] == "url":
+        return fetch_url_weights(spec, name, out)
     from marpipe.world.learned import train_scorers
     out.mkdir(parents=True, exist_ok=True)
     train_scorers(out, seed=exp.cfg["seed"], steps=spec["steps"], quality_steps=spec["quality_steps"],
                   threads=torch.get_num_threads())
+    write_manifest(out)
+    return out
+
+
+def fetch_url_weights(spec: dict, name: str, out: Path) -> Path:
+    """``kind: url``: one file pinned by a commit URL and its sha256 (checked like the prompt
+    sets', :func:`_download`) into ``out/<its file name>``; the manifest is written last. A
+    complete folder of the same pin is verified and kept (no network)."""
+    fname = urllib.parse.unquote(spec["url"].rsplit("/", 1)[-1])
+    pin = {"url": spec["url"], "sha256": spec.get("sha256")}
+    if (out / MANIFEST).exists():
+        old = json.loads((out / PIN_FILE).read_text()) if (out / PIN_FILE).exists() else None
+        if old == pin:
+            verify_manifest(out)
+            return out
+        (out / MANIFEST).unlink()           # another pin: download again
+    data = _download(spec, None, name, f"weights.{name}.sha256", what="weights")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (fname + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(out / fname)
+    (out / PIN_FILE).write_text(json.dumps(pin, indent=1) + "\n")
     write_manifest(out)
     return out
 
@@ -134,23 +160,25 @@ def fetch_prompts(exp: Experiment, name: str, out: str | Path) -> Path:
     return write_prompt_set(out, rows)
 
 
-def _download(pinned: dict, record: Path, name: str, key: str) -> bytes:
-    """The bytes at ``pinned["url"]``, checked against ``pinned["sha256"]`` (config key ``key``)."""
+def _download(pinned: dict, record: Path | None, name: str, key: str, what: str = "prompt set") -> bytes:
+    """The bytes at ``pinned["url"]``, checked against ``pinned["sha256"]`` (config key ``key``);
+    their sha256 is written to ``record`` (unless None)."""
     url, sha256 = pinned["url"], pinned.get("sha256")
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
     except OSError as e:
-        raise RuntimeError(f"prompt set {name!r}: cannot download {url} ({e}); check the network or "
+        raise RuntimeError(f"{what} {name!r}: cannot download {url} ({e}); check the network or "
                            f"config.yaml {key.rsplit('.', 1)[0]}.url") from None
     import hashlib
     got = hashlib.sha256(data).hexdigest()
     if sha256 and got != sha256:
-        raise RuntimeError(f"prompt set {name!r}: {url} has sha256 {got} but the pinned sha256 is {sha256}: "
+        raise RuntimeError(f"{what} {name!r}: {url} has sha256 {got} but the pinned sha256 is {sha256}: "
                            f"the source changed. Check it, then pin the URL to a commit and set config.yaml "
                            f"{key} (or restore the pinned source)")
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(got + "\n")          # trust on first use: pin this value in the config
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(got + "\n")      # trust on first use: pin this value in the config
     return data
 
 

@@ -23,6 +23,8 @@ def _weights_fixture(builder):
     return fixture
 
 
-# one session fixture ``<name>_dir`` per tiny architecture
-for _name in ('hps', 'aesthetic', 'pickscore', 'imagereward', 'blip_vqa', 'owlvit', 'gdino', 'dpt', 'git'):
+# one session fixture ``<name>_dir`` per tiny folder, named as its config.yaml `weights:` entry
+# (a metric's second folder -- tokenizer, processor, CLIP backbone -- is a fixture of its own)
+for _name in ('hps', 'aesthetic', 'clip_l14', 'pickscore', 'clip_h14_processor', 'imagereward', 'bert_base_uncased',
+              'blip_vqa', 'owlvit', 'gdino', 'dpt', 'git'):
     globals()[f"{_name}_dir"] = _weights_fixture(getattr(_t, f"make_{_name}_dir"))

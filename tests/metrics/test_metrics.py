@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from marpipe.metrics.tiny import PROMPTS, images
+from marpipe.metrics.tiny import PROMPTS, TINY_IR_VISION, images
 from marpipe.metrics.base import quantize_uint8
 from marpipe.metrics import WeightsError, load_metric
 from marpipe.metrics.clip_metrics import HPSv21, hps_benchmark
@@ -16,11 +16,13 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def loaded(hps_dir, aesthetic_dir, pickscore_dir, imagereward_dir):
+def loaded(hps_dir, aesthetic_dir, clip_l14_dir, pickscore_dir, clip_h14_processor_dir, imagereward_dir,
+           bert_base_uncased_dir):
     return {"hps": load_metric("hps", hps_dir, batch_size=3),
-            "aesthetic": load_metric("aesthetic", aesthetic_dir, batch_size=3),
-            "pickscore": load_metric("pickscore", pickscore_dir, batch_size=3),
-            "imagereward": load_metric("imagereward", imagereward_dir, batch_size=3)}
+            "aesthetic": load_metric("aesthetic", aesthetic_dir, clip_dir=clip_l14_dir, batch_size=3),
+            "pickscore": load_metric("pickscore", pickscore_dir, processor_dir=clip_h14_processor_dir, batch_size=3),
+            "imagereward": load_metric("imagereward", imagereward_dir, tokenizer_dir=bert_base_uncased_dir,
+                                       vision=TINY_IR_VISION, batch_size=3)}
 
 
 @pytest.mark.parametrize("name", ["hps", "aesthetic", "pickscore", "imagereward"])
@@ -117,7 +119,7 @@ def test_mismatched_weights_error_names_key(hps_dir, tmp_path):
         load_metric("hps", d)
 
 
-def test_imagereward_official_layout_mapping(imagereward_dir):
+def test_imagereward_official_layout_mapping(imagereward_dir, bert_base_uncased_dir):
     from marpipe.metrics.imagereward import map_official_keys
     sd = torch.load(imagereward_dir / "ImageReward.pt")
     mapped = map_official_keys(sd)
@@ -130,7 +132,7 @@ def test_imagereward_official_layout_mapping(imagereward_dir):
     shutil.copytree(imagereward_dir, d)
     shutil.move(imagereward_dir.parent / "ir_bad.pt", d / "ImageReward.pt")
     with pytest.raises(WeightsError, match=r"missing keys: vision.encoder.layers.0.self_attn.qkv.weight"):
-        load_metric("imagereward", d)
+        load_metric("imagereward", d, tokenizer_dir=bert_base_uncased_dir, vision=TINY_IR_VISION)
 
 
 def test_import_is_cheap():

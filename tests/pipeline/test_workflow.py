@@ -50,7 +50,8 @@ def test_paper_dry_run_schedules_every_job_through_the_slurm_profile():
     assert counts["train"] == 16 and counts["select_checkpoint"] == 16
     assert counts["generate"] == 20 and counts["evaluate"] == 20
     assert counts["prompts"] == 9
-    assert counts["download_weights"] == 9                 # every metric/reward model of config.yaml
+    assert counts["download_weights"] == 12                # every metric/reward model of config.yaml and the
+                                                           # tokenizer, processor and CLIP backbone folders
     for rule in ("tables", "figures", "mlflow_sync", "dvc_push", "all"):
         assert counts[rule] == 1
     # Harmon trains from its warmed-up head; NOVA from the downloaded model
