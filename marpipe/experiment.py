@@ -317,10 +317,10 @@ class Experiment:
         specs = ev["metrics"].values() if suite == "preference" else ev["categories"].values()
         return sorted({s["scorer"] for s in specs})
 
-    def build_reward(self, reward: str, resources: str | Path = "resources"):
+    def build_reward(self, reward: str, resources: str | Path = "resources", device=None):
         from marpipe.rewards import build_reward, combine
         parts = self.cfg["rewards"][reward]
-        fns = {s: build_reward(s, **self.scorer_kwargs(s, resources)) for s in parts}
+        fns = {s: build_reward(s, device=device, **self.scorer_kwargs(s, resources)) for s in parts}
         return combine(fns, parts)
 
     def label(self, model: str) -> str:

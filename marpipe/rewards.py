@@ -14,6 +14,8 @@ name rewards (``reward: hps``), never import them.
 """
 from __future__ import annotations
 
+import inspect
+
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
@@ -65,14 +67,18 @@ def available_rewards() -> list[str]:
     return sorted(set(_REGISTRY) | set(_declared()))
 
 
-def build_reward(name: str, **kwargs) -> Reward:
-    """Build the reward registered as ``name`` (kwargs go to its factory)."""
+def build_reward(name: str, device=None, **kwargs) -> Reward:
+    """Build the reward registered as ``name`` (kwargs go to its factory). ``device``: where a
+    scorer with weights runs (the training / evaluation job's device), for factories that take one."""
     if name not in _REGISTRY and name in _declared():
         import importlib
         importlib.import_module(_declared()[name])
     if name not in _REGISTRY:
         raise KeyError(f"unknown reward {name!r}; known rewards: {', '.join(available_rewards())}")
-    return _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    if device is not None and "device" in inspect.signature(factory).parameters:
+        kwargs["device"] = str(device)
+    return factory(**kwargs)
 
 
 # --- simple scorers (used by tests and benchmarks) ---------------------------

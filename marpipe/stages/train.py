@@ -106,7 +106,7 @@ def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: 
     device = dist.setup(exp.cfg.get("device"))
     torch.manual_seed(cfg.seed)
     net = load_base_model(exp, model, device, Path(resources) / "models", weights=base_weights)
-    reward = exp.build_reward(reward_name, resources)
+    reward = exp.build_reward(reward_name, resources, device=device)   # scorers on the job's GPU
     items = [PromptItem(r["prompt"], r["metadata"]) for r in read_prompt_set(prompts)]
     mlflow = MLflowRun(key, exp.cfg["experiment"], params={"train": cfg.to_dict(), "model": model},
                        tags=tags, tracking_uri=exp.cfg["mlflow"].get("tracking_uri")) if dist.rank() == 0 else None

@@ -98,3 +98,26 @@ def test_loading_the_paper_config_at_parse_time_imports_no_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_scorers_with_weights_run_on_the_jobs_device(monkeypatch):
+    """Training and evaluation pass their device to every scorer factory that takes one (the
+    factories default to cpu: on a GPU node the reward models would otherwise run on the CPU)."""
+    from marpipe import rewards
+    seen = {}
+
+    def with_device(device="cpu"):
+        seen["with"] = device
+        return lambda images, prompts, metadata=None: torch.zeros(len(images))
+
+    def without_device():
+        seen["without"] = True
+        return lambda images, prompts, metadata=None: torch.zeros(len(images))
+
+    monkeypatch.setitem(rewards._REGISTRY, "fake_gpu_scorer", with_device)
+    monkeypatch.setitem(rewards._REGISTRY, "fake_plain_scorer", without_device)
+    cfg = E.validate(shrunk_config())
+    cfg["scorers"].update(fake_gpu_scorer={}, fake_plain_scorer={})
+    cfg["rewards"]["hps"] = {"fake_gpu_scorer": 1.0, "fake_plain_scorer": 1.0}
+    E.Experiment(cfg).build_reward("hps", device=torch.device("cuda:1"))
+    assert seen == {"with": "cuda:1", "without": True}
