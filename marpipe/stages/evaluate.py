@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from marpipe import stats
 from marpipe.experiment import Experiment
 from marpipe.io.files import load_images, read_json, read_prompt_set, save_images, write_json
 from marpipe.rollout import RolloutPlan, rollout
@@ -31,11 +32,16 @@ def suite_prompts(exp: Experiment, suite: str, prompt_dir: str | Path) -> list[d
 
 
 @torch.no_grad()
+def job_device(exp: Experiment) -> torch.device:
+    """The config's ``device``, else CUDA when the job has a GPU."""
+    return torch.device(exp.cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def generate(exp: Experiment, model: str, suite: str, out: str | Path, prompt_dir: str | Path,
              weights: str | Path | None = None, row: str = "base", resources: str = "resources") -> Path:
     ev = exp.cfg["evaluation"]
     ipp, seed, bs = ev[suite]["images_per_prompt"], ev["seed"], ev["batch_size"]
-    device = torch.device(exp.cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = job_device(exp)
     net = load_base_model(exp, model, device, Path(resources) / "models", weights=weights).eval()
     prompts = suite_prompts(exp, suite, prompt_dir)
     plan = RolloutPlan((), torch.zeros(0, 0, dtype=torch.long), 1)
@@ -62,29 +68,35 @@ def evaluate(exp: Experiment, bundle: str | Path, suite: str, out: str | Path, m
     prompts = [data["prompts"][i] for i in idx]
     meta = [data["metadata"][i] for i in idx]
     specs = ev["preference"]["metrics"] if suite == "preference" else ev["compbench"]["categories"]
-    scores, per_style, scorer_for = {}, {}, {}
+    scores, per_style, scorer_for, per_image = {}, {}, {}, {}
     for col, spec in specs.items():
         sel = [k for k, m in enumerate(meta) if suite == "preference" or m.get("column") == col]
         if not sel:
             continue
-        fn = build_reward(spec["scorer"], **{**exp.scorer_kwargs(spec["scorer"], resources), **spec.get("kwargs", {})})
+        fn = build_reward(spec["scorer"], device=job_device(exp),
+                          **{**exp.scorer_kwargs(spec["scorer"], resources), **spec.get("kwargs", {})})
         vals = []
         for s in range(0, len(sel), ev["batch_size"]):
             part = sel[s: s + ev["batch_size"]]
             vals.append(fn(images[part], [prompts[k] for k in part], [meta[k] for k in part]).float().cpu())
-        v = torch.cat(vals) * spec.get("scale", 1.0)
-        scores[col] = float(v.mean())
+        v = (torch.cat(vals) * spec.get("scale", 1.0)).tolist()
+        scores[col] = stats.cell_estimate(v)
+        per_image[col] = {"prompt_index": [int(idx[k]) for k in sel], "value": v}
         scorer_for[col] = spec["scorer"]
         styles = defaultdict(list)
-        for k, val in zip(sel, v.tolist()):
+        for k, val in zip(sel, v):
             if "style" in meta[k]:
                 styles[meta[k]["style"]].append(val)
         if styles:
             per_style[col] = {s: sum(x) / len(x) for s, x in sorted(styles.items())}
     checkpoint = read_json(selection) if selection else {"step": 0, "rule": "base"}
     row = "base" if reward is None else f"{reward}-{variant}"
+    styles_of_prompt = [m.get("style") for m in data["metadata"]]
+    strata = ({"by": "style", "of_prompt": styles_of_prompt}
+              if suite == "preference" and styles_of_prompt and None not in styles_of_prompt else None)
     record = {"model": model, "label": exp.label(model), "row": row, "reward": reward, "variant": variant,
               "suite": suite, "scores": scores, "per_style": per_style, "n_images": len(images),
+              "per_image": per_image, "strata": strata,
               "checkpoint": {"step": checkpoint["step"], "rule": checkpoint["rule"]},
               "scorer_for": scorer_for, "world": exp.cfg["world"]}
     write_json(out, record)
@@ -102,7 +114,9 @@ def log_scores(exp: Experiment, record: dict, tracking_uri: str | None = None) -
                     tracking_uri=tracking_uri or exp.cfg["mlflow"].get("tracking_uri"))
     if not run.active:
         return False
-    run.log(0, {f"eval.{record['suite']}.{col}": v for col, v in record["scores"].items()})
+    # one point per evaluated checkpoint (its step): a re-sync of the same record adds nothing
+    run.log_step(record["checkpoint"]["step"], {f"eval.{record['suite']}.{col}": v
+                                                for col, v in record["scores"].items()})
     if not run.active:
         print("[marpipe] scores not in MLflow yet; `marpipe mlflow-sync` will send them", file=sys.stderr)
     return run.active

@@ -10,11 +10,25 @@
   ``evaluation.compbench.reward``. Table 2: the first model, the base and the four
   variants (``GRPO``, ``+Fix Decoder``, ``+MTE``, ``+Sim (Ours)``) with the checkpoint
   each was read at. A cell without a record is NaN, never filled in.
+* Intervals (:mod:`marpipe.stats`): every cell gets a 95% percentile-bootstrap interval over
+  prompts (2,000 resamples, seed 0; preference suite: prompts resampled within styles) of the
+  very estimator the cell prints, and every comparison the paper makes is a paired difference
+  with its interval -- Table 1: ``Ours`` vs ``+GRPO`` per model and column; Table 2: each row
+  vs the row above it -- bootstrapped over the prompts both rows were sampled on. Both need
+  the score files' ``per_image`` values (:mod:`marpipe.stages.evaluate`); records without
+  them (score files written before, and every record from MLflow, which holds only the
+  means) give the same tables with no interval and ``no verdict``, never an error.
 * :func:`compare_with_paper` puts our numbers beside the paper's (``marpipe/data/
-  paper_table{1,2}.csv``) with deltas, and compares orderings per column (Kendall tau,
-  "Ours > GRPO") -- in the small world only the orderings are meaningful, the scorers differ.
-* :func:`write_tables` writes the CSVs (fixed float format: reruns are byte-identical),
-  ``tables.md`` and the report's HTML (:func:`tables_html`, :func:`tables_summary_html`); :func:`format_for_terminal` is the short text printed at the end.
+  paper_table{1,2}.csv``) with deltas, and gives each comparison a verdict against the paper's
+  own difference: ``holds`` (our interval excludes 0 on the paper's side), ``contradicted``
+  (excludes 0 on the other side), ``inconclusive`` (contains 0). In the small world the
+  scorers differ from the paper's: only the directions are comparable, not the values.
+* :func:`write_tables` writes the CSVs (fixed float format: reruns are byte-identical):
+  ``table1.csv`` and ``table2.csv`` keep their columns exactly (point values only; they are
+  the same whether built from files or MLflow), the intervals go to ``intervals.csv`` (long:
+  one line per cell, ``value``, ``lo``, ``hi``), the verdicts to ``verdicts_vs_paper.csv``;
+  also ``tables.md`` and the report's HTML (:func:`tables_html`, :func:`tables_summary_html`);
+  :func:`format_for_terminal` is the short text printed at the end.
 """
 from __future__ import annotations
 
@@ -26,6 +40,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from marpipe import stats
 from marpipe.experiment import BASE, SUITES
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -65,7 +80,27 @@ def _record(d: dict) -> dict:
     for extra in ("scorer_for", "world", "n_images", "per_style"):
         if d.get(extra) is not None:
             rec[extra] = d[extra]
+    if d.get("per_image"):
+        rec["per_image"] = _per_image_of(d["per_image"])
+        strata = d.get("strata") or None
+        if strata is not None:
+            if not isinstance(strata, dict) or not isinstance(strata.get("of_prompt"), list):
+                raise ValueError(f"strata must be {{'by': ..., 'of_prompt': [...]}}, not {strata!r}")
+            rec["strata"] = {"by": strata.get("by"), "of_prompt": list(strata["of_prompt"])}
     return rec
+
+
+def _per_image_of(per_image: dict) -> dict:
+    """``{col: {"prompt_index": [...], "value": [...]}}``, checked: one prompt index per value."""
+    out = {}
+    for col, entry in per_image.items():
+        if not isinstance(entry, dict) or "value" not in entry or "prompt_index" not in entry:
+            raise ValueError(f"per_image[{col!r}] must hold 'prompt_index' and 'value' lists")
+        values, index = list(entry["value"]), [int(i) for i in entry["prompt_index"]]
+        if len(values) != len(index):
+            raise ValueError(f"per_image[{col!r}]: {len(values)} values but {len(index)} prompt indices")
+        out[col] = {"prompt_index": index, "value": [math.nan if v is None else float(v) for v in values]}
+    return out
 
 
 def _checkpoint(c) -> dict:
@@ -93,6 +128,10 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
     Runs are found by the ``marpipe.run_key`` tag in experiment ``exp.cfg['experiment']``;
     metrics ``eval.{suite}.{column}`` become ``scores``. Where one run key has several runs
     (a rerun), the most recently started one that holds the suite's metrics wins.
+
+    MLflow holds only each column's mean, not the per-image values: tables built from these
+    records have the same values as those built from the score files but **no intervals**
+    (``lo``/``hi`` empty, every verdict ``no verdict``). Build from the score files for intervals.
     """
     import os
 
@@ -151,42 +190,140 @@ def _row_name(reward: str | None, variant: str) -> str:
 # ------------------------------------------------------------------------------------------
 # tables
 # ------------------------------------------------------------------------------------------
+INTERVAL_COLUMNS = ["table", "base", "row", "column", "value", "lo", "hi", "n_prompts", "n_images"]
+DIFFERENCE_COLUMNS = ["table", "base", "a", "b", "column", "ours_diff", "lo", "hi", "n_prompts", "note"]
+
+
 def build_tables(exp, records: Sequence[dict]) -> dict[str, pd.DataFrame]:
-    """``{"table1", "table2", "stand_ins"}``: Tables 1 and 2 laid out like the paper's (NaN where no
-    record), and which scorer produced each column in which world (records' ``scorer_for``,
-    else the config's evaluation section)."""
+    """``{"table1", "table2", "stand_ins", "intervals", "differences"}``.
+
+    ``table1``/``table2``: Tables 1 and 2 laid out like the paper's (NaN where no record);
+    ``stand_ins``: which scorer produced each column in which world (records' ``scorer_for``,
+    else the config's evaluation section); ``intervals``: one line per cell of both tables
+    (``table``, ``base``, ``row``, ``column``) with its ``value`` and 95% bootstrap interval
+    ``lo``/``hi`` (NaN without per-image values); ``differences``: the paired differences the
+    paper's claims rest on (Table 1: ``Ours`` − ``+GRPO`` per model; Table 2: each row − the
+    row above), ``ours_diff`` = the difference of the two cells, with its interval and a
+    ``note`` where there is none."""
     idx = _index(records)
     rewards = {s: exp.cfg["evaluation"][s]["reward"] for s in SUITES}
     cols = {s: exp.columns(s) for s in SUITES}
+    suite_of = {c: s for s in SUITES for c in cols[s]}
+
+    def rec_of(model, variant, suite):
+        return idx.get((model, _row_name(rewards[suite], variant), suite))
 
     def cell(model, variant, suite, col):
-        rec = idx.get((model, _row_name(rewards[suite], variant), suite))
+        rec = rec_of(model, variant, suite)
         return float(rec["scores"].get(col, np.nan)) if rec else np.nan
 
-    t1 = []
+    cache: dict[tuple, stats.Interval | None] = {}
+
+    def interval(model, variant, col) -> stats.Interval | None:
+        key = (model, variant, col)
+        if key not in cache:
+            cache[key] = _cell_interval(rec_of(model, variant, suite_of[col]), col)
+        return cache[key]
+
+    t1, ci = [], []
     for model in exp.models:
         label = exp.label(model)
         for row_label, variant in [(label, BASE), *TABLE1_ROWS.items()]:
             t1.append({"model": row_label, "base": label,
                        **{c: cell(model, variant, s, c) for s in SUITES for c in cols[s]}})
+            ci += [_interval_line("table1", label, row_label, c, t1[-1][c], interval(model, variant, c))
+                   for s in SUITES for c in cols[s]]
     table1 = pd.DataFrame(t1, columns=["model", "base", *cols["preference"], *cols["compbench"]])
 
     model = exp.models[0]
     t2_cols = [(c, s) for c in TABLE2_COLUMNS for s in SUITES if c in cols[s]]
     t2 = []
-    for row_label, variant in [(exp.label(model), BASE), *TABLE2_ROWS.items()]:
+    t2_rows = [(exp.label(model), BASE), *TABLE2_ROWS.items()]
+    for row_label, variant in t2_rows:
         row = {"row": row_label, **{c: cell(model, variant, s, c) for c, s in t2_cols}}
         checkpoints = [idx[k]["checkpoint"] for s in SUITES
                        if (k := (model, _row_name(rewards[s], variant), s)) in idx]
         row["checkpoint"] = _checkpoint_text(checkpoints, variant)
         t2.append(row)
+        ci += [_interval_line("table2", exp.label(model), row_label, c, row[c], interval(model, variant, c))
+               for c, _ in t2_cols]
     table2 = pd.DataFrame(t2, columns=["row", *[c for c, _ in t2_cols], "checkpoint"])
+
+    diffs = []
+    for m in exp.models:
+        label = exp.label(m)
+        (a_label, a), (b_label, b) = ("Ours", TABLE1_ROWS["Ours"]), ("+GRPO", TABLE1_ROWS["+GRPO"])
+        diffs += [_difference("table1", label, a_label, b_label, c, rec_of(m, a, s), rec_of(m, b, s))
+                  for s in SUITES for c in cols[s]]
+    for (b_label, b), (a_label, a) in zip(t2_rows, t2_rows[1:]):
+        diffs += [_difference("table2", exp.label(model), a_label, b_label, c, rec_of(model, a, s),
+                              rec_of(model, b, s)) for c, s in t2_cols]
+
     world = world_of(records, exp)
     used = [r for r in records if (r["model"], r["row"], r["suite"]) in
             {(m, _row_name(rewards[s], v), s) for m in exp.models for v in (BASE, *exp.variants) for s in SUITES}]
     stand = pd.DataFrame([{"column": c, "scorer": sc, "world": world} for c, sc in stand_ins(used, exp).items()],
                          columns=["column", "scorer", "world"])
-    return {"table1": table1, "table2": table2, "stand_ins": stand}
+    return {"table1": table1, "table2": table2, "stand_ins": stand,
+            "intervals": _counts_as_int(pd.DataFrame(ci, columns=INTERVAL_COLUMNS), ["n_prompts", "n_images"]),
+            "differences": _counts_as_int(pd.DataFrame(diffs, columns=DIFFERENCE_COLUMNS), ["n_prompts"])}
+
+
+def _counts_as_int(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    for c in cols:
+        df[c] = df[c].astype("Int64")          # integers in the CSV, empty where unknown
+    return df
+
+
+def _per_image(rec: dict | None, col: str) -> tuple[list, list, list | None] | None:
+    """(values, prompt_index, strata of each prompt or None) of a record's column; None: no per-image
+    values (or no score). Refuses a record whose ``scores[col]`` is not the mean of its
+    ``per_image[col]``: an interval of it would be the interval of another number."""
+    entry = ((rec or {}).get("per_image") or {}).get(col)
+    if not entry or col not in rec["scores"]:
+        return None
+    mean, score = stats.cell_estimate(entry["value"]), rec["scores"][col]
+    if not (math.isclose(mean, score, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(mean) and math.isnan(score))):
+        raise ValueError(f"score record {rec['model']}/{rec['row']}/{rec['suite']}: scores[{col!r}] = {score!r} "
+                         f"but the mean of per_image[{col!r}] is {mean!r}")
+    return entry["value"], entry["prompt_index"], ((rec.get("strata") or {}).get("of_prompt"))
+
+
+def _cell_interval(rec: dict | None, col: str) -> stats.Interval | None:
+    """The cell's bootstrap interval over prompts; None without per-image values."""
+    data = _per_image(rec, col)
+    return None if data is None else stats.bootstrap_mean(*data)
+
+
+def _interval_line(table: str, base: str, row: str, col: str, value: float, iv: stats.Interval | None) -> dict:
+    return {"table": table, "base": base, "row": row, "column": col, "value": value,
+            "lo": iv.lo if iv else np.nan, "hi": iv.hi if iv else np.nan,
+            "n_prompts": iv.n_prompts if iv else np.nan, "n_images": iv.n_images if iv else np.nan}
+
+
+def _difference(table: str, base: str, a_label: str, b_label: str, col: str, a: dict | None,
+                b: dict | None) -> dict:
+    """Row ``a`` − row ``b`` in one column: the difference of the two cells and its paired
+    bootstrap interval over the prompts both were sampled on (or a ``note`` why there is none)."""
+    line = {"table": table, "base": base, "a": a_label, "b": b_label, "column": col, "ours_diff": np.nan,
+            "lo": np.nan, "hi": np.nan, "n_prompts": np.nan, "note": ""}
+    if a is None or b is None or col not in a["scores"] or col not in b["scores"]:
+        line["note"] = "no score"
+        return line
+    line["ours_diff"] = float(a["scores"][col]) - float(b["scores"][col])
+    da, db = _per_image(a, col), _per_image(b, col)
+    if da is None or db is None:
+        line["note"] = "no per-image values"
+    elif list(da[1]) != list(db[1]):
+        line["note"] = "rows not scored on the same prompts"
+    elif da[2] != db[2]:
+        line["note"] = "rows' prompt strata differ"
+    else:
+        iv = stats.bootstrap_difference(da[0], db[0], da[1], da[2])
+        line.update(lo=iv.lo, hi=iv.hi, n_prompts=iv.n_prompts)
+        if not iv.known:
+            line["note"] = "fewer than two prompts"
+    return line
 
 
 def _checkpoint_text(checkpoints: list[dict], variant: str) -> str:
@@ -250,8 +387,10 @@ def _yes_no(x: float, y: float) -> str:
     return "" if math.isnan(x) or math.isnan(y) else ("yes" if x > y else "no")
 
 
-def _long(ours: pd.DataFrame, paper: pd.DataFrame, keys: list[str], value_cols: list[str]) -> pd.DataFrame:
-    """One line per (row, column): ours, paper, delta = ours - paper; paper rows we lack: reference only."""
+def _long(ours: pd.DataFrame, paper: pd.DataFrame, keys: list[str], value_cols: list[str],
+          ci: dict[tuple, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """One line per (row, column): ours, paper, delta = ours - paper, and our 95% interval
+    ``ours_lo``/``ours_hi`` (``ci[(*key, column)]``; NaN: none); paper rows we lack: reference only."""
     ours_keyed = {tuple(r[k] for k in keys): r for _, r in ours.iterrows()}
     paper_keyed = {tuple(r[k] for k in keys): r for _, r in paper.iterrows()}
     order = list(paper_keyed) + [k for k in ours_keyed if k not in paper_keyed]
@@ -261,9 +400,11 @@ def _long(ours: pd.DataFrame, paper: pd.DataFrame, keys: list[str], value_cols: 
         for col in value_cols:
             ov = float(o[col]) if o is not None and col in o.index else np.nan
             pv = float(p[col]) if p is not None and col in p.index and pd.notna(p[col]) else np.nan
+            lo, hi = (ci or {}).get((*key, col), (np.nan, np.nan))
             lines.append({**dict(zip(keys, key)), "column": col, "ours": ov, "paper": pv, "delta": ov - pv,
-                          "reference_only": o is None})
-    return pd.DataFrame(lines, columns=[*keys, "column", "ours", "paper", "delta", "reference_only"])
+                          "reference_only": o is None, "ours_lo": lo, "ours_hi": hi})
+    return pd.DataFrame(lines, columns=[*keys, "column", "ours", "paper", "delta", "reference_only",
+                                        "ours_lo", "ours_hi"])
 
 
 def _ordering(table: str, group: str, labels: list[str], ours: pd.DataFrame, paper: pd.DataFrame,
@@ -294,9 +435,12 @@ def compare_with_paper(tables: dict[str, pd.DataFrame], paper_dir: str | Path = 
     """Our tables beside the paper's.
 
     Returns ``table1`` / ``table2`` (long: one line per row x column with ``ours``, ``paper``,
-    ``delta`` and ``reference_only`` for the paper's other models) and ``ordering`` (per model
-    and column: Kendall tau between our and the paper's values over base/+GRPO/Ours -- Table 2:
-    its five rows --, both orderings, and whether "Ours > GRPO" holds for us and for the paper).
+    ``delta``, ``reference_only`` for the paper's other models, and our interval ``ours_lo``/
+    ``ours_hi``), ``verdicts`` (one line per comparison the paper makes -- Table 1: Ours vs
+    +GRPO per model and column; Table 2: each row vs the row above -- with the paper's
+    difference, ours with its paired 95% interval and the verdict, :func:`marpipe.stats.verdict`)
+    and ``ordering`` (point values only, kept for ``ordering_vs_paper.csv``: Kendall tau and
+    "Ours > GRPO" per column, blind to the noise; the verdicts supersede it).
     Rows are matched by label (Table 1: ``model`` within ``base``), columns by name.
     """
     paper = read_paper_tables(paper_dir)
@@ -304,8 +448,12 @@ def compare_with_paper(tables: dict[str, pd.DataFrame], paper_dir: str | Path = 
     p1, p2 = paper["table1"], paper["table2"]
     cols1 = [c for c in t1.columns if c not in ("model", "base")]
     cols2 = [c for c in t2.columns if c not in ("row", "checkpoint")]
-    long1 = _long(t1, p1, ["base", "model"], cols1)
-    long2 = _long(t2, p2.rename(columns={"checkpoint": "paper_checkpoint"}), ["row"], cols2)
+    iv = tables.get("intervals")
+    iv = iv if iv is not None else pd.DataFrame(columns=INTERVAL_COLUMNS)
+    ci1 = {(r["base"], r["row"], r["column"]): (r["lo"], r["hi"]) for _, r in iv[iv["table"] == "table1"].iterrows()}
+    ci2 = {(r["row"], r["column"]): (r["lo"], r["hi"]) for _, r in iv[iv["table"] == "table2"].iterrows()}
+    long1 = _long(t1, p1, ["base", "model"], cols1, ci1)
+    long2 = _long(t2, p2.rename(columns={"checkpoint": "paper_checkpoint"}), ["row"], cols2, ci2)
     ordering = []
     for base in dict.fromkeys(t1["base"]):
         labels = [base, *TABLE1_ROWS]
@@ -316,7 +464,40 @@ def compare_with_paper(tables: dict[str, pd.DataFrame], paper_dir: str | Path = 
         ordering += _ordering("table2", labels[0], labels, t2, p2, "row", cols2, "GRPO", "+Sim (Ours)")
     ordering_df = pd.DataFrame(ordering, columns=["table", "base", "column", "n", "kendall_tau", "ours_order",
                                                   "paper_order", "ours_gt_grpo", "paper_ours_gt_grpo", "agrees"])
-    return {"table1": long1, "table2": long2, "ordering": ordering_df}
+    return {"table1": long1, "table2": long2, "verdicts": _verdicts(tables.get("differences"), p1, p2),
+            "ordering": ordering_df}
+
+
+VERDICT_COLUMNS = ["table", "base", "claim", "a", "b", "column", "paper_diff", "ours_diff", "lo", "hi", "verdict",
+                   "n_prompts", "note"]
+
+
+OPERATOR = {1: ">", -1: "<", 0: "vs"}
+
+
+def _claim(a: str, b: str, paper_diff: float) -> str:
+    """The paper's claim about rows a and b in one column: "Ours > +GRPO", "GRPO < NOVA"."""
+    return f"{a} {OPERATOR[stats.direction(paper_diff)]} {b}"
+
+
+def _verdicts(differences: pd.DataFrame | None, p1: pd.DataFrame, p2: pd.DataFrame) -> pd.DataFrame:
+    """Each paired difference beside the paper's own (``a`` − ``b`` in the paper's table) and its verdict."""
+    lines = []
+    for _, d in (differences if differences is not None else pd.DataFrame(columns=DIFFERENCE_COLUMNS)).iterrows():
+        if d["table"] == "table1":
+            paper = p1[p1["base"] == d["base"]]
+            pa, pb = _value(paper, "model", d["a"], d["column"]), _value(paper, "model", d["b"], d["column"])
+        else:
+            pa, pb = _value(p2, "row", d["a"], d["column"]), _value(p2, "row", d["b"], d["column"])
+        paper_diff = pa - pb
+        note = d["note"] or ("the paper has no value" if math.isnan(paper_diff) else
+                             "the paper's values are equal" if paper_diff == 0 else "")
+        lines.append({"table": d["table"], "base": d["base"], "claim": _claim(d["a"], d["b"], paper_diff),
+                      "a": d["a"], "b": d["b"], "column": d["column"], "paper_diff": paper_diff,
+                      "ours_diff": d["ours_diff"], "lo": d["lo"], "hi": d["hi"],
+                      "verdict": stats.verdict(d["lo"], d["hi"], paper_diff), "n_prompts": d["n_prompts"],
+                      "note": note})
+    return _counts_as_int(pd.DataFrame(lines, columns=VERDICT_COLUMNS), ["n_prompts"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -363,9 +544,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame, right: Sequence[str] = ()) -> str:
+    """``df`` as a Markdown table; numeric columns (and those in ``right``) right-aligned."""
     head = "| " + " | ".join(str(c) for c in df.columns) + " |"
-    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+    rule = "|" + "|".join("---:" if c in right or (pd.api.types.is_numeric_dtype(df[c])
+                                                    and not pd.api.types.is_bool_dtype(df[c]))
                          else "---" for c in df.columns) + "|"
     body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
@@ -389,31 +572,88 @@ def _wide_comparison(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _ordering_summary(ordering: pd.DataFrame) -> list[str]:
-    """Per table and model: "Ours > GRPO" counts (ours, the paper's on the same columns), agreement, mean tau."""
+def _verdict_summary(verdicts: pd.DataFrame) -> list[str]:
+    """Per table, model and pair of rows: "Ours > +GRPO: holds in a, inconclusive in b, contradicted
+    in c of n columns" (the claim's direction is the paper's; mixed directions: "vs")."""
     lines = []
-    for (table, base), grp in ordering.groupby(["table", "base"], sort=False):
-        known = grp[(grp["ours_gt_grpo"] != "") & (grp["paper_ours_gt_grpo"] != "")]
-        taus = grp["kendall_tau"].dropna()
-        if not len(known):
-            lines.append(f"{table} {base}: no column with both our and the paper's GRPO and Ours scores")
+    if verdicts is None or not len(verdicts):
+        return lines
+    for (table, base, a, b), grp in verdicts.groupby(["table", "base", "a", "b"], sort=False):
+        signs = {stats.direction(x) for x in grp["paper_diff"]} - {0}
+        claim = (f"{a} > {b}" if signs == {1} else f"{a} < {b}" if signs == {-1}
+                 else f"{a} vs {b} (the paper's direction per column)")
+        counts = grp["verdict"].value_counts()
+        n = int(sum(counts.get(v, 0) for v in stats.VERDICTS))
+        na = len(grp) - n
+        why = ", ".join(sorted(set(grp.loc[grp["verdict"] == stats.NA, "note"]) - {""}))
+        if not n:
+            lines.append(f"{table} {base}: {claim}: no verdict in {na} columns ({why or 'no interval'})")
             continue
-        lines.append(f"{table} {base}: Ours > GRPO in {int((known['ours_gt_grpo'] == 'yes').sum())}/{len(known)} "
-                     f"columns (paper, same columns: {int((known['paper_ours_gt_grpo'] == 'yes').sum())}/"
-                     f"{len(known)}); direction agrees with the paper in {int((known['agrees'] == 'yes').sum())}/"
-                     f"{len(known)}; mean Kendall tau {taus.mean():+.2f} over {len(taus)} columns")
+        lines.append(f"{table} {base}: {claim}: holds in {int(counts.get(stats.HOLDS, 0))}, inconclusive in "
+                     f"{int(counts.get(stats.INCONCLUSIVE, 0))}, contradicted in "
+                     f"{int(counts.get(stats.CONTRADICTED, 0))} of {n} columns"
+                     + (f"; no verdict in {na} ({why or 'no interval'})" if na else ""))
     return lines
+
+
+def _is_nan(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and math.isnan(v))
+
+
+def _with_interval(v, lo, hi, decimals: int = 4, signed: bool = False) -> str:
+    """"45.6000 [44.1000, 47.0000]"; no interval: the value alone; no value: "–"."""
+    if _is_nan(v):
+        return "–"
+    f = f"{{:{'+' if signed else ''}.{decimals}f}}"
+    return f.format(v) if _is_nan(lo) or _is_nan(hi) else f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def _table_with_intervals(df: pd.DataFrame, intervals: pd.DataFrame | None, table: str,
+                          keys: list[str]) -> pd.DataFrame:
+    """A table's cells as text, each value with its interval (``keys``: how the table names a row;
+    Table 1: base and model, Table 2: row)."""
+    iv = intervals if intervals is not None else pd.DataFrame(columns=INTERVAL_COLUMNS)
+    iv = iv[iv["table"] == table]
+    ci = {((r["base"], r["row"]) if len(keys) == 2 else (r["row"],)) + (r["column"],): (r["lo"], r["hi"])
+          for _, r in iv.iterrows()}
+    out = df.copy().astype(object)
+    value_cols = [c for c in df.columns if c not in ("model", "base", "row", "checkpoint")]
+    for i, r in df.iterrows():
+        key = (r["base"], r["model"]) if len(keys) == 2 else (r["row"],)
+        for c in value_cols:
+            out.at[i, c] = _with_interval(r[c], *ci.get((*key, c), (np.nan, np.nan)))
+    return out
+
+
+def _verdict_table(verdicts: pd.DataFrame, decimals=lambda col: 4) -> pd.DataFrame:
+    """The verdicts as text: claim, the paper's difference, ours with its interval, the verdict."""
+    rows = []
+    for _, v in verdicts.iterrows():
+        d = decimals(v["column"])
+        rows.append({"table": v["table"], "base": v["base"], "claim": v["claim"], "column": v["column"],
+                     "paper Δ": "–" if _is_nan(v["paper_diff"]) else f"{v['paper_diff']:+.{d}f}",
+                     "ours Δ [95% interval]": _with_interval(v["ours_diff"], v["lo"], v["hi"], d, signed=True),
+                     "verdict": v["verdict"], "note": v["note"]})
+    return pd.DataFrame(rows, columns=["table", "base", "claim", "column", "paper Δ", "ours Δ [95% interval]",
+                                       "verdict", "note"])
 
 
 def write_tables(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame],
                  out_dir: str | Path) -> list[Path]:
-    """Write ``table1.csv``, ``table2.csv``, ``table1_vs_paper.csv``, ``table2_vs_paper.csv``,
-    ``ordering_vs_paper.csv``, ``tables.md``, ``tables.html`` (the report's Tables page) and
-    ``tables_summary.html`` (the report's landing-page excerpt) into ``out_dir``; returns the paths."""
+    """Write ``table1.csv``, ``table2.csv`` (point values, columns as always), ``intervals.csv``
+    (long: ``table, base, row, column, value, lo, hi, n_prompts, n_images``, one line per cell of
+    both tables; ``lo``/``hi`` empty without per-image values), ``table1_vs_paper.csv``,
+    ``table2_vs_paper.csv`` (with ``ours_lo``/``ours_hi``), ``verdicts_vs_paper.csv``,
+    ``ordering_vs_paper.csv`` (Kendall tau, point values only), ``tables.md``, ``tables.html``
+    (the report's Tables page) and ``tables_summary.html`` (the report's landing-page excerpt)
+    into ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    empty_iv = pd.DataFrame(columns=INTERVAL_COLUMNS)
     files = {"table1.csv": tables["table1"], "table2.csv": tables["table2"],
+             "intervals.csv": tables.get("intervals", empty_iv),
              "table1_vs_paper.csv": comparison["table1"], "table2_vs_paper.csv": comparison["table2"],
+             "verdicts_vs_paper.csv": comparison.get("verdicts", pd.DataFrame(columns=VERDICT_COLUMNS)),
              "ordering_vs_paper.csv": comparison["ordering"]}
     paths = []
     for name, df in files.items():
@@ -436,26 +676,62 @@ def _stand_ins_of(tables) -> tuple[str, dict[str, str]]:
     return str(st["world"].iloc[0]), dict(zip(st["column"], st["scorer"]))
 
 
+INTERVALS_TEXT = ("95% intervals: percentile bootstrap over prompts ({n:,} resamples, seed {seed}; all images of a "
+                  "drawn prompt go together; preference suite: prompts drawn within each style), of the very "
+                  "estimator the cell prints (the mean over the column's images)")
+VERDICTS_TEXT = ("Each comparison the paper makes, as a paired difference: Table 1: Ours − +GRPO per model; Table 2: "
+                 "each row − the row above. Ours: the difference of the two cells with a 95% interval from the same "
+                 "bootstrap, drawing one set of prompts for both rows (they were sampled on the same prompts with the "
+                 "same seeds). Verdict against the sign of the paper's own difference: holds (our interval excludes "
+                 "0 on the paper's side), contradicted (it excludes 0 on the other side), inconclusive (it contains "
+                 "0); no verdict: no interval (score files without per-image values, tables rebuilt from MLflow) "
+                 "or no direction in the paper.")
+
+
+def _intervals_text() -> str:
+    return INTERVALS_TEXT.format(n=stats.N_RESAMPLES, seed=stats.SEED)
+
+
+def _no_interval_note(tables: dict[str, pd.DataFrame]) -> str:
+    iv = tables.get("intervals")
+    if iv is None or not len(iv) or iv["value"].isna().all():
+        return ""
+    known = iv[iv["value"].notna()]
+    if known["lo"].isna().all():
+        return (" No cell has an interval: these records hold no per-image values (tables rebuilt from MLflow, "
+                "or score files written before intervals existed).")
+    if known["lo"].isna().any():
+        return " Cells without an interval: their score files hold no per-image values."
+    return ""
+
+
 def tables_markdown(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame]) -> str:
     world, scorers = _stand_ins_of(tables)
+    iv = tables.get("intervals")
+    verdicts = comparison.get("verdicts", pd.DataFrame(columns=VERDICT_COLUMNS))
+    cols1 = [c for c in tables["table1"].columns if c not in ("model", "base")]
+    cols2 = [c for c in tables["table2"].columns if c not in ("row", "checkpoint")]
     parts = [
         "# MAR-GRPO: Tables 1 and 2 reproduced", "",
         f"World: **{world}**." + (" The small world's scorers stand in for the paper's metrics: absolute values "
-                                  "are not comparable with the paper's, orderings are." if world == "small" else ""),
+                                  "are not comparable with the paper's; the directions of the differences are "
+                                  "(see the verdicts)." if world == "small" else ""),
+        "", f"Cells: value [95% interval]. {_intervals_text()}.{_no_interval_note(tables)}",
         "", "## Table 1", "",
         "Preference columns: rows trained with the preference reward; T2I-CompBench columns: rows trained "
         "with the compbench reward. `–`: no score.", "",
-        markdown_table(tables["table1"]), "", "## Table 2", "",
+        markdown_table(_table_with_intervals(tables["table1"], iv, "table1", ["base", "model"]), right=cols1), "",
+        "## Table 2", "",
         "First model; `best*`: best checkpoint by training reward (baselines), `fixed`: step fixed in advance.", "",
-        markdown_table(tables["table2"]), "", "## Comparison with the paper", "",
+        markdown_table(_table_with_intervals(tables["table2"], iv, "table2", ["row"]), right=cols2), "",
+        "## Comparison with the paper", "",
         "Cells: ours (paper, Δ = ours − paper); `[x]`: the paper's reference rows (models we do not train).", "",
         "### Table 1", "", markdown_table(_wide_comparison(comparison["table1"], ["base", "model"])), "",
         "### Table 2", "", markdown_table(_wide_comparison(comparison["table2"], ["row"])), "",
-        "### Orderings", "",
-        "Per column: Kendall tau between our values and the paper's over the rows (Table 1: base, +GRPO, Ours; "
-        "Table 2: its five rows), both orderings, and whether Ours > GRPO for us and for the paper.", "",
-        *[f"- {line}" for line in _ordering_summary(comparison["ordering"])], "",
-        markdown_table(comparison["ordering"]), "", "## Stand-ins", "",
+        "### Orderings: verdicts", "", VERDICTS_TEXT, "",
+        *[f"- {line}" for line in _verdict_summary(verdicts)], "",
+        markdown_table(_verdict_table(verdicts), right=["paper Δ", "ours Δ [95% interval]"]), "",
+        "## Stand-ins", "",
         f"World: {world}. Scorer behind each column:", "",
         *[f"- {col}: `{scorer}`" for col, scorer in scorers.items()], "",
     ]
@@ -482,6 +758,9 @@ td.delta.pos{color:#15803d} td.delta.neg{color:#b91c1c}
 .g{border-left:2px solid #d1d5db}
 tr.ref td{color:#9ca3af;font-weight:400} tr.ref td.label{font-weight:400}
 tr.start td{border-top:2px solid #9ca3af}
+.ci{font-size:10px;font-weight:400;color:#6b7280}
+td.v-holds{color:#15803d;font-weight:600} td.v-contradicted{color:#b91c1c;font-weight:600}
+td.v-inconclusive{color:#92400e} td.v-na{color:#9ca3af}
 code{background:#f3f4f6;padding:0 3px;border-radius:3px}
 """
 
@@ -496,12 +775,24 @@ def _num_html(v, col: str, signed: bool = False) -> str:
     return f"{v:+.{_decimals(col)}f}" if signed else f"{v:.{_decimals(col)}f}"
 
 
+def _ci_html(lo, hi, col: str, signed: bool = False) -> str:
+    """The interval as text, "[44.10, 47.00]"; "" when there is none."""
+    if _is_nan(lo) or _is_nan(hi):
+        return ""
+    return f"[{_num_html(lo, col, signed)}, {_num_html(hi, col, signed)}]"
+
+
+NAN5 = (np.nan,) * 5
+
+
 def _comparison_rows(long: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, bool, dict]]:
-    """(key, reference_only, {column: (ours, paper, delta)}) per table row, in the long table's order."""
+    """(key, reference_only, {column: (ours, paper, delta, ours_lo, ours_hi)}) per table row, in
+    the long table's order."""
     rows = []
     for key, grp in long.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        cells = {r["column"]: (r["ours"], r["paper"], r["delta"]) for _, r in grp.iterrows()}
+        cells = {r["column"]: (r["ours"], r["paper"], r["delta"], r.get("ours_lo", np.nan), r.get("ours_hi", np.nan))
+                 for _, r in grp.iterrows()}
         rows.append((key, bool(grp["reference_only"].iloc[0]), cells))
     return rows
 
@@ -526,9 +817,11 @@ def _comparison_table_html(table_id: str, long: pd.DataFrame, keys: list[str], l
         previous = key[0]
         tds = [f'<td class="label">{e(str(key[-1]))}</td>']
         for c in cols:
-            ours, paper, delta = cells.get(c, (np.nan, np.nan, np.nan))
+            ours, paper, delta, lo, hi = cells.get(c, NAN5)
             sign = "" if math.isnan(delta) else (" pos" if delta > 0 else " neg" if delta < 0 else "")
-            tds += [f'<td class="num ours g" data-col="{e(c)}">{_num_html(ours, c)}</td>',
+            ci = _ci_html(lo, hi, c)
+            ci = f'<br><span class="ci">{ci}</span>' if ci else ""
+            tds += [f'<td class="num ours g" data-col="{e(c)}">{_num_html(ours, c)}{ci}</td>',
                     f'<td class="num paper" data-col="{e(c)}">{_num_html(paper, c)}</td>',
                     f'<td class="num delta{sign}" data-col="{e(c)}">{_num_html(delta, c, signed=True)}</td>']
         tds += [f'<td class="g">{e(t)}</td>' for t in extra_cells.get(key, [""] * len(extra_heads))]
@@ -538,34 +831,40 @@ def _comparison_table_html(table_id: str, long: pd.DataFrame, keys: list[str], l
             f'</thead><tbody>\n' + "\n".join(body) + "\n</tbody></table></div>")
 
 
-def _plain_table_html(df: pd.DataFrame, table_id: str) -> str:
+def _verdicts_table_html(verdicts: pd.DataFrame, table_id: str) -> str:
+    """One row per comparison: claim, column, the paper's difference, ours with its interval under
+    it, the verdict (coloured) and why there is none."""
     from html import escape as e
-    head = "".join(f"<th>{e(str(c))}</th>" for c in df.columns)
+    heads = ["table", "model", "claim", "column", "paper Δ", "ours Δ (95% interval)", "verdict", "note"]
     body = []
-    for row in df.itertuples(index=False):
-        cells = []
-        for v in row:
-            if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
-                cells.append(f'<td class="num">{"–" if math.isnan(v) else f"{v:+.2f}"}</td>')
-            else:
-                cells.append(f"<td>{e(_fmt(v))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="wrap"><table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n'
-            + "\n".join(body) + "\n</tbody></table></div>")
+    for _, v in verdicts.iterrows():
+        col = v["column"]
+        ci = _ci_html(v["lo"], v["hi"], col, signed=True)
+        ours = _num_html(v["ours_diff"], col, signed=True) + (f'<br><span class="ci">{ci}</span>' if ci else "")
+        cls = "v-na" if v["verdict"] == stats.NA else f"v-{v['verdict']}"
+        body.append("<tr>" + "".join([
+            f"<td>{e(v['table'])}</td>", f"<td>{e(str(v['base']))}</td>", f"<td>{e(v['claim'])}</td>",
+            f"<td>{e(col)}</td>", f'<td class="num">{_num_html(v["paper_diff"], col, signed=True)}</td>',
+            f'<td class="num">{ours}</td>', f'<td class="{cls}">{e(v["verdict"])}</td>',
+            f"<td>{e(v['note'])}</td>"]) + "</tr>")
+    return (f'<div class="wrap"><table id="{table_id}"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in heads)
+            + "</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table></div>")
 
 
 def _world_note(world: str) -> str:
     if world == "small":
         return ("The small world's scorers stand in for the paper's metrics: absolute values and the Δ "
-                "column are not comparable with the paper's; orderings are (see Orderings).")
+                "column are not comparable with the paper's; the directions of the differences are (see "
+                "Orderings: verdicts).")
     return "Δ = ours − the paper's value."
 
 
 def tables_html(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame],
                 paper_dir: str | Path = DATA_DIR) -> str:
     """A self-contained HTML page (the report's Tables page): Tables 1 and 2 with, in every column,
-    our value, the paper's and Δ = ours − paper, rows named and ordered as in the paper (Table 1
-    also shows the paper's reference models, greyed); the orderings and the stand-in scorers."""
+    our value (its 95% interval under it), the paper's and Δ = ours − paper, rows named and ordered
+    as in the paper (Table 1 also shows the paper's reference models, greyed); the verdicts on the
+    paper's comparisons and the stand-in scorers."""
     from html import escape as e
     world, scorers = _stand_ins_of(tables)
     ours2 = tables["table2"]
@@ -574,13 +873,16 @@ def tables_html(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFr
                                  str(paper2.loc[paper2["row"] == r["row"], "checkpoint"].iloc[0])
                                  if (paper2["row"] == r["row"]).any() else ""]
                    for _, r in ours2.iterrows()}
-    summary = _ordering_summary(comparison["ordering"])
+    verdicts = comparison.get("verdicts", pd.DataFrame(columns=VERDICT_COLUMNS))
+    summary = _verdict_summary(verdicts)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<title>MAR-GRPO: Tables 1 and 2 beside the paper's</title>", f"<style>{_PAGE_CSS}</style></head><body>",
         "<h1>MAR-GRPO: Tables 1 and 2 reproduced, beside the paper's</h1>",
         f"<p>World: <strong>{e(world)}</strong>. Each column: <strong>ours</strong>, the <span style=\"color:#6b7280\">"
-        f"paper's</span> value and Δ = ours − paper. {e(_world_note(world))} “–”: no value.</p>",
+        f"paper's</span> value and Δ = ours − paper; under our value, its 95% interval. {e(_world_note(world))} "
+        f"“–”: no value.</p>",
+        f"<p>{e(_intervals_text())}.{e(_no_interval_note(tables))}</p>",
         "<h2>Table 1</h2>",
         "<p>Per model: the base model, <code>+GRPO</code> (plain GRPO, best checkpoint by training reward) and "
         "<code>Ours</code> (+Sim, the step fixed in advance). Preference columns from the rows trained with the "
@@ -592,11 +894,10 @@ def tables_html(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFr
         "baselines), <code>fixed</code>: the step declared in advance.</p>",
         _comparison_table_html("table2", comparison["table2"], ["row"], "Row",
                                (["checkpoint (ours)", "checkpoint (paper)"], checkpoints)),
-        "<h2>Orderings</h2>",
-        "<p>Per column: Kendall tau between our values and the paper's over the rows (Table 1: base, +GRPO, "
-        "Ours; Table 2: its five rows), both orderings, and whether Ours &gt; GRPO for us and for the paper.</p>",
+        "<h2>Orderings: verdicts</h2>",
+        f"<p>{e(VERDICTS_TEXT)}</p>",
         "<ul>" + "".join(f"<li>{e(line)}</li>" for line in summary) + "</ul>",
-        _plain_table_html(comparison["ordering"], "ordering"),
+        _verdicts_table_html(verdicts, "verdicts"),
         "<h2>Stand-ins</h2>", f"<p>World: {e(world)}. Scorer behind each column:</p>",
         "<ul>" + "".join(f"<li>{e(c)}: <code>{e(sc)}</code></li>" for c, sc in scorers.items()) + "</ul>",
         "</body></html>", "",
@@ -606,22 +907,30 @@ def tables_html(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFr
 
 def tables_summary_html(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame]) -> str:
     """An HTML fragment for the report's landing page (inline styles only, so nothing leaks into the
-    page around it): our Tables 1 and 2 with the paper's value under each number, and the orderings."""
+    page around it): our Tables 1 and 2, each number with its 95% interval and the paper's value
+    under it, and the verdict counts."""
     from html import escape as e
     world, _ = _stand_ins_of(tables)
     cell = "padding:1px 4px;border-bottom:1px solid #e5e7eb;text-align:right;white-space:nowrap"
     head = "padding:1px 4px;text-align:center;font-weight:600;white-space:normal"
     grey = "color:#9ca3af;font-size:9px"
+    ci_style = "color:#6b7280;font-size:8px"
 
-    def numbers(ours, paper, col) -> str:
-        return f'<td style="{cell}">{_num_html(ours, col)}<br><span style="{grey}">{_num_html(paper, col)}</span></td>'
+    def numbers(ours, paper, col, lo=np.nan, hi=np.nan) -> str:
+        ci = _ci_html(lo, hi, col)
+        ci = f'<br><span style="{ci_style}">{ci}</span>' if ci else ""
+        return (f'<td style="{cell}">{_num_html(ours, col)}{ci}<br><span style="{grey}">{_num_html(paper, col)}'
+                f'</span></td>')
+
+    def _numbers(cells: dict, col: str) -> str:
+        ours, paper, _, lo, hi = cells.get(col, NAN5)
+        return numbers(ours, paper, col, lo, hi)
 
     def table(table_id: str, long: pd.DataFrame, keys: list[str], transpose: bool = False) -> str:
         """Rows as in the paper, a column per metric; ``transpose``: a row per metric, a column per
         table row, the first key (the base model) spanning its rows (Table 1 fits the page so)."""
         cols = list(dict.fromkeys(long["column"]))
         rows = [(k, c) for k, ref, c in _comparison_rows(long, keys) if not ref]
-        nan3 = (np.nan, np.nan, np.nan)
         style = "border-collapse:collapse;font-size:10px;margin:2px 0 8px;font-variant-numeric:tabular-nums"
         if transpose:
             groups = list(dict.fromkeys(k[0] for k, _ in rows))
@@ -629,26 +938,27 @@ def tables_summary_html(tables: dict[str, pd.DataFrame], comparison: dict[str, p
                 f'<th style="{head}" colspan="{sum(k[0] == g for k, _ in rows)}">{e(str(g))}</th>' for g in groups)
             sub = f'<th style="{head}"></th>' + "".join(f'<th style="{head}">{e(str(k[-1]))}</th>' for k, _ in rows)
             body = ["<tr>" + f'<td style="{cell};text-align:left;font-weight:600">{e(c)}</td>'
-                    + "".join(numbers(*cells.get(c, nan3)[:2], c) for _, cells in rows) + "</tr>" for c in cols]
+                    + "".join(_numbers(cells, c) for _, cells in rows) + "</tr>" for c in cols]
             return (f'<table id="{table_id}" style="{style}"><thead><tr>{top}</tr><tr>{sub}</tr></thead><tbody>'
                     + "".join(body) + "</tbody></table>")
         top = f'<th style="{head}"></th>' + "".join(f'<th style="{head}">{e(c)}</th>' for c in cols)
         body = ["<tr>" + f'<td style="{cell};text-align:left;font-weight:600">{e(str(key[-1]))}</td>'
-                + "".join(numbers(*cells.get(c, nan3)[:2], c) for c in cols) + "</tr>" for key, cells in rows]
+                + "".join(_numbers(cells, c) for c in cols) + "</tr>" for key, cells in rows]
         return f'<table id="{table_id}" style="{style}"><thead><tr>{top}</tr></thead><tbody>' + "".join(body) \
             + "</tbody></table>"
 
-    note = ("small world: stand-in scorers, so compare orderings, not values" if world == "small"
+    note = ("small world: stand-in scorers, so compare the verdicts, not values" if world == "small"
             else f"world: {world}")
     return "\n".join([
         '<div class="marpipe-tables-summary" style="overflow-x:auto;margin:4px 0">',
-        f'<p style="margin:2px 0"><strong>Table 1</strong> (transposed: a row per metric): ours, the paper\'s '
-        f'value in grey below ({e(note)}).</p>',
+        f'<p style="margin:2px 0"><strong>Table 1</strong> (transposed: a row per metric): ours, its 95% interval '
+        f'below, the paper\'s value in grey below that ({e(note)}).</p>',
         table("summary-table1", comparison["table1"], ["base", "model"], transpose=True),
         '<p style="margin:2px 0"><strong>Table 2</strong> (the ablation on the first model).</p>',
         table("summary-table2", comparison["table2"], ["row"]),
         '<ul style="margin:2px 0;font-size:11px">'
-        + "".join(f"<li>{e(line)}</li>" for line in _ordering_summary(comparison["ordering"])) + "</ul>",
+        + "".join(f"<li>{e(line)}</li>" for line in
+                  _verdict_summary(comparison.get("verdicts", pd.DataFrame(columns=VERDICT_COLUMNS)))) + "</ul>",
         "</div>", "",
     ])
 
@@ -661,7 +971,8 @@ def format_for_terminal(tables: dict[str, pd.DataFrame], comparison: dict[str, p
     parts = ["Table 1", text(tables["table1"]), "", "Table 2", text(tables["table2"]), "",
              f"World: {world}; scorers: " + ", ".join(f"{c}={s}" for c, s in scorers.items())]
     if comparison is not None:
-        parts += ["", "Orderings vs the paper", *_ordering_summary(comparison["ordering"])]
+        parts += ["", "Verdicts on the paper's comparisons (paired 95% intervals)",
+                  *_verdict_summary(comparison.get("verdicts", pd.DataFrame(columns=VERDICT_COLUMNS)))]
     return "\n".join(parts) + "\n"
 
 

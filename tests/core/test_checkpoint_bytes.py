@@ -235,3 +235,19 @@ def test_selected_weights_and_selection_json_are_byte_identical(runs, tmp_path):
         assert info["checkpoint"] == f"checkpoints/step-{info['step']:06d}.safetensors"
         assert info["weights_sha256"] == made["A"][0]
         assert str(runs["root"]) not in (tmp_path / f"{variant}-A.json").read_text()
+
+
+def test_a_score_record_sent_twice_is_one_point_per_checkpoint(tmp_path):
+    """``log_scores`` (evaluate, and mlflow-sync's replay): the evaluated checkpoint's step keys each point."""
+    from mlflow.tracking import MlflowClient
+    from marpipe import experiment as E
+    from marpipe.stages.evaluate import log_scores
+    from tests.pipeline_config import shrunk_config
+    exp = E.load(shrunk_config())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    record = {"model": "tiny-nova", "row": "hps-sim", "reward": "hps", "variant": "sim", "suite": "preference",
+              "scores": {"HPS": 21.5}, "checkpoint": {"step": 12, "rule": "fixed"}}
+    assert log_scores(exp, record, tracking_uri=uri) and log_scores(exp, record, tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name(exp.cfg["experiment"]).experiment_id])[0]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval.preference.HPS")] == [(12, 21.5)]

@@ -71,7 +71,9 @@ def test_landing_page_shows_table1_and_table2(chromium, report, tmp_path):
     for j, line in t1.iterrows():
         for col in cols:
             ours, theirs = fmt(line[col], col), fmt(paper.loc[(line["base"], line["model"]), col], col)
-            assert rows[col][j] == f"{ours} {theirs}", (line["base"], line["model"], col)
+            # ours [95% interval] (stats.bootstrap_mean), then the paper's value
+            assert re.fullmatch(rf"{re.escape(ours)} \[\S+, \S+\] {re.escape(theirs)}", rows[col][j]), \
+                (line["base"], line["model"], col, rows[col][j])
     t2 = pd.read_csv(report["repo"] / "results/tables/table2.csv")
     cells = table_cells(dom, "summary-table2")
     assert [r[0] for r in cells[1:]] == list(t2["row"])
@@ -90,7 +92,8 @@ def test_tables_page_shows_ours_paper_and_delta(chromium, report, tmp_path):
     assert [r[0] for r in rows] == list(T.read_paper_tables()["table1"]["model"])   # named as in the paper
     ours = t1[(t1["base"] == "NOVA") & (t1["model"] == "Ours")].iloc[0]
     line = next(r for r in rows if r[0] == "Ours")                                  # NOVA's block comes first
-    assert line[1:4] == [fmt(ours["HPS"], "HPS"), "29.35", f"{ours['HPS'] - 29.35:+.2f}"]
+    assert [line[1].split(" [")[0], *line[2:4]] == [fmt(ours["HPS"], "HPS"), "29.35", f"{ours['HPS'] - 29.35:+.2f}"]
+    assert re.fullmatch(r"\S+ \[\S+, \S+\]", line[1]), line[1]          # with its 95% interval
     assert "Orderings" in dom and "Stand-ins" in dom
 
 

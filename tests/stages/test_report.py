@@ -160,6 +160,13 @@ def fmt(v: float, col: str, signed: bool = False) -> str:
     return f"{v:+.{d}f}" if signed else f"{v:.{d}f}"
 
 
+def with_ci(intervals: pd.DataFrame, table: str, base: str, row: str, col: str) -> str:
+    """What a cell of ours shows: the value, its 95% interval under it ("v [lo, hi]" once parsed)."""
+    line = intervals[(intervals["table"] == table) & (intervals["base"] == base) & (intervals["row"] == row)
+                     & (intervals["column"] == col)].iloc[0]
+    return f"{fmt(line['value'], col)} [{fmt(line['lo'], col)}, {fmt(line['hi'], col)}]"
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class Category:
     """What the captions see of a report category (Jinja sorts them: ``categories|dictsort``)."""
@@ -257,13 +264,16 @@ def test_tables_html_has_ours_the_papers_values_and_deltas(tmp_path):
             if col == "Complex":                                  # no score: nothing filled in
                 assert o == "–" and d == "–"
                 continue
-            assert o == fmt(ours[col], col) and p == fmt(float(ref[col].iloc[0]), col)
+            assert o == with_ci(tabs["intervals"], "table1", ours["base"], ours["model"], col)
+            assert o.startswith(fmt(ours[col], col) + " [") and p == fmt(float(ref[col].iloc[0]), col)
             assert d == fmt(ours[col] - float(ref[col].iloc[0]), col, signed=True)
     sd3 = by_name[("SD3", "SD3")]                                 # the paper's reference rows: paper only
     assert sd3[1:4] == ["–", "30.22", "–"]
     # one spot check by hand: NOVA "Ours" HPS beside the paper's 29.35
     nova_ours = tabs["table1"].query("base == 'NOVA' and model == 'Ours'").iloc[0]
-    assert by_name[("NOVA", "Ours")][1:4] == [f"{nova_ours['HPS']:.2f}", "29.35", f"{nova_ours['HPS'] - 29.35:+.2f}"]
+    assert by_name[("NOVA", "Ours")][1:4] == [with_ci(tabs["intervals"], "table1", "NOVA", "Ours", "HPS"), "29.35",
+                                             f"{nova_ours['HPS'] - 29.35:+.2f}"]
+    assert by_name[("NOVA", "Ours")][1].startswith(f"{nova_ours['HPS']:.2f} [")
 
     t2 = table_cells(page, "table2")
     assert t2[0] == ["Row", "HPS", "Aesthetic", "Shape", "Texture", "2d-spatial", "checkpoint (ours)",
@@ -271,10 +281,19 @@ def test_tables_html_has_ours_the_papers_values_and_deltas(tmp_path):
     assert [r[0] for r in t2[2:]] == ["NOVA", "GRPO", "+Fix Decoder", "+MTE", "+Sim (Ours)"]
     mte = t2[2:][3]
     ours_mte = tabs["table2"].set_index("row").loc["+MTE"]
-    assert mte[7:10] == [fmt(ours_mte["Shape"], "Shape"), "0.5752", fmt(ours_mte["Shape"] - 0.5752, "Shape", True)]
+    assert mte[7:10] == [with_ci(tabs["intervals"], "table2", "NOVA", "+MTE", "Shape"), "0.5752",
+                         fmt(ours_mte["Shape"] - 0.5752, "Shape", True)]
     assert mte[-2:] == ["fixed (step 30)", "fixed"]
-    assert "table1 NOVA: Ours &gt; GRPO in 10/10 columns" in page           # the orderings
-    assert table_cells(page, "ordering")[0][:3] == ["table", "base", "column"]
+    # the orderings: a verdict per comparison the paper makes, and the counts
+    assert ("table1 NOVA: Ours &gt; +GRPO: holds in 10, inconclusive in 0, contradicted in 0 of 10 columns; "
+            "no verdict in 1 (no score)") in page
+    verdicts = table_cells(page, "verdicts")
+    assert verdicts[0] == ["table", "model", "claim", "column", "paper Δ", "ours Δ (95% interval)", "verdict", "note"]
+    v = cmp_["verdicts"]
+    assert len(verdicts) == 1 + len(v)
+    line = next(r for r in verdicts[1:] if r[:4] == ["table2", "NOVA", "GRPO < NOVA", "Aesthetic"])
+    row = v[(v["table"] == "table2") & (v["a"] == "GRPO") & (v["column"] == "Aesthetic")].iloc[0]
+    assert line[4:] == ["-0.01", f"{row['ours_diff']:+.2f} [{row['lo']:+.2f}, {row['hi']:+.2f}]", "contradicted", ""]
 
 
 def test_landing_summary_has_both_tables(tmp_path):
@@ -283,12 +302,12 @@ def test_landing_summary_has_both_tables(tmp_path):
     assert "<style" not in frag and "<html" not in frag            # a fragment with inline styles only
     t1 = table_cells(frag, "summary-table1")                      # transposed: a row per metric
     assert t1[0] == ["", "NOVA", "Harmon"] and t1[1] == ["", "NOVA", "+GRPO", "Ours", "Harmon", "+GRPO", "Ours"]
-    hps = dict(zip(t1[1][1:], t1[2][1:4]))                        # NOVA's three rows: "ours paper"
-    ours = tabs["table1"].set_index(["base", "model"])
-    assert t1[2][0] == "HPS" and hps["Ours"] == f"{ours.loc[('NOVA', 'Ours'), 'HPS']:.2f} 29.35"
+    hps = dict(zip(t1[1][1:], t1[2][1:4]))                        # NOVA's three rows: "ours [lo, hi] paper"
+    assert t1[2][0] == "HPS" and hps["Ours"] == with_ci(tabs["intervals"], "table1", "NOVA", "Ours", "HPS") + " 29.35"
     assert [r[0] for r in t1[2:]] == list(tabs["table1"].columns[2:])
     t2 = table_cells(frag, "summary-table2")
     assert [r[0] for r in t2[1:]] == ["NOVA", "GRPO", "+Fix Decoder", "+MTE", "+Sim (Ours)"]
+    assert "Ours &gt; +GRPO: holds in 11, inconclusive in 0, contradicted in 0 of 11 columns" in frag
 
 
 def test_html_is_byte_identical_on_rerun(tmp_path):
@@ -335,9 +354,11 @@ def test_report_shows_the_tables_and_a_caption_per_figure(built):
         assert "System Message" not in text and "system-message" not in text, text[:2000]
     # the landing page: Table 1's numbers (ours and the paper's) and Table 2's, and "best*" intact
     t1 = pd.read_csv(repo / "results/tables/table1.csv")
+    intervals = pd.read_csv(repo / "results/tables/intervals.csv")
     cells = table_cells(landing, "summary-table1")
     nova_hps = cells[2][1:4]
-    assert cells[2][0] == "HPS" and nova_hps[2] == f"{t1.loc[2, 'HPS']:.2f} 29.35"
+    assert cells[2][0] == "HPS" and nova_hps[2] == with_ci(intervals, "table1", "NOVA", "Ours", "HPS") + " 29.35"
+    assert nova_hps[2].startswith(f"{t1.loc[2, 'HPS']:.2f} [")
     assert "summary-table2" in landing and "best*" in landing
     # Tables: the HTML page (shown inline by the report) beside the CSV downloads
     assert any("results/tables/tables.html" in paths for paths in categories["Tables"].values())

@@ -1,4 +1,9 @@
-"""Tables 1-2: layout, NaN for missing cells, MLflow == files, byte-identical reruns, comparison with the paper."""
+"""Tables 1-2: layout, NaN for missing cells, MLflow == files, byte-identical reruns, comparison with the paper.
+
+The fake score files carry per-image values as the evaluate stage writes them (``per_image``,
+``strata``): every row of a suite on the same prompts, a large per-prompt effect shared by all
+rows (as for rows sampled with the same seeds), a small row effect (+0.01 per variant rank) and
+a little per-row noise."""
 from __future__ import annotations
 
 import json
@@ -8,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from marpipe import experiment
+import numpy as np
+
+from marpipe import experiment, stats
 from marpipe.stages import tables as T
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,11 +29,37 @@ def exp():
     return experiment.load(ROOT / "config" / "small.yaml")
 
 
-def _value(model: str, row: str, suite: str, col: str) -> float:
-    """Deterministic fake scores: Ours > GRPO > base in every column (as in most of the paper's)."""
+STYLES = ("anime", "concept-art", "paintings", "photo")
+N_PREF, IPP_PREF, N_COMP = 16, 2, 8          # preference: 16 prompts (4 per style) x 2 images; compbench: 8 x 1
+
+
+def _center(model: str, row: str, col: str) -> float:
+    """Deterministic fake cell centres: Ours > GRPO > base in every column (as in most of the paper's)."""
     rank = {"base": 0, "grpo": 1, "fix_decoder": 2, "mte": 3, "sim": 4}[row.split("-")[-1]]
     salt = (sum(map(ord, model + col)) % 97) / 97
     return round(1.0 + salt + 0.01 * rank + (20.0 if col == "HPS" else 0.0), 6) + 1e-9 * rank
+
+
+def _prompt_index(suite: str, col: str) -> list[int]:
+    """The canonical order: prompts in the suite's order, images_per_prompt consecutive images each."""
+    if suite == "preference":
+        return [p for p in range(N_PREF) for _ in range(IPP_PREF)]
+    j = COMP.index(col)
+    return list(range(j * N_COMP, (j + 1) * N_COMP))
+
+
+def per_image_values(model: str, row: str, suite: str, col: str) -> list[float]:
+    """Centre + a per-image effect shared by every row of the model (same prompts, same seeds,
+    sd 0.5) + a little noise of the row's own (sd 0.001)."""
+    n = len(_prompt_index(suite, col))
+    shared = np.random.default_rng(sum(map(ord, model + col))).normal(0.0, 0.5, n)
+    own = np.random.default_rng(sum(map(ord, model + row + col)) + 7919).normal(0.0, 0.001, n)
+    return (_center(model, row, col) + shared + own).tolist()
+
+
+def _value(model: str, row: str, suite: str, col: str) -> float:
+    """The cell the tables print: the mean over the column's images."""
+    return stats.cell_estimate(per_image_values(model, row, suite, col))
 
 
 def _scorers(exp, suite: str) -> dict[str, str]:
@@ -41,9 +74,13 @@ def _score_file(exp, model, reward, variant, suite, skip=()) -> dict:
     d = {"model": model, "label": exp.label(model), "row": row, "reward": reward, "variant": variant,
          "suite": suite, "scores": {c: _value(model, row, suite, c) for c in cols if c not in skip},
          "n_images": 32, "checkpoint": {"step": 0 if reward is None else STEP[variant], "rule": rule},
-         "scorer_for": _scorers(exp, suite), "world": "small"}
+         "scorer_for": _scorers(exp, suite), "world": "small",
+         "per_image": {c: {"prompt_index": _prompt_index(suite, c), "value": per_image_values(model, row, suite, c)}
+                       for c in cols if c not in skip},
+         "strata": None}
     if suite == "preference":
         d["per_style"] = {"HPS": {"light": 22.0, "dark": 23.0}}
+        d["strata"] = {"by": "style", "of_prompt": [STYLES[p % 4] for p in range(N_PREF)]}
     return d
 
 
@@ -152,16 +189,25 @@ def test_mlflow_gives_identical_tables(exp, tmp_path):
     log_to_mlflow(exp, files, uri)
     from_files = T.build_tables(exp, T.score_records_from_files(files))
     from_mlflow = T.build_tables(exp, T.score_records_from_mlflow(exp, tracking_uri=uri))
-    assert set(from_files) == {"table1", "table2", "stand_ins"}
+    assert set(from_files) == {"table1", "table2", "stand_ins", "intervals", "differences"}
     for name in ("table1", "table2", "stand_ins"):
         pd.testing.assert_frame_equal(from_files[name], from_mlflow[name])
-    # and the written files are identical too
+    # MLflow holds means only: the same values, no interval
+    iv_f, iv_m = from_files["intervals"], from_mlflow["intervals"]
+    pd.testing.assert_frame_equal(iv_f[["table", "base", "row", "column", "value"]],
+                                  iv_m[["table", "base", "row", "column", "value"]])
+    assert iv_f.loc[iv_f["value"].notna(), "lo"].notna().all() and iv_m["lo"].isna().all()
+    pd.testing.assert_series_equal(from_files["differences"]["ours_diff"], from_mlflow["differences"]["ours_diff"])
+    assert set(from_mlflow["differences"]["note"]) <= {"no per-image values", "no score"}
+    # and the written tables are identical too (point values); MLflow's verdicts are all "no verdict"
     a, b = tmp_path / "a", tmp_path / "b"
     for out, tabs in ((a, from_files), (b, from_mlflow)):
         T.write_tables(tabs, T.compare_with_paper(tabs), out)
-    for name in ("table1.csv", "table2.csv", "table1_vs_paper.csv", "table2_vs_paper.csv", "ordering_vs_paper.csv",
-                 "tables.md"):
+    for name in ("table1.csv", "table2.csv", "ordering_vs_paper.csv"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert set(pd.read_csv(b / "verdicts_vs_paper.csv")["verdict"]) == {"no verdict"}
+    assert "No cell has an interval" in (b / "tables.md").read_text()
+    assert "No cell has an interval" not in (a / "tables.md").read_text()
     with pytest.raises(LookupError, match="not found"):
         T.score_records_from_mlflow(experiment.Experiment({**exp.cfg, "experiment": "nope"}), tracking_uri=uri)
 
@@ -174,8 +220,9 @@ def test_written_files_byte_identical_on_rerun(exp, tmp_path):
         T.write_tables(tabs, T.compare_with_paper(tabs), tmp_path / run)
         outs.append(tmp_path / run)
     names = sorted(p.name for p in outs[0].iterdir())
-    assert names == ["ordering_vs_paper.csv", "table1.csv", "table1_vs_paper.csv", "table2.csv",
-                     "table2_vs_paper.csv", "tables.html", "tables.md", "tables_summary.html"]
+    assert names == ["intervals.csv", "ordering_vs_paper.csv", "table1.csv", "table1_vs_paper.csv", "table2.csv",
+                     "table2_vs_paper.csv", "tables.html", "tables.md", "tables_summary.html",
+                     "verdicts_vs_paper.csv"]
     for n in names:
         assert (outs[0] / n).read_bytes() == (outs[1] / n).read_bytes(), n
     t1 = (outs[0] / "table1.csv").read_text().splitlines()
@@ -186,6 +233,16 @@ def test_written_files_byte_identical_on_rerun(exp, tmp_path):
     assert "## Stand-ins" in md and "- HPS: `world_hps`" in md and "- Color: `world_compbench`" in md
     assert "World: **small**" in md
     assert "SD3" in md and "+Sim (Ours)" in md
+    # intervals: long format beside the unchanged tables; md cells "value [lo, hi]"
+    iv = pd.read_csv(outs[0] / "intervals.csv")
+    assert list(iv.columns) == ["table", "base", "row", "column", "value", "lo", "hi", "n_prompts", "n_images"]
+    assert len(iv) == 6 * 11 + 5 * 5
+    hps = iv[(iv["table"] == "table1") & (iv["base"] == "NOVA") & (iv["row"] == "Ours") & (iv["column"] == "HPS")]
+    v, lo, hi = hps[["value", "lo", "hi"]].iloc[0]
+    assert lo < v < hi and hps["n_prompts"].iloc[0] == 16 and hps["n_images"].iloc[0] == 32
+    assert f"| {v:.4f} [{lo:.4f}, {hi:.4f}] |" in md
+    complex_ = iv[iv["column"] == "Complex"]
+    assert complex_[["value", "lo", "hi"]].isna().all().all()      # no score: no interval either
 
 
 def test_compare_with_paper(exp, tmp_path):
@@ -217,8 +274,26 @@ def test_compare_with_paper(exp, tmp_path):
     # paper NOVA ImageReward: +GRPO 0.38 < NOVA 0.44 < Ours 0.64 vs ours base < GRPO < Ours: tau 1/3
     assert n1.loc["ImageReward", "kendall_tau"] == pytest.approx(1 / 3)
     assert (order["agrees"] == "yes").all()
+    # verdicts: Table 1 Ours vs +GRPO per model and column, Table 2 each row vs the one above
+    v = cmp_["verdicts"]
+    assert list(v.columns) == T.VERDICT_COLUMNS and len(v) == 2 * 11 + 4 * 5
+    v1 = v[(v["table"] == "table1") & (v["base"] == "NOVA")].set_index("column")
+    assert (v1["claim"] == "Ours > +GRPO").all() and (v1["verdict"] == "holds").all()
+    assert v1.loc["HPS", "paper_diff"] == pytest.approx(29.35 - 27.57)
+    assert v1.loc["HPS", "ours_diff"] == pytest.approx(0.03, abs=1e-3)         # sim (rank 4) - grpo (rank 1)
+    assert v1.loc["HPS", "lo"] > 0 and v1.loc["HPS", "n_prompts"] == 16
+    v2 = v[v["table"] == "table2"]
+    assert list(dict.fromkeys(v2["claim"])) == ["GRPO > NOVA", "GRPO < NOVA", "+Fix Decoder > GRPO",
+                                                 "+MTE > +Fix Decoder", "+Sim (Ours) > +MTE"]
+    first = v2[(v2["a"] == "GRPO")].set_index("column")
+    # the paper: GRPO below the base in Aesthetic, Shape, Texture; our fake GRPO is above everywhere
+    assert list(first["verdict"]) == ["holds", "contradicted", "contradicted", "contradicted", "holds"]
+    assert (v2[v2["a"] != "GRPO"]["verdict"] == "holds").all()
     text = T.format_for_terminal(tabs, cmp_)
-    assert "Table 1" in text and "Ours > GRPO in 11/11 columns" in text
+    assert "Table 1" in text
+    assert "table1 NOVA: Ours > +GRPO: holds in 11, inconclusive in 0, contradicted in 0 of 11 columns" in text
+    assert ("table2 NOVA: GRPO vs NOVA (the paper's direction per column): holds in 2, inconclusive in 0, "
+            "contradicted in 3 of 5 columns") in text
 
 
 def test_kendall_tau():
