@@ -102,26 +102,39 @@ def _dvc(*args: str, cwd: Path) -> str:
 
 def dvc_version(exp: Experiment, paths: list[str], out: str | Path, remote: str | None = None,
                 repo: str | Path = ".") -> dict:
-    """``dvc add`` the artifact folders (writing ``<path>.dvc`` files to commit to git) and push
-    them to the remote (config ``dvc.remote`` or ``$MARPIPE_DVC_REMOTE``)."""
+    """``dvc add`` the given folders and files (each gets a ``<path>.dvc`` pointer), then ``out``
+    itself (the record of the pointers: ``<out>.dvc``), and push them all to the remote (config
+    ``dvc.remote`` or ``$MARPIPE_DVC_REMOTE``, set as this clone's default in ``.dvc/config.local``).
+
+    ``paths`` should cover every output of the DAG (``resources/`` and ``results/...``), so that a
+    ``dvc pull`` into a fresh clone leaves no job with a missing output (see the README, "Audit with
+    DVC"). The pointers are committed only together with the address of a remote that holds them
+    (``dvc remote add -d marpipe <url>`` into ``.dvc/config``)."""
     repo = Path(repo).resolve()
     if not (repo / ".dvc").is_dir():
         _dvc("init", "--subdir" if not (repo / ".git").exists() else "-q", cwd=repo)
     remote = remote or exp.cfg["dvc"].get("remote") or os.environ.get("MARPIPE_DVC_REMOTE")
+    push = bool(remote and exp.cfg["dvc"].get("push", True))
     present = [p for p in paths if Path(repo, p).exists()]
     _dvc("add", "-q", *present, cwd=repo)
-    pushed = False
-    if remote and exp.cfg["dvc"].get("push", True):
+    pointers = {p: read_pointer(Path(repo, f"{p}.dvc")) for p in present}
+    info = {"remote": remote, "pushed": push, "pointers": pointers}
+    write_json(out, info)
+    versioned = list(present)
+    out_abs = Path(out).resolve()
+    if out_abs.is_relative_to(repo):       # the record too: a pulled clone has every output of the DAG
+        versioned.append(out_abs.relative_to(repo).as_posix())
+        _dvc("add", "-q", versioned[-1], cwd=repo)
+    dvc_files = [f"{p}.dvc" for p in versioned]
+    if push:
         Path(remote).mkdir(parents=True, exist_ok=True) if "://" not in remote else None
         _dvc("remote", "add", "--local", "-f", "-d", "marpipe", remote, cwd=repo)
-        _dvc("push", "-q", *[f"{p}.dvc" for p in present], cwd=repo)
-        pushed = True
-    pointers = {p: read_pointer(Path(repo, f"{p}.dvc")) for p in present}
-    info = {"remote": remote, "pushed": pushed, "pointers": pointers}
-    write_json(out, info)
-    print(f"[marpipe] DVC: {len(present)} artifact folders versioned"
-          + (f", pushed to {remote}" if pushed else " (no remote set: not pushed)")
-          + f"; commit them with: git add {' '.join(f'{p}.dvc' for p in present)}")
+        _dvc("push", "-q", *dvc_files, cwd=repo)
+    print(f"[marpipe] DVC: {len(versioned)} paths versioned"
+          + (f", pushed to {remote}; commit the pointers together with the remote's address (as others "
+             f"reach it): dvc remote add -f -d marpipe {remote} && git add .dvc/config {' '.join(dvc_files)}"
+             if push
+             else " (no remote set: not pushed, so do not commit the pointers)"))
     return info
 
 
