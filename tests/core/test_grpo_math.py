@@ -130,3 +130,142 @@ def test_config_rejects_unknown_key_and_mte_without_fix_decoder():
         GRPOConfig.from_dict({"topk": 0.3})
     with pytest.raises(ConfigError, match="fix_decoder"):
         GRPOConfig(mte=True)
+
+
+# --- pinned by mutation testing (`make mutation`): each test kills mutants that survived ----------
+@pytest.mark.parametrize("ratio,adv,loss,clipped", [
+    # PPO-clip written out, eps = 0.2: loss = -min(r A, clip(r, 0.8, 1.2) A)
+    (1.5, 2.0, -2.4, 1.0),     # r > 1 + eps, A > 0: the clip binds, -(1.2 * 2)
+    (1.5, -1.0, 1.5, 0.0),     # r > 1 + eps, A < 0: min picks r A = -1.5, no clip
+    (0.5, -1.0, 0.8, 1.0),     # r < 1 - eps, A < 0: the clip binds, -(0.8 * -1)
+    (0.5, 2.0, -1.0, 0.0),     # r < 1 - eps, A > 0: min picks r A = 1.0, no clip
+    (1.1, 3.0, -3.3, 0.0),     # inside the trust region: r A
+    (0.9, -3.0, 2.7, 0.0),
+    (1.5, 0.0, 0.0, 0.0),      # zero advantage: nothing, never "clipped"
+])
+def test_off_policy_clipped_loss_by_hand(ratio, adv, loss, clipped):
+    """An off-policy transition (r = pi / pi_old != 1) against the PPO-clip formula, each value
+    derived by hand; the ratio comes from log-probs as Eq. 13 gives it."""
+    old = torch.tensor([-2.0], dtype=torch.float64)
+    r = grpo.importance_ratio(old + math.log(ratio), old)
+    assert float(r) == pytest.approx(ratio, rel=1e-12)
+    eps = 0.2
+    formula = -min(ratio * adv, min(max(ratio, 1 - eps), 1 + eps) * adv)
+    assert formula == pytest.approx(loss, abs=1e-12)
+    got, flag = grpo.clipped_policy_loss(r, torch.tensor([adv], dtype=torch.float64), eps)
+    assert float(got) == pytest.approx(loss, rel=1e-12, abs=1e-12)
+    assert float(flag) == clipped
+    # the gradient flows only where the clip does not bind (d loss / d r = -A there)
+    rg = r.clone().requires_grad_(True)
+    grpo.clipped_policy_loss(rg, torch.tensor([adv], dtype=torch.float64), eps)[0].sum().backward()
+    assert float(rg.grad) == pytest.approx(0.0 if clipped else -adv, abs=1e-12)
+
+
+def test_importance_ratio_uses_the_old_log_prob():
+    """r = exp(log p - log p_old) with both non-zero (log p_old = 0 hides its sign)."""
+    r = grpo.importance_ratio(torch.tensor([-1.0, 0.3]), torch.tensor([-1.5, 0.5]))
+    torch.testing.assert_close(r, torch.tensor([math.exp(0.5), math.exp(-0.2)]))
+
+
+def test_group_advantages_of_pairs_and_singletons():
+    """G = 2 by hand: rewards 1, 3: mean 2, sample std sqrt(2): A = -+1 / (sqrt 2 + 1e-4);
+    G = 1: no group to compare with, zero advantage (the sample std of one value is NaN)."""
+    a = grpo.group_advantages(torch.tensor([1.0, 3.0, 5.0, 5.0]), 2)
+    d = 1 / (math.sqrt(2) + 1e-4)
+    torch.testing.assert_close(a, torch.tensor([-d, d, 0.0, 0.0]))
+    one = grpo.group_advantages(torch.tensor([0.2, 0.9, -1.0]), 1)
+    assert one.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_reduce_channels_and_units_on_batched_tokens():
+    """[J, B, C] values (not only [R, C]) keep their leading dims; as_units with N != C."""
+    v = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)          # C = 4
+    s = grpo.reduce_channels(v, "sum", 2)
+    assert s.shape == (2, 3, 2)
+    assert s[1, 2].tolist() == [20.0 + 21.0, 22.0 + 23.0]
+    assert grpo.reduce_channels(v, "mean", 1)[0, 1].tolist() == [(4 + 5 + 6 + 7) / 4]
+    with pytest.raises(ValueError, match="reduction 'max': use 'sum' or 'mean'"):
+        grpo.reduce_channels(v, "max")
+    x = torch.arange(3 * 4, dtype=torch.float32).reshape(1, 3, 4)             # N = 3 tokens, C = 4
+    u = grpo.as_units(x, 2)
+    assert u.shape == (1, 6, 2) and u[0, 1].tolist() == [2.0, 3.0] and u[0, 2].tolist() == [4.0, 5.0]
+    m = torch.tensor([[True, False, True]])
+    assert grpo.mask_units(m, 2).tolist() == [[True, True, False, False, True, True]]
+    assert grpo.mask_units(m, 1).tolist() == m.tolist()
+
+
+def test_degenerate_marks_a_variance_at_the_floor_per_transition():
+    """True where any channel's variance is <= 1.1 floor (boundary included); per transition of a
+    [.., T, C] tensor."""
+    floor = 1e-12
+    at = math.log(1.1 * floor)
+    lv = torch.tensor([[[0.0, at], [0.0, math.log(1.5 * floor)]],
+                       [[math.log(floor), -1.0], [-20.0, 0.0]]], dtype=torch.float64)
+    assert grpo.degenerate(lv, floor).tolist() == [[True, False], [True, False]]
+
+
+def test_masked_mean_of_a_single_unit():
+    v = torch.tensor([[4.0, 100.0, 2.0], [6.0, 1.0, 1.0]])
+    m = torch.tensor([[True, False, False], [True, False, True]])
+    torch.testing.assert_close(grpo.masked_mean(v, m), torch.tensor([4.0, 3.5]))
+
+
+def test_top_k_mask_breaks_ties_by_position():
+    """Equal uncertainties: the first tokens win, whatever the sort backend (a stable sort; 20
+    tokens, above the size where torch's unstable CPU sort reorders ties)."""
+    u = torch.full((1, 20), 0.5)
+    u[0, 7] = 0.9
+    every = torch.ones_like(u, dtype=torch.bool)
+    m = grpo.top_k_mask(u, every, 0.25)                                      # round(5)
+    assert m[0].nonzero()[:, 0].tolist() == [0, 1, 2, 3, 7]
+    with pytest.raises(ValueError, match="top-k count 'ceil': use 'round' or 'floor'"):
+        grpo.top_k_mask(u, every, 0.25, "ceil")
+
+
+def test_top_k_random_extras_are_candidates_and_draw_nothing_when_off():
+    """extra_random draws among the candidates only (2 of the 3 candidates of a 6-token row);
+    with extra_random = 0 the generator is left untouched. Rows of a [P, B, N] batch each get theirs."""
+    u = torch.zeros(1, 6)
+    cand = torch.tensor([[False, True, False, True, True, False]])
+    g = torch.Generator().manual_seed(5)
+    m = grpo.top_k_mask(u, cand, 0.0, extra_random=2, generator=g)
+    assert int(m.sum()) == 2 and not (m & ~cand).any()
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    assert not grpo.top_k_mask(u, cand, 0.0, extra_random=0, generator=g).any()
+    assert torch.equal(g.get_state(), state)
+    u3 = torch.zeros(2, 1, 5)                                                 # [P, B, N]: 1 row per batch
+    m3 = grpo.top_k_mask(u3, torch.ones_like(u3, dtype=torch.bool), 0.0, extra_random=2,
+                         generator=torch.Generator().manual_seed(0))
+    assert m3.sum(-1).tolist() == [[2], [2]]
+
+
+def test_helpers_keep_the_callers_device():
+    """Tensors made inside follow the input's device (the meta device stands in for a GPU)."""
+    u = torch.zeros(2, 5, device="meta")
+    cand = torch.ones(2, 5, dtype=torch.bool, device="meta")
+    m = grpo.top_k_mask(u, cand, 0.4, extra_random=1, generator=torch.Generator().manual_seed(0))
+    assert m.device.type == "meta"
+
+
+@pytest.mark.parametrize("fn", [grpo.cosine_mask_counts, grpo.nova_mask_counts, grpo.harmon_mask_counts])
+def test_mask_schedules_of_one_step_and_bad_step_counts(fn):
+    assert fn(4, 1) == [4]
+    with pytest.raises(ValueError, match=r"ar_steps=0 must be"):
+        fn(4, 0)
+    if fn is not grpo.nova_mask_counts:                                       # NOVA allows K > N
+        with pytest.raises(ValueError, match=r"^ar_steps=5 must be in \[1, num_tokens=4\]$"):
+            fn(4, 5)
+    else:
+        with pytest.raises(ValueError, match=r"^ar_steps=0 must be >= 1$"):
+            fn(4, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_top_k_mask_runs_on_cuda():
+    """On a GPU (the meta device does not check scatter's source device): ranks made on CUDA."""
+    u = torch.tensor([[0.9, 0.1, 0.8, 0.7, 0.2, 0.95]], device="cuda")
+    cand = torch.tensor([[True, True, True, True, True, False]], device="cuda")
+    m = grpo.top_k_mask(u, cand, 0.4, extra_random=1, generator=torch.Generator().manual_seed(0))
+    assert m.device.type == "cuda" and bool(m[0, 0] & m[0, 2]) and not m[0, 5] and int(m.sum()) in (2, 3)

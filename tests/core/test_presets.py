@@ -552,3 +552,142 @@ def test_reward_rise_bench_takes_the_preset_and_reports_kl_and_gradient_curves(t
         assert all(math.isfinite(x) for v in c.values() for x in v)
     args = build_parser().parse_args(["bench", "reward-rise", "--preset", "reference"])
     assert args.preset == "reference"
+
+
+# --- off-policy: the ratio path of `ratio: rollout` with the clip active --------------------------
+@pytest.mark.parametrize("ratio,logp_reduction", [(1.5, "sum"), (0.5, "sum"), (1.5, "mean")])
+def test_off_policy_loss_is_the_ppo_clip_formula_by_hand(ratio, logp_reduction):
+    """pi_old recorded lower (higher) than pi_theta by a known factor: the rollout's old log-probs
+    shifted by -log r make every token's ratio r (Eq. 13) with theta unchanged. Per image the token
+    term is then -min(r A, clip(r, 0.8, 1.2) A) (Eq. 3): r = 1.5 clips the images with A > 0
+    (-1.2 A), r = 0.5 those with A < 0 (-0.8 A); the others get -r A. Paper preset, beta = 0: the
+    loss is the mean of these over the images (every (step, head step, image) has loss tokens).
+    The clipped images add no gradient: zeroing their advantage leaves the gradient as it is."""
+    m, ro = make(S=1)
+    C = ro.x_t.shape[-1]             # logp_reduction mean: log r = mean_c new - old / C (old: the sum)
+    shift = math.log(ratio) * (C if logp_reduction == "mean" else 1)
+    ro.old_log_prob = ro.old_log_prob - shift * ro.predicted[:, None, None]
+    cfg = GRPOConfig(preset="paper", beta=0.0, group_size=4, prompts_per_step=2, logp_reduction=logp_reduction)
+    out, grads = loss_and_grads(m, ro, cfg)
+    by_hand, clipped = [], []
+    for a in ADV.tolist():
+        unclipped, clip = ratio * a, min(max(ratio, 0.8), 1.2) * a
+        by_hand.append(-min(unclipped, clip))
+        clipped.append(clip < unclipped)
+    assert any(clipped) and not all(clipped)
+    assert out.stats["loss"] == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-4)
+    assert out.stats["ratio_mean"] == pytest.approx(ratio, rel=1e-4)
+    assert out.stats["clip_frac"] == pytest.approx(sum(clipped) / len(clipped))
+    kept = torch.where(torch.tensor(clipped), torch.zeros_like(ADV), ADV)
+    _, grads_kept = loss_and_grads(m, ro, cfg, adv=kept)
+    for x, y in zip(grads, grads_kept):
+        torch.testing.assert_close(x, y)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+
+@pytest.mark.parametrize("variance,expected", [("own", "all"), ("rollout", "rollout_only")])
+def test_off_policy_extras_of_scope_step_use_their_recorded_log_prob(variance, expected):
+    """MTE of scope "step" (S = 2, every token averaged: top_k 1): the extras' old log-probs are
+    recorded, so shifting every trajectory's by -log 1.5 gives each the ratio 1.5 and the token term
+    -min(1.5 A, 1.2 A) (mte_variance own); with the rollout's variance (mte_variance rollout) the
+    extras have no recorded density and count on-policy: (-min(1.5 A, 1.2 A) - A) / 2."""
+    m, ro = make(S=2, scope="step", guided=True)
+    ro.old_log_prob = ro.old_log_prob - math.log(1.5) * ro.predicted[:, None, None]
+    cfg = GRPOConfig(preset="paper", beta=0.0, group_size=4, prompts_per_step=2, fix_decoder=True, mte=True,
+                     S=2, top_k=1.0, mte_variance=variance)
+    out = mar_grpo_loss(m, ro, ADV, cfg)
+    own = [-min(1.5 * a, 1.2 * a) for a in ADV.tolist()]
+    per_image = own if expected == "all" else [(o - a) / 2 for o, a in zip(own, ADV.tolist())]
+    assert out.stats["mte_tokens"] == 1.0
+    assert out.stats["loss"] == pytest.approx(sum(per_image) / len(per_image), rel=1e-4)
+
+
+def test_guided_log_probs_in_the_loss_match_a_guided_rollout():
+    """guided_logp: the loss's log-prob uses the CFG mean (eps_u + s (eps_c - eps_u), s the model's
+    cfg_scale unless the config sets one), as the rollout recorded it: ratio 1 and, against a copy of
+    the model as reference, KL 0; the conditional mean, or another scale, is off-policy. The
+    reference model is evaluated without gradient."""
+    m = tiny("tiny-harmon")
+    plan = RolloutPlan.sample(4, 5, 3, 3, 1, seed=1)
+    ro = rollout(m, PROMPTS[:2], 4, plan, seed=0, guided_logp=True)
+    base = dict(group_size=4, prompts_per_step=2, beta=0.05)
+    ref = copy.deepcopy(m)
+    for cfg in (GRPOConfig(guided_logp=True, **base), GRPOConfig(guided_logp=True, cfg_scale=3.0, **base)):
+        out, grads = loss_and_grads(m, ro, cfg, ref)
+        assert out.stats["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+        assert out.stats["kl"] == pytest.approx(0.0, abs=1e-9)
+        assert all(p.grad is None for p in ref.parameters())
+    for cfg in (GRPOConfig(**base), GRPOConfig(guided_logp=True, cfg_scale=5.0, **base)):
+        assert abs(mar_grpo_loss(m, ro, ADV, cfg, ref).stats["ratio_mean"] - 1.0) > 1e-3
+    # a reference that differs: its KL is taken with its own guided mean (KL > 0, finite)
+    kl = mar_grpo_loss(m, ro, ADV, GRPOConfig(guided_logp=True, **base), perturbed(m)).stats["kl"]
+    assert 0 < kl < float("inf")
+
+
+def test_trainable_all_trains_the_ar_part_through_the_loss():
+    m, ro = make(S=1)
+    set_trainable(m, "all")
+    m.zero_grad(set_to_none=True)
+    mar_grpo_loss(m, ro, ADV, GRPOConfig(group_size=4, prompts_per_step=2, beta=0.0)).loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.ar_parameters())
+
+
+def test_pixel_granularity_splits_the_ratio_gradient_and_the_kl_over_the_pixels():
+    """ratio: rollout with 4 pixels a token (plain GRPO: the same tokens either way): the loss value
+    is the token's, its gradient and the KL's (summed over the channels) 1/4 of the token's, as each
+    pixel carries its own channels' share (Eq. 13's value, the gradient split)."""
+    m, ro = make(S=1)
+    m.latent_channels = 4                                                  # token_dim 16: 4 pixels
+    ref = perturbed(m)
+    cfg = GRPOConfig(preset="paper", beta=0.0, group_size=4, prompts_per_step=2)
+    tok, g_tok = loss_and_grads(m, ro, cfg, ref)
+    pix, g_pix = loss_and_grads(m, ro, replace(cfg, granularity="pixel"), ref)
+    assert pix.stats["loss"] == pytest.approx(tok.stats["loss"], rel=1e-5, abs=1e-7)
+    for x, y in zip(g_pix, g_tok):
+        torch.testing.assert_close(4 * x, y, rtol=1e-4, atol=1e-6)
+    kl_tok = mar_grpo_loss(m, ro, ADV, replace(cfg, beta=0.05), ref).stats["kl"]
+    kl_pix = mar_grpo_loss(m, ro, ADV, replace(cfg, beta=0.05, granularity="pixel"), ref).stats["kl"]
+    assert kl_tok > 0 and kl_pix == pytest.approx(kl_tok / 4, rel=1e-4)
+    m.latent_channels = 3
+    with pytest.raises(ValueError, match="^latent_channels = 3 does not divide token_dim = 16$"):
+        mar_grpo_loss(m, ro, ADV, replace(cfg, granularity="pixel"))
+
+
+def test_ar_step_sum_with_image_token_means_is_j_times_the_mean():
+    m, ro = make(S=1)
+    cfg = GRPOConfig(preset="paper", beta=0.0, group_size=4, prompts_per_step=2)
+    J = len(ro.plan.ar_steps)
+    mean = mar_grpo_loss(m, ro, ADV, cfg).stats["loss"]
+    assert J > 1 and mar_grpo_loss(m, ro, ADV, replace(cfg, ar_step_reduction="sum")).stats["loss"] == \
+        pytest.approx(J * mean, rel=1e-5)
+
+
+def test_a_step_without_loss_tokens_reports_neutral_stats():
+    """Harmon's after-step token set at its last AR step (every remaining token accepted): no loss
+    token, no row; the loss is 0, the ratio reported 1, nothing clipped, no MTE token."""
+    m = tiny("tiny-harmon")
+    K = len(m.mask_counts(m.sampling.ar_steps))
+    plan = RolloutPlan((K - 1,), torch.zeros(1, 1, dtype=torch.long), 1)
+    ro = rollout(m, PROMPTS[:2], 4, plan, seed=0)
+    cfg = GRPOConfig(loss_tokens="after_step", ratio="on_policy", group_size=4, prompts_per_step=2)
+    out = mar_grpo_loss(m, ro, ADV, cfg)
+    assert not token_sets(ro, cfg).candidates.any()
+    assert (out.stats["loss"], out.stats["ratio_mean"], out.stats["clip_frac"], out.stats["mte_tokens"]) == \
+        (0.0, 1.0, 0.0, 0.0)
+
+
+def test_token_sets_units_and_the_random_extra_are_reproducible():
+    """token_sets keeps its units; MTE of scope "step" draws top_k_random from the plan's seed, not
+    from the global RNG; one trajectory has no MTE tokens."""
+    _, ro = make(S=3, scope="step")
+    cfg = GRPOConfig(fix_decoder=True, mte=True, S=3, top_k=0.0, top_k_random=1)
+    torch.manual_seed(0)
+    a = token_sets(ro, cfg, units=2)
+    torch.manual_seed(1)
+    b = token_sets(ro, cfg, units=2)
+    assert a.units == 2 and a.uncertain.any() and torch.equal(a.uncertain, b.uncertain)
+    m1, ro1 = make(S=1)
+    out = mar_grpo_loss(m1, ro1, ADV, GRPOConfig(fix_decoder=True, mte=True, S=1, top_k=0.5, group_size=4,
+                                                  prompts_per_step=2))
+    assert out.stats["mte_tokens"] == 0.0

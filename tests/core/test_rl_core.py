@@ -180,8 +180,12 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
     assert [r["loss"] for r in rows_full] == [r["loss"] for r in rows_part]
 
 
-def test_non_finite_loss_stops_with_the_step_named(tmp_path):
+def test_non_finite_loss_stops_with_the_step_named(tmp_path, monkeypatch):
+    from marpipe import rewards
     from marpipe.rewards import register_reward
+    # a private copy of the registry: the test registers its reward again when run twice in one
+    # process (mutmut's stats and clean runs)
+    monkeypatch.setattr(rewards, "_REGISTRY", dict(rewards._REGISTRY))
 
     @register_reward("nan_after_first")
     def _nan():
@@ -198,3 +202,55 @@ def test_non_finite_loss_stops_with_the_step_named(tmp_path):
     t = trainer(tmp_path, grpo(steps=3, skip_nonfinite=True), reward="nan_after_first", name="skip")
     rows = t.train()
     assert [r["skipped"] for r in rows] == [0, 1, 1]
+
+
+# --- pinned by mutation testing (`make mutation`): each test kills mutants that survived ----------
+@pytest.mark.parametrize("guided_logp", [False, True])
+def test_rollout_records_cfg_transitions_from_the_head_with_its_learned_variance(guided_logp):
+    """Re-derived from the head at each recorded transition (tiny-harmon: learned-range v), for the
+    rollout's trajectory and MTE's extras of scope "step" (drawn with the rollout's CFG):
+    eps = eps_u + 3 (eps_c - eps_u) (cfg_scale 3), log_var from the conditional branch's v,
+    x_prev = the guided posterior mean at the last head step (no noise), and the log-prob under the
+    guided mean (``guided_logp``) or the conditional one (reference)."""
+    from marpipe import diffusion as D
+    from marpipe.grpo import gaussian_log_prob
+    from marpipe.models.protocol import Prompts
+    m = tiny("tiny-harmon")
+    T = m.sampling.diffusion_steps
+    plan = RolloutPlan.sample(4, T, 2, T, 2, seed=1, final_step=True, shared=True, mte_scope="step")
+    ro = rollout(m, PROMPTS[:2], 4, plan, seed=0, guided_logp=guided_logp, mte_guided=True)
+    B = ro.known.shape[1]
+    with torch.no_grad():
+        both = Prompts.cat([m.encode_prompts(PROMPTS[:2]).repeat_interleave(4), m.encode_negative(B)])
+        for j in range(len(plan.ar_steps)):
+            z = m.ar_forward(torch.cat([ro.canvas[j]] * 2), torch.cat([ro.known[j]] * 2), both)
+            b, n = ro.predicted[j].nonzero(as_tuple=True)
+            for s in range(2):
+                for i, t in enumerate(plan.diffusion_steps[j].tolist()):
+                    x_t, x_prev = ro.x_t[j, s, i, b, n], ro.x_prev[j, s, i, b, n]
+                    st = torch.full((len(b),), t)
+                    eps_c, v_c = m.head(x_t, st, z[:B][b, n])
+                    eps_u, v_u = m.head(x_t, st, z[B:][b, n])
+                    assert not torch.allclose(v_c, v_u)
+                    mean_c = D.posterior_mean(m.schedule, st, x_t, eps_c)
+                    mean_g = D.posterior_mean(m.schedule, st, x_t, eps_u + 3.0 * (eps_c - eps_u))
+                    log_var = D.posterior_log_var(m.schedule, st, x_t, v_c)
+                    torch.testing.assert_close(ro.log_var[j, s, i, b, n], log_var, rtol=1e-4, atol=1e-5)
+                    if t == T - 1:
+                        torch.testing.assert_close(x_prev, mean_g, rtol=1e-4, atol=1e-5)
+                    logp = gaussian_log_prob(x_prev, mean_g if guided_logp else mean_c, log_var)
+                    torch.testing.assert_close(ro.old_log_prob[j, s, i, b, n], logp, rtol=1e-4, atol=1e-3)
+                    other = gaussian_log_prob(x_prev, mean_c if guided_logp else mean_g, log_var)
+                    assert not torch.allclose(ro.old_log_prob[j, s, i, b, n], other, rtol=1e-4, atol=1e-3)
+
+
+def test_plan_head_step_pools_and_seed():
+    """Head steps drawn from 0..T-2 (the last one only with final_step; T = 1: the only one);
+    the plan keeps its seed; a bad scope is named."""
+    p = RolloutPlan.sample(4, 3, 2, 2, 1, seed=11)
+    assert p.diffusion_steps.tolist() == [[0, 1], [0, 1]] and p.seed == 11
+    assert RolloutPlan.sample(4, 1, 2, 3, 1, seed=0).diffusion_steps.tolist() == [[0], [0]]
+    assert RolloutPlan.sample(4, 2, 2, 3, 1, seed=0).diffusion_steps.tolist() == [[0], [0]]
+    assert RolloutPlan.sample(4, 2, 2, 3, 1, seed=0, final_step=True).diffusion_steps.tolist() == [[0, 1], [0, 1]]
+    with pytest.raises(ValueError, match="^mte_scope 'token': use 'image' or 'step'$"):
+        RolloutPlan.sample(4, 3, 2, 2, 1, seed=0, mte_scope="token")
