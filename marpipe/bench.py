@@ -159,7 +159,8 @@ def real_config_costs(preset: str = "reference") -> dict:
         r = rollout_cost(name, counts, 25, S=S, guided=cfg.mte_guided)
         kw = dict(loss_tokens=cfg.loss_tokens, beta=cfg.beta)
         fd = train_step_cost(name, counts, "fix_decoder", **kw)
-        mte = train_step_cost(name, counts, "mte", S=S, guided=cfg.mte_guided, scope=cfg.mte_scope, top_k=cfg.top_k, **kw)
+        mte = train_step_cost(name, counts, "mte", S=S, guided=cfg.mte_guided, scope=cfg.mte_scope, top_k=cfg.top_k,
+                              units_per_token=4 if cfg.granularity == "pixel" else 1, **kw)
         out[name] = {k: (round(v, 4) if isinstance(v, float) and v < 10 else v) for k, v in r.items()}
         out[name]["ratio_mte_over_fix_decoder"] = round(mte / fd, 3)
     return out

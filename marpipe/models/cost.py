@@ -103,7 +103,7 @@ def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int
 def train_step_cost(name: str, counts: list[int], variant: str, S: int = 1, guided: bool = False,
                     scope: str = "image", top_k: float = 0.3, loss_tokens: str = "unknown",
                     diffusion_steps: int = 25, trained_ar: int = 12, trained_head: int = 10,
-                    beta: float = 0.01) -> float:
+                    beta: float = 0.01, units_per_token: int = 1) -> float:
     """Expected multiply-adds of one image's training step: rollout, MTE's extra trajectories, loss.
 
     ``variant``: ``grpo`` (AR and head trained), ``fix_decoder`` (head frozen), ``mte``. The
@@ -115,7 +115,9 @@ def train_step_cost(name: str, counts: list[int], variant: str, S: int = 1, guid
     ``beta > 0`` adds the reference model's forward. MTE's ``S - 1`` extra trajectories (CFG
     doubling them when ``guided``) run once per image over all ``N`` tokens (``scope: image``) or
     at each trained step over its ``P`` masked tokens (``step``, Alg. 2), and the loss adds their
-    transitions on the ``top_k`` most uncertain loss tokens.
+    transitions on the tokens holding one of the ``top_k`` most uncertain units: with
+    ``units_per_token`` units (NOVA reference: 4 latent pixels per token) ``1 - (1 - top_k)^P`` of
+    the tokens, the bound for independently ranked units (the head runs on whole tokens).
     """
     N, T, K = sum(counts), diffusion_steps, len(counts)
     head_tok = head_macs_per_token_step(name)
@@ -130,7 +132,7 @@ def train_step_cost(name: str, counts: list[int], variant: str, S: int = 1, guid
         step = 3 * ar_step_macs(name, known, N) + (1 + head_bwd) * rows * head_tok
         step += (ar_step_macs(name, known, N) + rows * head_tok) if beta > 0 else 0
         if variant == "mte":
-            step += (S - 1) * top_k * (1 + head_bwd) * rows * head_tok
+            step += (S - 1) * (1 - (1 - top_k) ** units_per_token) * (1 + head_bwd) * rows * head_tok
             if scope == "step":
                 step += extras * (N - known) * T * head_tok
         total += trained_ar / K * step

@@ -109,6 +109,11 @@ def test_train_step_cost_adds_mte_extras_once_per_image_or_per_trained_step():
     loss = train_step_cost("harmon", counts, "mte", S=3, top_k=0.5) - train_step_cost(
         "harmon", counts, "mte", S=3, top_k=0.0)
     assert math.isclose(loss, 12 / K * sum(2 * 0.5 * 2 * p * 10 * h for p in masked), rel_tol=1e-9)
+    # NOVA reference: 4 latent pixels per token ranked on their own; the head runs on every token
+    # holding an uncertain pixel: up to 1 - (1 - 0.5)^4 = 15/16 of them
+    pixels = train_step_cost("harmon", counts, "mte", S=3, top_k=0.5, units_per_token=4) - train_step_cost(
+        "harmon", counts, "mte", S=3, top_k=0.0, units_per_token=4)
+    assert math.isclose(pixels, loss * (15 / 16) / 0.5, rel_tol=1e-9)
     # Harmon's after-step loss set drops the step's accepted tokens from the loss rows
     after = train_step_cost("harmon", counts, "fix_decoder", loss_tokens="after_step", beta=0.0)
     unknown = train_step_cost("harmon", counts, "fix_decoder", beta=0.0)
