@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.infra, pytest.mark.timeout(900)]
 FIXTURE = REPO / "tests" / "infra" / "fixtures" / "Snakefile"
 # rule -> (partition the profile must send it to, must it see a GPU)
 EXPECTED = {
-    "download": ("cpu", False),
+    "prompts": ("cpu", False),
     "train": ("gpu", True),
     "tables": ("cpu", False),
 }
