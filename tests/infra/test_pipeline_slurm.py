@@ -103,8 +103,7 @@ def test_dvc_pull_in_a_fresh_clone_restores_identical_artifacts(pipeline_run, tm
     # an auditor's environment: the installed venv first on PATH, no MLflow server, no remote override
     env = {k: v for k, v in pipeline_run["env"].items() if k not in ("MLFLOW_TRACKING_URI", "MARPIPE_DVC_REMOTE")}
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    subst = {"config/small.yaml": "config/ci.yaml", "<url>": str(remote), "<repo>": str(repo),
-             "/tmp/t": str(tmp_path / "t")}
+    subst = {"config/small.yaml": "config/ci.yaml", "<url>": str(remote), "<repo>": str(repo)}
 
     def run(cmd, cwd):
         for old, new in subst.items():
