@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed
 OFFICIAL_VENVS := .venv-nova .venv-harmon
 OFFICIAL_STAMPS := $(addsuffix /.installed,$(OFFICIAL_VENVS))
 
-.PHONY: demo test install official-venvs clean mutation
+.PHONY: demo study test install official-venvs clean mutation
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,17 @@ test: $(STAMP) $(OFFICIAL_STAMPS)
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/marpipe demo
+
+# the study: the small world with 3 training seeds, more prompts and images, the Fig. 7 sweep and the
+# gradient-noise tables, in study/. Its verdicts must not depend on the machine: THREADS=2 (two torch
+# threads per job: another summation order) and STUDY_EXTRA=config/study-seeds.yaml (other training
+# and sampling seeds), each in its own STUDY_DIR, must give the same verdicts (README, "The study").
+THREADS     ?=
+STUDY_EXTRA ?=
+STUDY_DIR   ?= study
+study: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH MARPIPE_TORCH_THREADS=$(THREADS) $(BIN)/marpipe demo \
+		--config config/small.yaml config/study.yaml $(STUDY_EXTRA) --directory $(STUDY_DIR)
 
 # mutation testing: mutmut 3.8.1 mutates MUTATE's modules (marpipe/<name>.py) in a fresh copy of
 # the project (mutants/), runs the fast tests that reach each mutated function, then prints the

@@ -7,6 +7,7 @@ subcommands take the experiment config (``--config config.yaml`` or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def cmd_warmup(args):
 def cmd_train(args):
     from marpipe.stages.train import train_run
     s = train_run(experiment(args), args.model, args.reward, args.variant, args.out, args.prompts,
-                  args.base_weights, args.resources, not args.no_progress)
+                  args.base_weights, args.resources, not args.no_progress, seed=args.seed)
     if s and s["reward_first"] is not None:
         print(f"[marpipe] {args.model} {args.reward}-{args.variant}: reward "
               f"{s['reward_first']:.4f} -> {s['reward_last']:.4f} in {s['seconds']:.0f} s")
@@ -100,7 +101,7 @@ def cmd_evaluate(args):
     from marpipe.stages.evaluate import evaluate
     reward = None if args.reward in (None, "", "none") else args.reward
     rec = evaluate(experiment(args), args.images, args.suite, args.out, args.model, reward, args.variant,
-                   args.selection, args.resources)
+                   args.selection, args.resources, seed=args.seed)
     print(" ".join(f"{k}={v:.4f}" for k, v in rec["scores"].items()))
 
 
@@ -113,6 +114,23 @@ def cmd_tables(args):
     comparison = T.compare_with_paper(tables)
     T.write_tables(tables, comparison, args.out_dir)
     print(T.format_for_terminal(tables, comparison))
+
+
+def cmd_verdicts(args):
+    from marpipe.stages.tables import compare_verdicts, markdown_table
+    runs = dict(r.split("=", 1) if "=" in r else (r, r) for r in args.runs)
+    df = compare_verdicts({name: Path(path) / "results" / "tables" if (Path(path) / "results").is_dir() else path
+                           for name, path in runs.items()})
+    print(markdown_table(df))
+    n, same = len(df), int((df["agree"] == "yes").sum())
+    print(f"\n{same} of {n} verdicts agree across {', '.join(runs)}")
+    return 0 if same == n else 1
+
+
+def cmd_ablations(args):
+    from marpipe.stages.ablations import make_ablations
+    from marpipe.stages.tables import score_records_from_files
+    print(make_ablations(experiment(args), score_records_from_files(args.scores), args.out_dir, args.results))
 
 
 def cmd_figures(args):
@@ -138,7 +156,7 @@ def cmd_dvc_push(args):
 
 def cmd_demo(args):
     from marpipe.stages.report import run_demo
-    return run_demo(args.config, args.profile, args.cores, extra=args.snakemake_args)
+    return run_demo(args.config, args.profile, args.cores, extra=args.snakemake_args, directory=args.directory)
 
 
 def cmd_init_model(args):
@@ -162,16 +180,29 @@ def cmd_bench(args):
                          device=args.device, preset=args.preset)
     elif args.what == "reward-rise":
         from marpipe.bench import bench_reward_rise
+        args.weights = args.weights or "resources/models/tiny-nova/model.safetensors"
         if not Path(args.weights).is_file():
             raise FileNotFoundError(f"--weights {args.weights}: no such file (the embedded default writes it: "
                                     f"make demo, or snakemake {args.weights} --configfile config/small.yaml)")
         bench_reward_rise(args.weights, steps=args.steps or 30, seeds=args.seeds, as_json=args.json, device=args.device,
                           preset=args.preset)
     elif args.what == "warmup":
+        args.config = args.config or "config/small.yaml"
         bench_warmup_cmd(args)
+    elif args.what == "grad-noise":
+        from marpipe.gradnoise import bench_grad_noise
+        if args.weights and not Path(args.weights).is_file():
+            raise FileNotFoundError(f"--weights {args.weights}: no such file")
+        report = bench_grad_noise(args.model, draws=args.draws, weights=args.weights, preset=args.preset,
+                                  seed=args.seed, device=args.device, as_json=args.json, prompts=args.prompts)
+        if args.csv:
+            from marpipe.gradnoise import write_csv
+            print(f"[marpipe] wrote {write_csv(report, args.csv)}")
     else:
-        from marpipe.metrics.bench import bench_metrics
-        bench_metrics(args.metrics, device=args.device or "cpu", json=args.json)
+        from marpipe.metrics.bench import PAPER_CONFIG, bench_metrics
+        bench_metrics(args.metrics, device=args.device or "cpu", json=args.json, size=args.size,
+                      config=args.config or PAPER_CONFIG, batch_size=args.batch_size, repeats=args.repeats,
+                      progress=True)
 
 
 def bench_warmup_cmd(args):
@@ -233,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             s.add_argument("--reward", required=True); s.add_argument("--variant", required=True)
             s.add_argument("--base-weights", help="start from these weights (e.g. the warmed-up head)")
+            s.add_argument("--seed", type=int, help="training seed (default: the config's first of `seeds`)")
         s.add_argument("--out", required=True, help="run folder (checkpoints/, metrics.jsonl, summary.json)")
         s.add_argument("--prompts", required=True, help="training prompt set (JSON lines)")
         s.add_argument("--resources", default="resources"); s.add_argument("--no-progress", action="store_true")
@@ -252,11 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--reward", help="the training reward (omit for a base model)")
     s.add_argument("--selection", help="the select step's JSON (which checkpoint)")
+    s.add_argument("--seed", type=int, help="the run's training seed (with --reward)")
     s.add_argument("--resources", default="resources")
 
     s = add("tables", cmd_tables, "Tables 1-2, ours beside the paper's (from score files or from MLflow)")
     s.add_argument("--scores", nargs="*", default=[]); s.add_argument("--out-dir", required=True)
     s.add_argument("--from-mlflow", action="store_true"); s.add_argument("--tracking-uri")
+
+    s = sub.add_parser("verdicts", help="several runs' verdicts side by side; exit 1 if any differs",
+                       description="e.g. marpipe verdicts study study-2threads study-seeds (run folders, or "
+                                   "NAME=FOLDER; a folder holding results/tables, or the tables folder itself)")
+    s.add_argument("runs", nargs="+")
+    s.set_defaults(func=cmd_verdicts)
+
+    s = add("ablations", cmd_ablations, "Fig. 7: the sweep over top_k, tau and S, with intervals (config ablations:)")
+    s.add_argument("--scores", nargs="+", required=True); s.add_argument("--out-dir", required=True)
+    s.add_argument("--results", default="results")
 
     s = add("figures", cmd_figures, "training dynamics (Fig. 1/2b/5) and sample grids (Fig. 6)")
     s.add_argument("--out-dir", required=True); s.add_argument("--results", default="results")
@@ -270,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="run the small world end to end and print its tables",
                        description="snakemake all on config/small.yaml with the local profile")
-    s.add_argument("--config", default="config/small.yaml"); s.add_argument("--profile", default="local")
+    s.add_argument("--config", nargs="+", default=["config/small.yaml"],
+                   help="config file(s), merged in order (the study: config/small.yaml config/study.yaml)")
+    s.add_argument("--directory", help="working folder of the run (default: here; the study: study)")
+    s.add_argument("--profile", default="local")
     s.add_argument("--cores", type=int, default=2)
     s.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed on to snakemake")
     s.set_defaults(func=cmd_demo)
@@ -285,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
 
     s = add("bench", cmd_bench, "benchmarks that print figures", config=False)
-    s.add_argument("what", choices=["train-step", "reward-rise", "warmup", "metrics"])
-    s.add_argument("--config", default="config/small.yaml", help="experiment config (warmup)")
+    s.add_argument("what", choices=["train-step", "reward-rise", "warmup", "metrics", "grad-noise"])
+    s.add_argument("--config", default=None,
+                   help="experiment config (warmup: default config/small.yaml; metrics: default config.yaml)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--steps", type=int, default=None,
                    help="measured steps per variant (train-step: 5) / training steps (reward-rise: 30, "
@@ -294,22 +341,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=None, help="warm-up learning rate (warmup: the config's)")
     s.add_argument("--quality", default="world_aesthetic",
                    help="scorer reported beside the reward (warmup; '' for none)")
-    s.add_argument("--weights", default="resources/models/tiny-nova/model.safetensors",
-                   help="pre-trained tiny model (reward-rise)")
+    s.add_argument("--weights", default=None,
+                   help="pre-trained tiny model (reward-rise: default resources/models/tiny-nova/model.safetensors; "
+                        "grad-noise: optional, used instead of --model)")
     s.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="training seeds (reward-rise)")
     s.add_argument("--preset", choices=["paper", "reference"], default="reference",
-                   help="train-step, reward-rise: how the loss is assembled (train.preset; reference, as the "
-                        "configs: the trainer of the model's family)")
+                   help="train-step, reward-rise, grad-noise: how the loss is assembled (train.preset; reference, "
+                        "as the configs: the trainer of the model's family)")
     s.add_argument("--models", nargs="*", default=None,
                    help="train-step: tiny presets (default both) or model specs (nova:DIR, harmon:DIR, *-standin); "
                         "warmup: config models (default all)")
-    s.add_argument("--metrics", nargs="*", default=None)
+    s.add_argument("--metrics", nargs="*", default=None,
+                   help="metrics: rows to run (a name, or kind:name, e.g. model:gdino Color reward:mixed; default all)")
+    s.add_argument("--size", choices=["tiny", "real"], default="tiny",
+                   help="metrics: tiny random-weight models (CPU, seconds) or the published sizes with random "
+                        "weights (--device cuda)")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="metrics: images per call (tiny: 4; real: the config's evaluation.batch_size)")
+    s.add_argument("--repeats", type=int, default=3, help="metrics: timed calls per row (the median is printed)")
+    s.add_argument("--model", default="tiny-nova",
+                   help="grad-noise: tiny preset (random init) or model spec (nova:DIR, harmon:DIR, *-standin)")
+    s.add_argument("--draws", type=int, default=8, help="grad-noise: head-noise draws R per recorded batch")
+    s.add_argument("--csv", help="grad-noise: also write the table as CSV here (the study's grad_noise rule)")
+    s.add_argument("--seed", type=int, default=0, help="grad-noise: seed of the recorded batch and the draws")
+    s.add_argument("--prompts", type=int, default=None,
+                   help="grad-noise: prompts in the batch, x4 images each (tiny: 3, a model spec: 1)")
     s.add_argument("--device")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    threads = os.environ.get("MARPIPE_TORCH_THREADS")
+    if threads:     # the study's second summation order (make study THREADS=2); else torch's default (OMP_NUM_THREADS)
+        import torch
+        torch.set_num_threads(int(threads))
     try:
         return args.func(args) or 0
     except (ConfigError, FileNotFoundError) as e:

@@ -23,6 +23,37 @@ from marpipe.config import FAMILIES, ConfigError, GRPOConfig
 SCHEMA_PATH = Path(__file__).parent / "data" / "config.schema.yaml"
 BASE = "base"                       # the untrained row of each model
 SUITES = ("preference", "compbench")
+ABLATION_KNOBS = ("top_k", "tau", "S")   # Fig. 7's three panels
+
+
+def split_variant(variant: str) -> tuple[str, dict[str, Any]]:
+    """``"sim/top_k~0.1/tau~0.0/S~3"`` (an ablation point: a variant, then Paramspace's
+    ``knob~value`` folders) -> ``("sim", {"top_k": 0.1, "tau": 0.0, "S": 3})``; a plain variant
+    -> ``(variant, {})``."""
+    name, *knobs = variant.split("/")
+    overrides = {}
+    for part in knobs:
+        key, sep, value = part.partition("~")
+        if not sep or key not in ABLATION_KNOBS:
+            raise ConfigError(f"variant {variant!r}: {part!r} is not a knob~value of {', '.join(ABLATION_KNOBS)}")
+        overrides[key] = yaml.safe_load(value)
+    return name, overrides
+
+
+def row_id(reward: str | None, variant: str, seed: int | None = None) -> str:
+    """The folder of a row's images and scores: ``base``, or ``{reward}-{variant}/seed{seed}``."""
+    return BASE if reward is None else f"{reward}-{variant}/seed{seed}"
+
+
+def parse_row_id(row: str) -> tuple[str | None, str, int | None]:
+    """Inverse of :func:`row_id`: ``(reward, variant, seed)``; ``(None, "base", None)`` for the base."""
+    if row == BASE:
+        return None, BASE, None
+    head, sep, seed = row.rpartition("/seed")
+    if not sep or not seed.isdigit() or "-" not in head:
+        raise ValueError(f"row {row!r}: expected 'base' or '<reward>-<variant>/seed<N>'")
+    reward, variant = head.split("-", 1)
+    return reward, variant, int(seed)
 
 
 def _validator():
@@ -151,6 +182,9 @@ def _check_references(cfg: dict) -> None:
     for v in cfg["selection"]["best_of"]:
         need(v in cfg["variants"], f"config.selection.best_of: {v!r} is not in config.variants")
     for model, m in cfg["models"].items():
+        need("image_size" not in m.get("sampling", {}) or m.get("adapter") == "harmon",
+             f"config.models.{model}.sampling.image_size: only a Harmon model's generation size is a setting "
+             f"(adapter {m.get('adapter', 'tiny')}: its model config fixes the size); remove the key")
         for v in m.get("variants", {}):
             need(v in cfg["variants"], f"config.models.{model}.variants.{v}: not a variant in config.variants "
                                        f"({', '.join(cfg['variants'])}); an override of an unknown row is never used")
@@ -170,6 +204,15 @@ def _check_references(cfg: dict) -> None:
                 exp.train_config(model, reward, variant)
         if exp.has_warmup(model):
             exp.warmup_config(model)
+    a = cfg.get("ablations") or {}
+    for key, known in (("model", cfg["models"]), ("reward", exp.trained_rewards), ("variant", cfg["variants"])):
+        need(a.get(key) is None or a[key] in known,
+             f"config.ablations.{key} = {a.get(key)!r}: not one of {', '.join(known)}")
+    for name in exp.ablation_variants():     # every point of the sweep must be a valid run
+        try:
+            exp.train_config(exp.ablation["model"], exp.ablation["reward"], name)
+        except ConfigError as e:
+            raise ConfigError(f"config.ablations.grid: the point {name!r} is not a valid run: {e}") from None
 
 
 def load(path_or_dict: str | Path | dict, cache: str | Path | None = None) -> "Experiment":
@@ -198,14 +241,22 @@ def load(path_or_dict: str | Path | dict, cache: str | Path | None = None) -> "E
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the results: a model, a reward it was trained with (None for the base) and a variant."""
+    """One row of the results: a model, a reward it was trained with (None for the base), a variant
+    and the training seed (None for the base). A table row aggregates a row's seeds."""
     model: str
     reward: str | None
     variant: str
+    seed: int | None = None
 
     @property
     def name(self) -> str:
+        """The table row: ``base`` or ``{reward}-{variant}`` (all seeds)."""
         return BASE if self.reward is None else f"{self.reward}-{self.variant}"
+
+    @property
+    def id(self) -> str:
+        """One run's images and scores: ``base`` or ``{reward}-{variant}/seed{seed}``."""
+        return row_id(self.reward, self.variant, self.seed)
 
 
 class Experiment:
@@ -224,6 +275,11 @@ class Experiment:
     @property
     def variants(self) -> list[str]:
         return list(self.cfg["variants"])
+
+    @property
+    def seeds(self) -> list[int]:
+        """Training seeds (``seeds:``; default ``[seed]``): each (model, reward, variant, seed) is a run."""
+        return list(self.cfg.get("seeds") or [self.cfg["seed"]])
 
     @property
     def trained_rewards(self) -> list[str]:
@@ -248,16 +304,22 @@ class Experiment:
         m = self.cfg["models"][model]
         d = {**self.cfg["train"], **m.get("train", {})}
         if variant is not None:
+            variant, knobs = split_variant(variant)
             d.update(self.cfg["variants"][variant])
             d.update(m.get("variants", {}).get(variant, {}))
+            d.update(knobs)
         return d
 
-    def train_config(self, model: str, reward: str, variant: str) -> GRPOConfig:
+    def train_config(self, model: str, reward: str, variant: str, seed: int | None = None) -> GRPOConfig:
+        """The resolved training config of one run; ``variant`` may be an ablation point
+        (:func:`split_variant`); ``seed``: the run's training seed (default: ``train.seed``, else ``seed``)."""
         d = self._merged_train(model, variant)
         d["reward"] = reward
+        if seed is not None:
+            d["seed"] = seed
         d.setdefault("seed", self.cfg["seed"])
         d["model_family"] = self.model_family(model)
-        if variant not in self.cfg["selection"]["best_of"]:
+        if split_variant(variant)[0] not in self.cfg["selection"]["best_of"]:
             d["steps"] = self.cfg["selection"]["fixed_step"][reward]   # fixed in advance: train to it
         try:
             return GRPOConfig.from_dict(d)
@@ -278,7 +340,48 @@ class Experiment:
 
     # --- rows, suites and files ---------------------------------------------------------
     def rows(self, model: str) -> list[Row]:
-        return [Row(model, None, BASE)] + [Row(model, r, v) for r in self.trained_rewards for v in self.variants]
+        """The base row and one row per (reward, variant, seed)."""
+        return [Row(model, None, BASE)] + [Row(model, r, v, s) for r in self.trained_rewards
+                                           for v in self.variants for s in self.seeds]
+
+    # --- Fig. 7: the ablation sweeps ---------------------------------------------------------
+    @property
+    def ablation(self) -> dict | None:
+        """``ablations:`` resolved: model (default the first), reward (default the preference
+        suite's), variant (default the last, the full method) and grid; None without a grid."""
+        a = self.cfg.get("ablations") or {}
+        if not a.get("grid"):
+            return None
+        return {"model": a.get("model") or self.models[0],
+                "reward": a.get("reward") or self.cfg["evaluation"]["preference"]["reward"],
+                "variant": a.get("variant") or self.variants[-1], "grid": a["grid"]}
+
+    def ablation_centre(self) -> dict[str, Any]:
+        """The ablated variant's own knob values (the centre of the sweep: its Table 2 run)."""
+        a = self.ablation
+        own = self.train_config(a["model"], a["reward"], a["variant"]).to_dict()
+        return {k: own[k] for k in ABLATION_KNOBS}
+
+    def ablation_frame(self):
+        """The sweep as a table (pandas), one knob at a time, the others at the variant's own value
+        (as Fig. 7's panels): a column per knob of :data:`ABLATION_KNOBS`, a row per run. The centre
+        itself is not a row: it is the variant's own run of Tables 1-2. For Snakemake's ``Paramspace``."""
+        import pandas as pd
+        a = self.ablation
+        if a is None:
+            return pd.DataFrame(columns=list(ABLATION_KNOBS))
+        centre = self.ablation_centre()
+        rows = [{**centre, knob: v} for knob in ABLATION_KNOBS for v in a["grid"].get(knob, []) if v != centre[knob]]
+        frame = pd.DataFrame(rows, columns=list(ABLATION_KNOBS)).drop_duplicates(ignore_index=True)
+        return frame.astype({"top_k": float, "tau": float, "S": int})
+
+    def ablation_variants(self) -> list[str]:
+        """The sweep's runs as variant names, ``{variant}/top_k~0.1/tau~0.0/S~3`` (the folders
+        Snakemake's ``Paramspace`` makes of :meth:`ablation_frame`)."""
+        if self.ablation is None:
+            return []
+        return [self.ablation["variant"] + "/" + "/".join(f"{k}~{v}" for k, v in point._asdict().items())
+                for point in self.ablation_frame().itertuples(index=False)]
 
     def suite_rows(self, suite: str) -> list[Row]:
         reward = self.cfg["evaluation"][suite]["reward"]

@@ -149,11 +149,18 @@ def _sample_chain(model: MARModel, x, z_cond, z_uncond, cfg_scale: float, guided
 def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: RolloutPlan,
             seed: int, step: int = 0, prompt_ids: Sequence[int] | None = None,
             cfg_scale: float | None = None, guided_logp: bool = False, mte_guided: bool = False,
-            device: torch.device | str = "cpu") -> Rollout:
+            device: torch.device | str = "cpu", forced_latents: torch.Tensor | None = None,
+            noise_draw: int | None = None) -> Rollout:
     """Sample ``group_size`` images for each prompt and record the trained steps.
 
     ``prompt_ids`` are the prompts' global indices (they seed the per-prompt noise);
     defaults to ``0..P-1``. ``mte_guided``: the extra trajectories use the rollout's CFG.
+
+    Replaying a recorded rollout with its AR decisions held (:mod:`marpipe.gradnoise`):
+    ``forced_latents [B,N,C]`` (its final tokens): every step accepts these values instead of
+    the head's output, so the canvases and the final image are the recorded ones (the token
+    order is drawn as always, from the same seed); ``noise_draw``: the head's noise (the
+    rollout's chains and MTE's extra ones) comes from a fresh stream with that number instead.
     """
     cfg_scale = model.sampling.cfg_scale if cfg_scale is None else cfg_scale
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
@@ -171,6 +178,9 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
     cond = model.encode_prompts(prompts).repeat_interleave(G)
     both = Prompts.cat([cond, model.encode_negative(B)])
     orders = torch.cat([torch.stack([torch.randperm(N, generator=g) for _ in range(G)]) for g in gens]).to(device)
+    if noise_draw is not None:      # after the order: a fresh stream for the head's noise only
+        gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid, 2, noise_draw)) for pid in prompt_ids]
+        mte_gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid, 3, noise_draw)) for pid in prompt_ids]
 
     J, Tp = len(plan.ar_steps), plan.diffusion_steps.shape[1] if plan.ar_steps else 0
     zeros = lambda *shape, **kw: torch.zeros(*shape, device=device, **kw)  # noqa: E731
@@ -226,7 +236,7 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
                 z_accepted_u = z_u.new_zeros(B, N, z_u.shape[-1]) if z_accepted_u is None else z_accepted_u
                 z_accepted_u[rows, new] = z_u[:, : counts[k]]
         canvas = canvas.clone()
-        canvas[rows, new] = x[:, : counts[k]]
+        canvas[rows, new] = x[:, : counts[k]] if forced_latents is None else forced_latents[rows, new]
         known = known.clone()
         known[rows, new] = True
         done += counts[k]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from marpipe import stats
-from marpipe.experiment import Experiment
+from marpipe.experiment import Experiment, row_id
 from marpipe.io.files import load_images, read_json, read_prompt_set, save_images, write_json
 from marpipe.rollout import RolloutPlan, rollout
 from marpipe.stages.resources import load_base_model
@@ -60,7 +60,10 @@ def generate(exp: Experiment, model: str, suite: str, out: str | Path, prompt_di
 
 
 def evaluate(exp: Experiment, bundle: str | Path, suite: str, out: str | Path, model: str, reward: str | None,
-             variant: str, selection: str | Path | None = None, resources: str = "resources") -> dict:
+             variant: str, selection: str | Path | None = None, resources: str = "resources",
+             seed: int | None = None) -> dict:
+    """Score one run's images (``seed``: its training seed; None for a base row). The record's
+    ``row`` is the table row (``hps-mte``); the tables aggregate the records of its seeds."""
     from marpipe.rewards import build_reward
     data = load_images(bundle)
     ev = exp.cfg["evaluation"]
@@ -94,8 +97,9 @@ def evaluate(exp: Experiment, bundle: str | Path, suite: str, out: str | Path, m
     styles_of_prompt = [m.get("style") for m in data["metadata"]]
     strata = ({"by": "style", "of_prompt": styles_of_prompt}
               if suite == "preference" and styles_of_prompt and None not in styles_of_prompt else None)
+    seed = None if reward is None else (exp.seeds[0] if seed is None else seed)
     record = {"model": model, "label": exp.label(model), "row": row, "reward": reward, "variant": variant,
-              "suite": suite, "scores": scores, "per_style": per_style, "n_images": len(images),
+              "seed": seed, "suite": suite, "scores": scores, "per_style": per_style, "n_images": len(images),
               "per_image": per_image, "strata": strata,
               "checkpoint": {"step": checkpoint["step"], "rule": checkpoint["rule"]},
               "scorer_for": scorer_for, "world": exp.cfg["world"]}
@@ -108,9 +112,11 @@ def log_scores(exp: Experiment, record: dict, tracking_uri: str | None = None) -
     """Best effort: send a score record to its MLflow run (``marpipe mlflow-sync`` replays later)."""
     from marpipe.io.tracking import MLflowRun
     from marpipe.stages.train import run_key, run_tags
-    tags = {**run_tags(exp, record["model"], record["reward"], record["variant"]),
+    seed = record.get("seed")
+    tags = {**run_tags(exp, record["model"], record["reward"], record["variant"], seed),
             "checkpoint_rule": record["checkpoint"]["rule"], "checkpoint_step": str(record["checkpoint"]["step"])}
-    run = MLflowRun(run_key(record["model"], record["row"]), exp.cfg["experiment"], tags=tags,
+    run = MLflowRun(run_key(record["model"], row_id(record["reward"], record["variant"], seed)), exp.cfg["experiment"],
+                    tags=tags,
                     tracking_uri=tracking_uri or exp.cfg["mlflow"].get("tracking_uri"))
     if not run.active:
         return False

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from marpipe.experiment import BASE
+from marpipe.experiment import BASE, row_id
 from marpipe.io.files import load_images, to_uint8
 from marpipe.io.tracking import read_jsonl
 
@@ -53,8 +53,10 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
 # training dynamics
 # ------------------------------------------------------------------------------------------
 def metrics_paths(exp, model: str, reward: str, results: str | Path = "results") -> dict[str, Path]:
-    """variant -> ``{results}/runs/{model}/{reward}/{variant}/metrics.jsonl``, in config order."""
-    return {v: Path(results) / "runs" / model / reward / v / "metrics.jsonl" for v in exp.variants}
+    """variant -> ``{results}/runs/{model}/{reward}/{variant}/seed{N}/metrics.jsonl`` of the first
+    training seed, in config order."""
+    seed = exp.seeds[0]
+    return {v: Path(results) / "runs" / model / reward / v / f"seed{seed}" / "metrics.jsonl" for v in exp.variants}
 
 
 def plot_dynamics(metrics_by_variant: dict[str, str | Path], title: str, out_png: str | Path) -> Path:
@@ -95,11 +97,11 @@ def _num(v) -> float:
 # sample grids
 # ------------------------------------------------------------------------------------------
 def grid_bundles(exp, model: str, suite: str, results: str | Path = "results") -> dict[str, Path]:
-    """row name -> ``{results}/images/{model}/{row}/{suite}.npz`` for the base and each variant
-    trained with the suite's reward, in config order (base, grpo, fix_decoder, mte, sim)."""
+    """row name -> ``{results}/images/{model}/{row id}/{suite}.npz`` for the base and each variant
+    trained with the suite's reward (its first training seed), in config order (base, grpo, ...)."""
     reward = exp.cfg["evaluation"][suite]["reward"]
-    rows = [BASE] + [f"{reward}-{v}" for v in exp.variants]
-    return {r: Path(results) / "images" / model / r / f"{suite}.npz" for r in rows}
+    rows = {BASE: BASE} | {f"{reward}-{v}": row_id(reward, v, exp.seeds[0]) for v in exp.variants}
+    return {name: Path(results) / "images" / model / rid / f"{suite}.npz" for name, rid in rows.items()}
 
 
 GRID_MIN_CELL = 128      # images are upscaled (nearest) by an integer factor to at least this many pixels

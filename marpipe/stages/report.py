@@ -6,27 +6,25 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from marpipe.experiment import Experiment
+from marpipe.experiment import Experiment, row_id
 from marpipe.io.files import read_json, write_json
 
 
 def make_figures(exp: Experiment, out_dir: str | Path, results: str | Path = "results") -> list[Path]:
-    from marpipe.stages.figures import plot_dynamics, sample_grid
+    from marpipe.stages.figures import grid_bundles, metrics_paths, plot_dynamics, sample_grid
     out_dir, results = Path(out_dir), Path(results)
     made = []
+    seed = f" (training seed {exp.seeds[0]})" if len(exp.seeds) > 1 else ""
     for model in exp.models:
         for reward in exp.trained_rewards:
-            runs = {v: results / "runs" / model / reward / v / "metrics.jsonl" for v in exp.variants}
-            runs = {v: p for v, p in runs.items() if p.exists()}
+            runs = {v: p for v, p in metrics_paths(exp, model, reward, results).items() if p.exists()}
             if runs:
-                made.append(plot_dynamics(runs, f"{exp.label(model)}, {reward} reward",
+                made.append(plot_dynamics(runs, f"{exp.label(model)}, {reward} reward{seed}",
                                           out_dir / f"dynamics_{model}_{reward}.png"))
-        suite = "preference"
-        rows = {r.name: results / "images" / model / r.name / f"{suite}.npz" for r in exp.rows(model)
-                if r.reward in (None, exp.cfg["evaluation"][suite]["reward"])}
-        rows = {k: p for k, p in rows.items() if p.exists()}
+        rows = {k: p for k, p in grid_bundles(exp, model, "preference", results).items() if p.exists()}
         if rows:
             made.append(sample_grid(rows, out_dir / f"samples_{model}.png", n_prompts=exp.cfg["figures"]["grid_prompts"]))
     return made
@@ -67,23 +65,27 @@ def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_
                     if recorded and recorded != uri else "")
     results = Path(results)
     sent = {"runs": 0, "scores": 0, "finished": 0}
-    for metrics in sorted(results.glob("runs/*/*/*/metrics.jsonl")):
-        model, reward, variant = metrics.parts[-4:-1]
+    for metrics in sorted(results.glob("runs/*/*/**/seed*/metrics.jsonl")):
+        # runs/{model}/{reward}/{variant}/seed{N}/ (an ablation point's variant has folders of its own)
+        model, reward, *variant, seed = metrics.relative_to(results / "runs").parts[:-1]
+        variant, seed = "/".join(variant), int(seed.removeprefix("seed"))
         summary = metrics.with_name("summary.json")
         params = read_json(summary)["config"] if summary.exists() else {}
-        sync_to_mlflow(metrics, run_key(model, f"{reward}-{variant}"), exp.cfg["experiment"],
-                       params={"train": params, "model": model}, tags=run_tags(exp, model, reward, variant),
+        sync_to_mlflow(metrics, run_key(model, row_id(reward, variant, seed)), exp.cfg["experiment"],
+                       params={"train": params, "model": model}, tags=run_tags(exp, model, reward, variant, seed),
                        tracking_uri=uri, finished=summary.exists(),
                        end_time=int(summary.stat().st_mtime * 1000) if summary.exists() else None)
         sent["runs"] += 1
-    for score in sorted(results.glob("scores/*/*/*.json")):
+    for score in sorted(results.glob("scores/**/*.json")):
         record = read_json(score)
         if not log_scores(exp, record, tracking_uri=uri):
             raise RuntimeError(f"MLflow at {uri} did not take {score}; is the server up?")
         sent["scores"] += 1
         # a row only evaluation opened (a base row) is done once its scores are in
-        sent["finished"] += finish_run(run_key(record["model"], record["row"]), exp.cfg["experiment"],
-                                       tags=run_tags(exp, record["model"], record["reward"], record["variant"]),
+        seed = record.get("seed")
+        sent["finished"] += finish_run(run_key(record["model"], row_id(record["reward"], record["variant"], seed)),
+                                       exp.cfg["experiment"],
+                                       tags=run_tags(exp, record["model"], record["reward"], record["variant"], seed),
                                        tracking_uri=uri, end_time=int(score.stat().st_mtime * 1000))
     write_json(out, {"tracking_uri": uri, "experiment": exp.cfg["experiment"],
                      "runs": sent["runs"], "scores": sent["scores"]})
@@ -144,13 +146,38 @@ def read_pointer(path: Path) -> str:
     return d["outs"][0]["md5"]
 
 
-def run_demo(config: str, profile: str, cores: int, extra: list[str] | None = None) -> int:
-    """``snakemake all`` on the small world, then print its tables."""
+def stage_times(benchmarks: str | Path) -> list[tuple[str, int, float]]:
+    """(rule, jobs, summed wall seconds) per rule from Snakemake's ``benchmarks/`` files (one
+    ``<rule>/...tsv`` or ``<rule>.tsv`` per job), in descending time."""
+    root, per_rule = Path(benchmarks), {}
+    for tsv in root.rglob("*.tsv"):
+        rule = tsv.relative_to(root).parts[0].removesuffix(".tsv")
+        lines = tsv.read_text().splitlines()
+        if len(lines) >= 2:
+            jobs, secs = per_rule.get(rule, (0, 0.0))
+            per_rule[rule] = (jobs + 1, secs + float(lines[1].split("\t")[0]))
+    return sorted(((r, j, t) for r, (j, t) in per_rule.items()), key=lambda x: -x[2])
+
+
+def run_demo(config: str | list[str], profile: str, cores: int, extra: list[str] | None = None,
+             directory: str | None = None) -> int:
+    """``snakemake all`` on the small world (``config``: one file, or several merged in order; ``directory``:
+    the working folder of the run, default here), then print its tables and the time of each stage."""
     exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
-    cmd = [exe, "--profile", profile, "--configfile", config, "--cores", str(cores), "all", *(extra or [])]
+    configs = [config] if isinstance(config, str) else list(config)
+    where = ["--directory", directory] if directory else []
+    cmd = [exe, "--profile", profile, "--configfile", *configs, "--cores", str(cores), *where, "all", *(extra or [])]
     print("[marpipe] " + " ".join(cmd), flush=True)
+    t0 = time.monotonic()
     rc = subprocess.call(cmd)
-    md = Path("results/tables/tables.md")
+    wall = time.monotonic() - t0
+    run = Path(directory or ".")
+    md = run / "results/tables/tables.md"
     if rc == 0 and md.exists():
         print(md.read_text())
+    if rc == 0:
+        times = stage_times(run / "benchmarks")
+        print(f"[marpipe] wall time {wall / 60:.1f} min on {cores} cores; per stage (jobs, summed job time):")
+        for rule, jobs, secs in times:
+            print(f"  {rule:<20} {jobs:>4} jobs {secs:>8.0f} s")
     return rc

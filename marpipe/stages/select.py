@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from marpipe.experiment import Experiment
+from marpipe.experiment import Experiment, split_variant
 from marpipe.io.checkpoint import checkpoint_path, is_valid, list_checkpoints, load_model_weights, write_safetensors
 from marpipe.io.files import sha256_file, write_json
 from marpipe.io.tracking import read_jsonl
@@ -30,7 +30,7 @@ def choose_step(exp: Experiment, reward: str, variant: str, run_dir: Path) -> tu
     saved = [s for s, p in list_checkpoints(run_dir / "checkpoints") if is_valid(p)]
     if not saved:
         raise FileNotFoundError(f"{run_dir}/checkpoints: no valid checkpoint (rerun the train rule)")
-    if variant in sel["best_of"]:
+    if split_variant(variant)[0] in sel["best_of"]:      # an ablation point is selected as its variant
         rows = read_jsonl(run_dir / "metrics.jsonl")
         scores = {s: windowed_reward(rows, s, sel["window"]) for s in saved}
         best = max(saved, key=lambda s: (scores[s], -s))     # ties: the earlier step

@@ -60,8 +60,8 @@ RECORD_KEYS = ("model", "label", "row", "reward", "variant", "suite", "scores", 
 # records
 # ------------------------------------------------------------------------------------------
 def score_paths(exp, results: str | Path = "results") -> list[Path]:
-    """The score files the tables read: every row of each suite, ``{results}/scores/{model}/{row}/{suite}.json``."""
-    return [Path(results) / "scores" / row.model / row.name / f"{suite}.json"
+    """The score files the tables read: every run of each suite, ``{results}/scores/{model}/{row id}/{suite}.json``."""
+    return [Path(results) / "scores" / row.model / row.id / f"{suite}.json"
             for suite in SUITES for row in exp.suite_rows(suite)]
 
 
@@ -73,7 +73,7 @@ def _record(d: dict) -> dict:
         "model": d["model"], "label": d.get("label"), "row": d["row"],
         "reward": d.get("reward") or None,
         "variant": d.get("variant") or (BASE if d["row"] == BASE else d["row"].split("-", 1)[-1]),
-        "suite": d["suite"],
+        "suite": d["suite"], "seed": None if d.get("seed") in (None, "") else int(d["seed"]),
         "scores": {k: float(v) for k, v in d["scores"].items() if v is not None},
         "checkpoint": _checkpoint(d.get("checkpoint")),
     }
@@ -159,13 +159,14 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
         for suite in SUITES:
             prefix = f"eval.{suite}."
             scores = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
-            key = (tags.get("model"), tags.get("row"), suite)
+            key = (tags.get("model"), tags.get("row"), tags.get("seed") or "", suite)
             if not scores or key in seen:
                 continue
             seen.add(key)
             records.append(_record({
                 "model": tags["model"], "label": tags.get("label"), "row": tags["row"],
                 "reward": tags.get("reward") or None, "variant": tags.get("variant"), "suite": suite,
+                "seed": tags.get("seed") or None,
                 "scores": scores, "world": tags.get("world") or None,
                 "checkpoint": {"rule": tags.get("checkpoint_rule"), "step": tags.get("checkpoint_step")},
             }))
@@ -174,13 +175,39 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
 
 
 def _index(records: Sequence[dict]) -> dict[tuple[str, str, str], dict]:
-    out = {}
+    """(model, row, suite) -> its record; the records of a row's training seeds merged into one."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:
-        key = (r["model"], r["row"], r["suite"])
-        if key in out:
-            raise ValueError(f"two score records for model {key[0]!r}, row {key[1]!r}, suite {key[2]!r}")
-        out[key] = r
+        groups.setdefault((r["model"], r["row"], r["suite"]), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        seeds = [r.get("seed") for r in group]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"two score records for model {key[0]!r}, row {key[1]!r}, suite {key[2]!r}"
+                             + (f", training seed {seeds[0]}" if seeds[0] is not None else ""))
+        out[key] = group[0] if len(group) == 1 else _merge_seeds(sorted(group, key=lambda r: (r["seed"] is None, r["seed"] or 0)))
     return out
+
+
+def _merge_seeds(group: list[dict]) -> dict:
+    """One row's records of several training seeds as one record: a cell is the mean over all their
+    images (with per-image values; else the mean of the seeds' cells), per-image values carry
+    their seed, ``checkpoints`` lists each seed's."""
+    rec = {**group[0], "seed": None, "seeds": [r["seed"] for r in group],
+           "checkpoints": [r["checkpoint"] for r in group]}
+    cols = [c for c in group[0]["scores"] if all(c in r["scores"] for r in group)]
+    per_image = {}
+    for col in cols:
+        entries = [(r.get("per_image") or {}).get(col) for r in group]
+        if all(entries):
+            per_image[col] = {"prompt_index": [i for e in entries for i in e["prompt_index"]],
+                              "value": [v for e in entries for v in e["value"]],
+                              "seed": [r["seed"] for r, e in zip(group, entries) for _ in e["value"]]}
+    rec["scores"] = {c: (stats.cell_estimate(per_image[c]["value"]) if c in per_image
+                         else math.fsum(r["scores"][c] for r in group) / len(group)) for c in cols}
+    rec["per_image"] = per_image
+    rec["n_images"] = sum(r.get("n_images") or 0 for r in group) or None
+    return rec
 
 
 def _row_name(reward: str | None, variant: str) -> str:
@@ -190,7 +217,7 @@ def _row_name(reward: str | None, variant: str) -> str:
 # ------------------------------------------------------------------------------------------
 # tables
 # ------------------------------------------------------------------------------------------
-INTERVAL_COLUMNS = ["table", "base", "row", "column", "value", "lo", "hi", "n_prompts", "n_images"]
+INTERVAL_COLUMNS = ["table", "base", "row", "column", "value", "lo", "hi", "n_prompts", "n_images", "n_seeds"]
 DIFFERENCE_COLUMNS = ["table", "base", "a", "b", "column", "ours_diff", "lo", "hi", "n_prompts", "note"]
 
 
@@ -241,8 +268,8 @@ def build_tables(exp, records: Sequence[dict]) -> dict[str, pd.DataFrame]:
     t2_rows = [(exp.label(model), BASE), *TABLE2_ROWS.items()]
     for row_label, variant in t2_rows:
         row = {"row": row_label, **{c: cell(model, variant, s, c) for c, s in t2_cols}}
-        checkpoints = [idx[k]["checkpoint"] for s in SUITES
-                       if (k := (model, _row_name(rewards[s], variant), s)) in idx]
+        checkpoints = [c for s in SUITES if (k := (model, _row_name(rewards[s], variant), s)) in idx
+                       for c in idx[k].get("checkpoints", [idx[k]["checkpoint"]])]
         row["checkpoint"] = _checkpoint_text(checkpoints, variant)
         t2.append(row)
         ci += [_interval_line("table2", exp.label(model), row_label, c, row[c], interval(model, variant, c))
@@ -265,7 +292,7 @@ def build_tables(exp, records: Sequence[dict]) -> dict[str, pd.DataFrame]:
     stand = pd.DataFrame([{"column": c, "scorer": sc, "world": world} for c, sc in stand_ins(used, exp).items()],
                          columns=["column", "scorer", "world"])
     return {"table1": table1, "table2": table2, "stand_ins": stand,
-            "intervals": _counts_as_int(pd.DataFrame(ci, columns=INTERVAL_COLUMNS), ["n_prompts", "n_images"]),
+            "intervals": _counts_as_int(pd.DataFrame(ci, columns=INTERVAL_COLUMNS), ["n_prompts", "n_images", "n_seeds"]),
             "differences": _counts_as_int(pd.DataFrame(diffs, columns=DIFFERENCE_COLUMNS), ["n_prompts"])}
 
 
@@ -275,8 +302,9 @@ def _counts_as_int(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return df
 
 
-def _per_image(rec: dict | None, col: str) -> tuple[list, list, list | None] | None:
-    """(values, prompt_index, strata of each prompt or None) of a record's column; None: no per-image
+def _per_image(rec: dict | None, col: str) -> tuple[list, list, list | None, list | None] | None:
+    """(values, prompt_index, strata of each prompt or None, training seed of each value or None)
+    of a record's column; None: no per-image
     values (or no score). Refuses a record whose ``scores[col]`` is not the mean of its
     ``per_image[col]``: an interval of it would be the interval of another number."""
     entry = ((rec or {}).get("per_image") or {}).get(col)
@@ -286,7 +314,7 @@ def _per_image(rec: dict | None, col: str) -> tuple[list, list, list | None] | N
     if not (math.isclose(mean, score, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(mean) and math.isnan(score))):
         raise ValueError(f"score record {rec['model']}/{rec['row']}/{rec['suite']}: scores[{col!r}] = {score!r} "
                          f"but the mean of per_image[{col!r}] is {mean!r}")
-    return entry["value"], entry["prompt_index"], ((rec.get("strata") or {}).get("of_prompt"))
+    return entry["value"], entry["prompt_index"], ((rec.get("strata") or {}).get("of_prompt")), entry.get("seed")
 
 
 def _cell_interval(rec: dict | None, col: str) -> stats.Interval | None:
@@ -298,7 +326,8 @@ def _cell_interval(rec: dict | None, col: str) -> stats.Interval | None:
 def _interval_line(table: str, base: str, row: str, col: str, value: float, iv: stats.Interval | None) -> dict:
     return {"table": table, "base": base, "row": row, "column": col, "value": value,
             "lo": iv.lo if iv else np.nan, "hi": iv.hi if iv else np.nan,
-            "n_prompts": iv.n_prompts if iv else np.nan, "n_images": iv.n_images if iv else np.nan}
+            "n_prompts": iv.n_prompts if iv else np.nan, "n_images": iv.n_images if iv else np.nan,
+            "n_seeds": iv.n_seeds if iv else np.nan}
 
 
 def _difference(table: str, base: str, a_label: str, b_label: str, col: str, a: dict | None,
@@ -314,12 +343,13 @@ def _difference(table: str, base: str, a_label: str, b_label: str, col: str, a: 
     da, db = _per_image(a, col), _per_image(b, col)
     if da is None or db is None:
         line["note"] = "no per-image values"
-    elif list(da[1]) != list(db[1]):
+    elif sorted(set(da[1])) != sorted(set(db[1])):
         line["note"] = "rows not scored on the same prompts"
     elif da[2] != db[2]:
         line["note"] = "rows' prompt strata differ"
     else:
-        iv = stats.bootstrap_difference(da[0], db[0], da[1], da[2])
+        iv = stats.bootstrap_difference(da[0], db[0], da[1], da[2], prompt_index_b=db[1], seed_index=da[3],
+                                        seed_index_b=db[3])
         line.update(lo=iv.lo, hi=iv.hi, n_prompts=iv.n_prompts)
         if not iv.known:
             line["note"] = "fewer than two prompts"
@@ -677,12 +707,13 @@ def _stand_ins_of(tables) -> tuple[str, dict[str, str]]:
 
 
 INTERVALS_TEXT = ("95% intervals: percentile bootstrap over prompts ({n:,} resamples, seed {seed}; all images of a "
-                  "drawn prompt go together; preference suite: prompts drawn within each style), of the very "
-                  "estimator the cell prints (the mean over the column's images)")
+                  "drawn prompt go together; preference suite: prompts drawn within each style; with several "
+                  "training seeds the seeds are drawn too), of the very estimator the cell prints (the mean over "
+                  "the column's images, of all seeds)")
 VERDICTS_TEXT = ("Each comparison the paper makes, as a paired difference: Table 1: Ours − +GRPO per model; Table 2: "
                  "each row − the row above. Ours: the difference of the two cells with a 95% interval from the same "
-                 "bootstrap, drawing one set of prompts for both rows (they were sampled on the same prompts with the "
-                 "same seeds). Verdict against the sign of the paper's own difference: holds (our interval excludes "
+                 "bootstrap, drawing one set of prompts (and of training seeds) for both rows (they were sampled on the "
+                 "same prompts with the same seeds). Verdict against the sign of the paper's own difference: holds (our interval excludes "
                  "0 on the paper's side), contradicted (it excludes 0 on the other side), inconclusive (it contains "
                  "0); no verdict: no interval (score files without per-image values, tables rebuilt from MLflow) "
                  "or no direction in the paper.")
@@ -982,3 +1013,21 @@ def make_tables(exp, records: Sequence[dict], out_dir: str | Path, paper_dir: st
     comparison = compare_with_paper(tables, paper_dir)
     write_tables(tables, comparison, out_dir)
     return format_for_terminal(tables, comparison)
+
+
+def compare_verdicts(runs: dict[str, str | Path]) -> pd.DataFrame:
+    """The verdicts of several runs of one experiment side by side (``runs``: name -> a run's
+    ``results/tables`` folder or its ``verdicts_vs_paper.csv``): a line per claim and column, a
+    column of verdicts per run (with the interval), and ``agree`` (every run gave the same
+    verdict). What a claim must survive: another machine, another thread count, other seeds."""
+    frames = []
+    for name, path in runs.items():
+        path = Path(path)
+        df = pd.read_csv(path / "verdicts_vs_paper.csv" if path.is_dir() else path)
+        df[name] = [f"{v} [{lo:+.4g}, {hi:+.4g}]" if not (_is_nan(lo) or _is_nan(hi)) else v
+                    for v, lo, hi in zip(df["verdict"], df["lo"], df["hi"])]
+        frames.append(df.set_index(["table", "base", "claim", "column"])[[name]])
+    out = pd.concat(frames, axis=1, join="outer").reset_index()
+    verdict_of = out[list(runs)].apply(lambda col: col.str.split(" ").str[0])
+    out["agree"] = verdict_of.nunique(axis=1, dropna=False).eq(1).map({True: "yes", False: "NO"})
+    return out

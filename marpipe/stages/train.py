@@ -29,7 +29,7 @@ import torch
 
 from marpipe import dist
 from marpipe.config import GRPOConfig
-from marpipe.experiment import Experiment
+from marpipe.experiment import Experiment, row_id
 from marpipe.io.checkpoint import latest_valid
 from marpipe.io.files import canonical_json, read_prompt_set, sha256_file, write_json
 from marpipe.io.tracking import MLflowRun, read_jsonl, run_status
@@ -38,7 +38,8 @@ from marpipe.trainer import PromptItem, Trainer
 
 
 def run_key(model: str, row: str) -> str:
-    """The MLflow run of a (model, row): training and evaluation metrics share it."""
+    """The MLflow run of a (model, row id) -- ``tiny-nova/base``, ``tiny-nova/hps-mte/seed0``:
+    training and evaluation metrics of one run share it."""
     return f"{model}/{row}"
 
 
@@ -55,26 +56,28 @@ def git_commit() -> str:
 _NOT_LINEAGE = ("steps", "save_every")
 
 
-def train_hash(exp: Experiment, model: str, reward: str | None, variant: str) -> str:
+def train_hash(exp: Experiment, model: str, reward: str | None, variant: str, seed: int | None = None) -> str:
     """The row's training lineage: a hash of its model and resolved training config (without
     ``steps``/``save_every``); "" for a base row. The MLflow run of a row is continued only
     by a run with the same hash (:mod:`marpipe.io.tracking`)."""
     if reward is None:
         return ""
     try:
-        cfg = exp.warmup_config(model) if variant == "warmup" else exp.train_config(model, reward, variant)
+        cfg = exp.warmup_config(model) if variant == "warmup" else exp.train_config(model, reward, variant, seed)
     except (KeyError, ValueError):      # a row the config no longer has (an old score file): no lineage
         return ""
     d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_LINEAGE}
     return hashlib.sha256(canonical_json({"model": model, "train": d}).encode()).hexdigest()[:16]
 
 
-def run_tags(exp: Experiment, model: str, reward: str | None, variant: str) -> dict:
+def run_tags(exp: Experiment, model: str, reward: str | None, variant: str, seed: int | None = None) -> dict:
+    """``row``: the table row (``hps-mte``, all seeds); ``seed``: the run's training seed."""
     tags = {"model": model, "label": exp.label(model), "reward": reward or "", "variant": variant,
-            "row": variant if reward is None else f"{reward}-{variant}", "world": exp.cfg["world"],
+            "row": variant if reward is None else f"{reward}-{variant}", "seed": "" if seed is None else str(seed),
+            "world": exp.cfg["world"],
             "config_hash": exp.config_hash, "git_commit": git_commit(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
-    lineage = train_hash(exp, model, reward, variant)
+    lineage = train_hash(exp, model, reward, variant, seed)
     if lineage:
         tags["train_hash"] = lineage
     return tags
@@ -126,11 +129,14 @@ def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: 
 
 
 def train_run(exp: Experiment, model: str, reward: str, variant: str, out: str | Path, prompts: str | Path,
-              base_weights: str | Path | None = None, resources: str = "resources", progress: bool = True) -> dict:
-    cfg = exp.train_config(model, reward, variant)
-    row = f"{reward}-{variant}"
+              base_weights: str | Path | None = None, resources: str = "resources", progress: bool = True,
+              seed: int | None = None) -> dict:
+    """One run: (model, reward, variant, training seed); ``seed`` None: the config's first seed."""
+    seed = exp.seeds[0] if seed is None else seed
+    cfg = exp.train_config(model, reward, variant, seed)
     return _train(exp, model, cfg, reward, Path(out), Path(prompts), Path(base_weights) if base_weights else None,
-                  run_key(model, row), run_tags(exp, model, reward, variant), resources, progress)
+                  run_key(model, row_id(reward, variant, seed)), run_tags(exp, model, reward, variant, seed),
+                  resources, progress)
 
 
 def warmup_run(exp: Experiment, model: str, out: str | Path, prompts: str | Path, resources: str = "resources",

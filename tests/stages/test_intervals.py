@@ -227,7 +227,7 @@ def test_old_records_give_tables_without_intervals(exp, tmp_path):
 
 def test_mixed_records_and_mismatched_rows(exp, tmp_path):
     files = write_scores(exp, tmp_path)
-    _strip(files, keep=lambda p: not (p.parts[-2] == "hps-grpo" and p.parts[-3] == "tiny-nova"))
+    _strip(files, keep=lambda p: not (p.parts[-3] == "hps-grpo" and p.parts[-4] == "tiny-nova"))
     tabs = T.build_tables(exp, T.score_records_from_files(files))
     iv = tabs["intervals"]
     nova_pref = iv[(iv["table"] == "table1") & (iv["base"] == "NOVA") & iv["column"].isin(["HPS", "Aesthetic"])]
@@ -240,7 +240,7 @@ def test_mixed_records_and_mismatched_rows(exp, tmp_path):
     assert "Cells without an interval" in md
     # rows scored on different prompts are not paired; a score that is not its values' mean is refused
     files = write_scores(exp, tmp_path / "b")
-    p = next(f for f in files if f.parts[-2] == "hps-grpo" and f.parts[-3] == "tiny-nova")
+    p = next(f for f in files if f.parts[-3] == "hps-grpo" and f.parts[-4] == "tiny-nova")
     d = json.loads(p.read_text())
     d["per_image"]["HPS"]["prompt_index"] = [i + 100 for i in d["per_image"]["HPS"]["prompt_index"]]
     d["strata"]["of_prompt"] = d["strata"]["of_prompt"] * 8

@@ -60,7 +60,7 @@ def fake_upstream(exp, results: Path) -> None:
     for m in exp.models:
         for r in exp.trained_rewards:
             for i, v in enumerate(exp.variants):
-                run = results / "runs" / m / r / v
+                run = results / "runs" / m / r / v / f"seed{exp.seeds[0]}"
                 run.mkdir(parents=True, exist_ok=True)
                 (run / "metrics.jsonl").write_text("".join(
                     json.dumps({"step": s, "reward_mean": 0.1 * s + 0.01 * i, "kl": 1e-3 * s * (i + 1),
@@ -69,7 +69,7 @@ def fake_upstream(exp, results: Path) -> None:
     g = torch.Generator().manual_seed(0)
     for suite in experiment.SUITES:
         for row in exp.suite_rows(suite):
-            save_images(results / "images" / row.model / row.name / f"{suite}.npz",
+            save_images(results / "images" / row.model / row.id / f"{suite}.npz",
                         torch.rand(4, 3, 32, 32, generator=g), PROMPTS, [{}, {}], [0, 0, 1, 1], {"seed": 0})
 
 

@@ -91,9 +91,10 @@ def write_scores(exp, root: Path, drop=(), skip=()) -> list[Path]:
         for row in exp.suite_rows(suite):
             if (row.model, row.name, suite) in drop:
                 continue
-            p = root / "scores" / row.model / row.name / f"{suite}.json"
+            p = root / "scores" / row.model / row.id / f"{suite}.json"
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(_score_file(exp, row.model, row.reward, row.variant, suite, skip)))
+            p.write_text(json.dumps({**_score_file(exp, row.model, row.reward, row.variant, suite, skip),
+                                     "seed": row.seed}))
             paths.append(p)
     return paths
 
@@ -235,7 +236,7 @@ def test_written_files_byte_identical_on_rerun(exp, tmp_path):
     assert "SD3" in md and "+Sim (Ours)" in md
     # intervals: long format beside the unchanged tables; md cells "value [lo, hi]"
     iv = pd.read_csv(outs[0] / "intervals.csv")
-    assert list(iv.columns) == ["table", "base", "row", "column", "value", "lo", "hi", "n_prompts", "n_images"]
+    assert list(iv.columns) == ["table", "base", "row", "column", "value", "lo", "hi", "n_prompts", "n_images", "n_seeds"]
     assert len(iv) == 6 * 11 + 5 * 5
     hps = iv[(iv["table"] == "table1") & (iv["base"] == "NOVA") & (iv["row"] == "Ours") & (iv["column"] == "HPS")]
     v, lo, hi = hps[["value", "lo", "hi"]].iloc[0]
@@ -306,6 +307,6 @@ def test_kendall_tau():
 def test_score_paths(exp, tmp_path):
     paths = T.score_paths(exp, tmp_path)
     assert len(paths) == 2 * 2 * (1 + 4)
-    assert tmp_path / "scores" / "tiny-nova" / "hps-sim" / "preference.json" in paths
-    assert tmp_path / "scores" / "tiny-harmon" / "mixed-grpo" / "compbench.json" in paths
+    assert tmp_path / "scores" / "tiny-nova" / "hps-sim" / "seed0" / "preference.json" in paths
+    assert tmp_path / "scores" / "tiny-harmon" / "mixed-grpo" / "seed0" / "compbench.json" in paths
     assert tmp_path / "scores" / "tiny-nova" / "hps-sim" / "compbench.json" not in paths

@@ -1,19 +1,22 @@
 # Config validation, wildcard constraints and the input functions: every "which files
 # does this job need" question is answered here.
+import re
 import yaml
 from pathlib import Path
+from snakemake.utils import Paramspace, update_config
 
 from marpipe import experiment as E
 from marpipe.stages import session
 
 session.ensure_cli_on_path()
 
-# --configfile replaces config.yaml instead of being merged into it (two worlds never mix); each
-# file is read again strictly (duplicate keys are an error, naming the file and line)
+# --configfile replaces config.yaml instead of being merged into it (two worlds never mix); several
+# files are merged in order, key by key (config/small.yaml config/study.yaml: the study's changes);
+# each file is read again strictly (duplicate keys are an error, naming the file and line)
 config.clear()
 for _path in workflow.overwrite_configfiles or ["config.yaml"]:
-    config.update(E.read_config(_path))
-config.update(workflow.config_settings.overwrite_config)
+    update_config(config, E.read_config(_path))
+update_config(config, workflow.config_settings.overwrite_config)
 
 EXP = E.load(config, cache=".marpipe/validated")  # ConfigError naming the key: nothing is submitted
 # The validated config every job reads (content-addressed, so re-parsing in a job writes the same file)
@@ -25,15 +28,33 @@ if not Path(CONFIG).exists():
 MODELS = EXP.models
 REWARDS = EXP.trained_rewards
 VARIANTS = EXP.variants
+SEEDS = EXP.seeds                   # training seeds: every run is (model, reward, variant, seed)
 SUITES = list(E.SUITES)
 MANIFEST = "MANIFEST.sha256"
+
+# Fig. 7: one knob at a time around the full method (config `ablations:`), each point a run of
+# the ablated variant, named by Paramspace's folders: sim/top_k~0.1/tau~0.0/S~3
+ABLATION = EXP.ablation
+ABLATIONS = Paramspace(EXP.ablation_frame())
+ABLATION_VARIANTS = [f"{ABLATION['variant']}/{p}" for p in ABLATIONS.instance_patterns] if ABLATION else []
+assert ABLATION_VARIANTS == EXP.ablation_variants(), "ablation folders differ from marpipe's names"
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+def ablation_rows():
+    return [E.row_id(ABLATION["reward"], v, s) for v in ABLATION_VARIANTS for s in SEEDS] if ABLATION else []
 
 
 wildcard_constraints:
     model="|".join(MODELS),
     reward="|".join(REWARDS),
-    variant="|".join(VARIANTS),
-    row="base|" + "|".join(f"{r}-{v}" for r in REWARDS for v in VARIANTS),
+    variant=_alternatives(VARIANTS + ABLATION_VARIANTS),
+    seed="|".join(map(str, SEEDS)),
+    row=_alternatives(["base"] + [E.row_id(r, v, s) for r in REWARDS for v in VARIANTS for s in SEEDS]
+                      + ablation_rows()),
     suite="|".join(SUITES),
     weights="|".join(EXP.cfg["weights"]),
     prompts="|".join(EXP.cfg["prompts"]),
@@ -70,13 +91,23 @@ def start_weights(wildcards):
     return {}
 
 
+def run_dir(model, reward, variant, seed):
+    return f"results/runs/{model}/{reward}/{variant}/seed{seed}"
+
+
 def row_weights(wildcards):
-    """A row's weights: the selected checkpoint, or nothing for the base model."""
-    if wildcards.row == "base":
+    """A row's weights: the selected checkpoint of its run, or nothing for the base model."""
+    reward, variant, seed = E.parse_row_id(wildcards.row)
+    if reward is None:
         return {}
-    reward, variant = wildcards.row.split("-", 1)
-    return {"weights": f"results/selected/{wildcards.model}/{reward}/{variant}.safetensors",
-            "selection": f"results/selected/{wildcards.model}/{reward}/{variant}.json"}
+    selected = f"results/selected/{wildcards.model}/{reward}/{variant}/seed{seed}"
+    return {"weights": f"{selected}.safetensors", "selection": f"{selected}.json"}
+
+
+def row_args(wildcards):
+    """The evaluate command's --reward/--variant/--seed of a row id."""
+    reward, variant, seed = E.parse_row_id(wildcards.row)
+    return "--variant base" if reward is None else f"--reward {reward} --variant {variant} --seed {seed}"
 
 
 def suite_prompts(wildcards):
@@ -84,8 +115,8 @@ def suite_prompts(wildcards):
 
 
 def evaluated():
-    """Every (model, row, suite) whose scores fill Tables 1-2."""
-    return [(row.model, row.name, suite) for suite in SUITES for row in EXP.suite_rows(suite)]
+    """Every (model, row id, suite) whose scores fill Tables 1-2 (each row once per seed)."""
+    return [(row.model, row.id, suite) for suite in SUITES for row in EXP.suite_rows(suite)]
 
 
 def score_files():
@@ -93,7 +124,22 @@ def score_files():
 
 
 def metrics_files():
-    return [f"results/runs/{m}/{r}/{v}/summary.json" for m in MODELS for r in REWARDS for v in VARIANTS]
+    return [f"{run_dir(m, r, v, s)}/summary.json" for m in MODELS for r in REWARDS for v in VARIANTS for s in SEEDS]
+
+
+def ablation_score_files():
+    """Fig. 7: the preference suite's scores of every point of the sweep and of its centre, each training seed."""
+    if not ABLATION:
+        return []
+    centre = [E.row_id(ABLATION["reward"], ABLATION["variant"], s) for s in SEEDS]   # its Table 2 runs
+    return [f"results/scores/{ABLATION['model']}/{r}/preference.json" for r in centre + ablation_rows()]
+
+
+def ablation_metrics_files():
+    if not ABLATION:
+        return []
+    return [f"{run_dir(ABLATION['model'], ABLATION['reward'], v, s)}/summary.json"
+            for v in [ABLATION["variant"]] + ABLATION_VARIANTS for s in SEEDS]
 
 
 def image_bundles():
@@ -105,5 +151,19 @@ def all_targets():
         [f"results/verify/{m}.json" for m in MODELS]
         + ["results/tables/table1.csv", "results/tables/table2.csv", "results/figures",
            "results/mlflow.json", "results/dvc.json"]
+        + (["results/ablations"] if ABLATION else [])
+        + grad_noise_files()
     )
+
+
+def grad_noise_files():
+    """The study's gradient-noise tables (config `grad_noise:`), one per model."""
+    return [f"results/grad_noise/{m}.csv" for m in MODELS] if EXP.cfg.get("grad_noise") else []
+
+
+def model_spec(wildcards):
+    """The bench's model argument: a tiny model's weights file, or ``<adapter>:<folder>``."""
+    adapter = EXP.cfg["models"][wildcards.model].get("adapter", "tiny")
+    folder = f"resources/models/{wildcards.model}"
+    return f"--weights {folder}/model.safetensors" if adapter == "tiny" else f"--model {adapter}:{folder}"
 

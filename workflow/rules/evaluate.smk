@@ -31,8 +31,7 @@ rule evaluate:
         "results/scores/{model}/{row}/{suite}.json",
     params:
         config=CONFIG,
-        reward=lambda w: "" if w.row == "base" else f"--reward {w.row.split('-', 1)[0]}",
-        variant=lambda w: w.row.split("-", 1)[-1],
+        row=row_args,
         selection=lambda w, input: f"--selection {input.selection}" if "selection" in input.keys() else "",
     log:
         "logs/evaluate/{model}/{row}/{suite}.log",
@@ -41,5 +40,5 @@ rule evaluate:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "marpipe evaluate --config {params.config} --model {wildcards.model} {params.reward} --variant {params.variant}"
+        "marpipe evaluate --config {params.config} --model {wildcards.model} {params.row}"
         " --suite {wildcards.suite} --images {input.images} {params.selection} --out {output} > {log} 2>&1"

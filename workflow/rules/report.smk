@@ -4,6 +4,7 @@ from marpipe.stages.report import figure_labels, figure_subcategory
 localrules:
     tables,
     figures,
+    ablations,
     mlflow_sync,
     dvc_push,
 
@@ -54,6 +55,52 @@ rule figures:
         "marpipe figures --config {params.config} --out-dir {output} > {log} 2>&1"
 
 
+rule ablations:
+    # Fig. 7: the sweep over top_k, tau and S (config `ablations:`; the points are Paramspace folders)
+    input:
+        scores=ablation_score_files(),
+        runs=ablation_metrics_files(),
+    output:
+        report(
+            directory("results/ablations"),
+            patterns=["fig7_{panel}.png"],
+            caption="../report/ablations.rst",
+            category="Fig. 7: ablations",
+        ),
+    params:
+        config=CONFIG,
+    log:
+        "logs/ablations.log",
+    benchmark:
+        "benchmarks/ablations.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "marpipe ablations --config {params.config} --scores {input.scores} --out-dir {output} > {log} 2>&1"
+
+
+rule grad_noise:
+    # Sec. 3.2-3.3's mechanism measured directly: the AR and head gradients' noise under resampled
+    # head noise, per variant, S and top_k (config `grad_noise:`; the study)
+    input:
+        base_model("{model}"),
+    output:
+        report("results/grad_noise/{model}.csv", caption="../report/grad_noise.rst", category="Gradient noise"),
+    params:
+        model=model_spec,
+        draws=lambda w: EXP.cfg["grad_noise"]["draws"],
+        preset=lambda w: EXP.cfg["grad_noise"]["preset"],
+    log:
+        "logs/grad_noise/{model}.log",
+    benchmark:
+        "benchmarks/grad_noise/{model}.tsv"
+    conda:
+        env_for
+    shell:
+        "marpipe bench grad-noise {params.model} --draws {params.draws} --preset {params.preset}"
+        " --csv {output} > {log} 2>&1"
+
+
 rule mlflow_sync:
     input:
         metrics_files(),
@@ -82,10 +129,13 @@ rule dvc_push:
         "results/figures",
         "results/mlflow.json",
         expand("results/verify/{model}.json", model=MODELS),
+        ["results/ablations"] if ABLATION else [],
+        grad_noise_files(),
     output:
         "results/dvc.json",
     params:
         config=CONFIG,
+        ablations=" ".join((["results/ablations"] if ABLATION else []) + (["results/grad_noise"] if grad_noise_files() else [])),
     log:
         "logs/dvc_push.log",
     benchmark:
@@ -95,4 +145,4 @@ rule dvc_push:
     shell:
         "marpipe dvc-push --config {params.config} --out {output} resources results/verify results/tables"
         " results/figures results/scores results/images results/selected results/runs results/mlflow.json"
-        " > {log} 2>&1"
+        " {params.ablations} > {log} 2>&1"

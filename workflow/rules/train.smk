@@ -31,37 +31,38 @@ rule train:
         prompts="resources/prompts/train.jsonl",
         reward=lambda w: reward_weights(w.reward),
     output:
-        "results/runs/{model}/{reward}/{variant}/summary.json",
+        "results/runs/{model}/{reward}/{variant}/seed{seed}/summary.json",
     params:
         config=CONFIG,
         run=lambda w, output: str(Path(output[0]).parent),
         start=lambda w, input: f"--base-weights {input.warm}" if "warm" in input.keys() else "",
         launch=lambda w, resources: launcher(resources),
     log:
-        "logs/train/{model}/{reward}/{variant}.log",
+        "logs/train/{model}/{reward}/{variant}/seed{seed}.log",
     benchmark:
-        "benchmarks/train/{model}/{reward}/{variant}.tsv"
+        "benchmarks/train/{model}/{reward}/{variant}/seed{seed}.tsv"
     conda:
         env_for
     shell:
         "{params.launch} train --config {params.config} --model {wildcards.model} --reward {wildcards.reward}"
-        " --variant {wildcards.variant} --prompts {input.prompts} --out {params.run} {params.start}"
+        " --variant {wildcards.variant} --seed {wildcards.seed} --prompts {input.prompts} --out {params.run}"
+        " {params.start}"
         " --no-progress > {log} 2>&1"
 
 
 rule select_checkpoint:
     input:
-        "results/runs/{model}/{reward}/{variant}/summary.json",
+        "results/runs/{model}/{reward}/{variant}/seed{seed}/summary.json",
     output:
-        weights="results/selected/{model}/{reward}/{variant}.safetensors",
-        json="results/selected/{model}/{reward}/{variant}.json",
+        weights="results/selected/{model}/{reward}/{variant}/seed{seed}.safetensors",
+        json="results/selected/{model}/{reward}/{variant}/seed{seed}.json",
     params:
         config=CONFIG,
         run=lambda w, input: str(Path(input[0]).parent),
     log:
-        "logs/select_checkpoint/{model}/{reward}/{variant}.log",
+        "logs/select_checkpoint/{model}/{reward}/{variant}/seed{seed}.log",
     benchmark:
-        "benchmarks/select_checkpoint/{model}/{reward}/{variant}.tsv"
+        "benchmarks/select_checkpoint/{model}/{reward}/{variant}/seed{seed}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     shell:
