@@ -108,8 +108,9 @@ def cmd_evaluate(args):
 def cmd_tables(args):
     from marpipe.stages import tables as T
     exp = experiment(args)
+    files = [f for s in args.scores for f in (sorted(Path(s).rglob("*.json")) if Path(s).is_dir() else [s])]
     records = (T.score_records_from_mlflow(exp, args.tracking_uri) if args.from_mlflow
-               else T.score_records_from_files(args.scores))
+               else T.score_records_from_files(files))
     tables = T.build_tables(exp, records)
     comparison = T.compare_with_paper(tables)
     T.write_tables(tables, comparison, args.out_dir)
@@ -288,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resources", default="resources")
 
     s = add("tables", cmd_tables, "Tables 1-2, ours beside the paper's (from score files or from MLflow)")
-    s.add_argument("--scores", nargs="*", default=[]); s.add_argument("--out-dir", required=True)
+    s.add_argument("--scores", nargs="*", default=[], help="score files, or folders (every *.json below: results/scores)")
+    s.add_argument("--out-dir", required=True)
     s.add_argument("--from-mlflow", action="store_true"); s.add_argument("--tracking-uri")
 
     s = sub.add_parser("verdicts", help="several runs' verdicts side by side; exit 1 if any differs",

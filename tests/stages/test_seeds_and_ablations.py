@@ -286,3 +286,19 @@ def test_verdicts_of_several_runs_side_by_side(tmp_path, capsys):
     assert "| inconclusive [-0.1, +0.1] | contradicted [-0.5, -0.1] | NO |" in out
     assert "1 of 2 verdicts agree across " in out
     assert main(["verdicts", str(tmp_path / "one"), f"same={tmp_path / 'one'}"]) == 0
+
+
+def test_tables_command_reads_a_folder_of_score_files(small, tmp_path):
+    """The README's audit step: ``--scores results/scores`` takes every score file below it (base rows
+    one folder deep, trained runs two: ``<row>/seed<N>/``)."""
+    from marpipe.cli import main
+    exp = E.load(copy.deepcopy(small))
+    files = write_scores(exp, tmp_path / "results")
+    assert {len(f.relative_to(tmp_path / "results" / "scores").parts) for f in files} == {3, 4}
+    assert main(["tables", "--config", str(ROOT / "config" / "small.yaml"), "--scores",
+                 str(tmp_path / "results" / "scores"), "--out-dir", str(tmp_path / "a")]) == 0
+    assert main(["tables", "--config", str(ROOT / "config" / "small.yaml"), "--scores", *map(str, files),
+                 "--out-dir", str(tmp_path / "b")]) == 0
+    for name in ("table1.csv", "table2.csv", "intervals.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert "nan" not in (tmp_path / "a" / "table2.csv").read_text().lower()
