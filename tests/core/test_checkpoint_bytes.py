@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -207,15 +208,17 @@ def test_resumed_run_has_one_mlflow_point_per_step(runs):
 
 
 def test_a_row_continues_its_mlflow_run_only_with_the_same_training_config(runs):
-    uri, key = runs["uri"], "tiny/redness-grpo"
-    first = MLflowRun(key, "lineage", tags={"train_hash": "aaaa"}, tracking_uri=uri)
+    # the module's store (a fresh one costs seconds of migrations), in an experiment of this call's own:
+    # the runs it adds are seen by no other test, nor by this one run again in the same session
+    uri, key, name = runs["uri"], "tiny/redness-grpo", f"lineage-{uuid.uuid4().hex}"
+    first = MLflowRun(key, name, tags={"train_hash": "aaaa"}, tracking_uri=uri)
     first.log_step(1, {"loss": 1.0})
-    again = MLflowRun(key, "lineage", tags={"train_hash": "aaaa"}, tracking_uri=uri)   # another clone, same row
+    again = MLflowRun(key, name, tags={"train_hash": "aaaa"}, tracking_uri=uri)   # another clone, same row
     assert (again.run_id, again.created) == (first.run_id, False)
     again.log_step(1, {"loss": 1.0})
     again.log_step(2, {"loss": 0.5})
     assert [m.step for m in again.client.get_metric_history(first.run_id, "loss")] == [1, 2]
-    changed = MLflowRun(key, "lineage", tags={"train_hash": "bbbb"}, tracking_uri=uri)  # config changed
+    changed = MLflowRun(key, name, tags={"train_hash": "bbbb"}, tracking_uri=uri)  # config changed
     assert changed.created and changed.run_id != first.run_id
 
 

@@ -53,8 +53,9 @@ def git(git_dir):
     return load_metric("git_vqa", git_dir, batch_size=2)
 
 
-def with_threshold(det, t):
-    det.box_threshold = t
+def with_threshold(monkeypatch, det, t):
+    """``det`` (a module fixture) with box threshold ``t`` for this test only."""
+    monkeypatch.setattr(det, "box_threshold", t)
     return det
 
 
@@ -108,30 +109,34 @@ def test_owlvit_preprocessing_matches_image_processor(owl, owlvit_dir):
 # --- properties shared by both detectors ----------------------------------------------------
 
 @pytest.mark.parametrize("name", ["owl", "gd"])
-def test_detector_threshold_filters_strictly(request, name):
+def test_detector_threshold_filters_strictly(request, name, monkeypatch):
     det = request.getfixturevalue(name)
     x = images(2, 40, 48)
     vocab = VOCAB[:2] if name == "owl" else [GD_NOUNS, ["dog"]]
-    try:
-        everything = with_threshold(det, 0.0).detect(x, vocab)
-        scores = sorted(d["score"] for img in everything for d in img)
-        t = scores[len(scores) // 2]                                          # the median score
-        kept = with_threshold(det, t).detect(x, vocab)
-        assert kept == [[d for d in img if d["score"] > t] for img in everything]
-        assert 0 < sum(map(len, kept)) < sum(map(len, everything))
-        assert with_threshold(det, 1.0).detect(x, vocab) == [[], []]
-    finally:
-        with_threshold(det, 0.0)
+    everything = with_threshold(monkeypatch, det, 0.0).detect(x, vocab)
+    scores = sorted(d["score"] for img in everything for d in img)
+    t = scores[len(scores) // 2]                                              # the median score
+    kept = with_threshold(monkeypatch, det, t).detect(x, vocab)
+    assert kept == [[d for d in img if d["score"] > t] for img in everything]
+    assert 0 < sum(map(len, kept)) < sum(map(len, everything))
+    assert with_threshold(monkeypatch, det, 1.0).detect(x, vocab) == [[], []]
 
 
 @pytest.mark.parametrize("name", ["owl", "gd"])
-def test_detector_batch_equals_singles_sorted_and_deterministic(request, name):
+def test_detector_per_image_loop_pairs_images_with_their_vocab_sorted_and_deterministic(request, name):
+    """``detect`` runs the model on ONE image at a time: each image has its own vocabulary (OWL's
+    text queries, Grounding DINO's caption), as in T2I-R1's reward and T2I-CompBench's detection loop.
+    So a batch equals its singles by construction, and no batched forward pass is compared here;
+    what is checked is the loop's bookkeeping -- image i is detected with vocab i and its list comes
+    back at position i (also for the batch reversed), sorted by score, labelled from its own
+    vocabulary, boxes well formed -- and determinism."""
     det = request.getfixturevalue(name)
     x = images(3, 40, 48)
     vocab = VOCAB if name == "owl" else [GD_NOUNS, ["dog"], ["cat", "car"]]
     batch = det.detect(x, vocab)
     singles = [det.detect(x[i:i + 1], vocab[i:i + 1])[0] for i in range(3)]
     assert batch == singles and batch == det.detect(x, vocab)
+    assert det.detect(x.flip(0), vocab[::-1]) == batch[::-1]
     for img, voc in zip(batch, vocab):
         assert img and [d["score"] for d in img] == sorted((d["score"] for d in img), reverse=True)
         assert {d["label"] for d in img} <= {" ".join([n.split()[0], n.split()[-1]]) if len(n.split()) > 2 else n
@@ -150,14 +155,13 @@ def test_detection_prompt_spans_hand_checked():
     assert [" ".join(caption[a:b] for a, b in sp) for sp in spans] == ["cat", "wooden bench", "red bench"]
 
 
-def test_gdino_phrase_scores_by_hand(gd, gdino_dir):
+def test_gdino_phrase_scores_by_hand(gd, gdino_dir, monkeypatch):
     """Phrase score = mean token probability over the first and last word of the noun (sum /
     (n + 1e-6)); every (box, noun) pair over the threshold is a detection, labelled with the
     noun; boxes are ``center_to_corners`` times the INPUT image's (w, h, w, h)."""
     from transformers import AutoProcessor
     x = images(1, 40, 48)
-    got = with_threshold(gd, 0.5).detect(x, [GD_NOUNS])[0]
-    with_threshold(gd, 0.0)
+    got = with_threshold(monkeypatch, gd, 0.5).detect(x, [GD_NOUNS])[0]
     proc = AutoProcessor.from_pretrained(str(gdino_dir))
     caption = "cat . wooden bench . red wooden bench."
     inp = proc(images=pil(x), text=caption, return_tensors="pt")
@@ -297,10 +301,17 @@ def test_depth_input_is_the_reference_pil_bilinear_transform(dpt):
     assert grey_levels(bicubic, ref_t(pil(step))[None], 0.5) > 10
 
 
-def test_depth_batch_invariance_and_determinism(dpt):
+def test_depth_per_image_loop_equals_singles_in_order_and_is_deterministic(dpt):
+    """``depth_maps`` runs DPT on ONE image at a time, as T2I-CompBench's ``3D_spatial_eval.py``
+    does (each map is then min-max normalised and cut to 8-bit levels on its own). So a batch equals
+    its singles exactly by construction, and no batched forward pass is compared here; what is
+    checked is that map i is image i's (also for the batch reversed), that the images' maps differ,
+    and determinism."""
     x = images(3, 40, 48)
     d = dpt.depth_maps(x)
     assert torch.equal(d, torch.cat([dpt.depth_maps(x[i:i + 1]) for i in range(3)]))
+    assert torch.equal(dpt.depth_maps(x.flip(0)), d.flip(0))
+    assert not torch.equal(d[0], d[1]) and not torch.equal(d[1], d[2])
     assert torch.equal(d, dpt.depth_maps(x))
 
 
@@ -326,11 +337,18 @@ def test_git_yes_prob_formula_by_hand(git):
     assert not torch.allclose(git.score_questions(x, qs[:1] * 2)[0], git.score_questions(x, qs[:1] * 2)[1])
 
 
-def test_git_batch_invariance_and_reward(git, git_dir):
+def test_git_per_image_loop_pairs_questions_and_reward(git, git_dir):
+    """GIT-VQA scores ONE unpadded (image, question) pair at a time, as T2I-R1's ``reward_git.py``
+    does (questions differ in length; padding would move the last position whose logits are read).
+    So a batch equals its singles exactly by construction, and no batched forward pass is compared
+    here; what is checked is the pairing -- score i is image i with question i (also reversed), the
+    four scores differ -- determinism, and the reward's aggregation per task type."""
     x = images(4, 40, 48)
     qs = ["a red cat?", "a dog?", "the car?", "a blue apple?"]
     s = git.score_questions(x, qs)
     assert torch.equal(s, torch.cat([git.score_questions(x[i:i + 1], qs[i:i + 1]) for i in range(4)]))
+    assert torch.equal(git.score_questions(x.flip(0), qs[::-1]), s.flip(0))
+    assert len(set(s.tolist())) == 4
     assert torch.equal(s, git.score_questions(x, qs))
     meta = [{"task_type": "color", "attr_nouns": ["red cat", "blue dog"], "nouns": ["cat", "dog"]},
             {"task_type": "spatial", "nouns": ["cat", "dog"]},

@@ -9,7 +9,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from marpipe.metrics.preprocess import (OPENAI_MEAN, OPENAI_STD, center_crop_offset, clip_preprocess,
-                                        hf_clip_preprocess, normalize, resize_longest_pad,
+                                        hf_clip_preprocess, hps_preprocess, normalize, resize_longest_pad,
                                         resize_shortest_center_crop, resize_square)
 
 torch.set_num_threads(1)
@@ -102,10 +102,22 @@ def test_grey_image_stays_grey():
     assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])
 
 
-def test_batch_equals_single_images():
+def test_pil_paths_go_image_by_image_and_the_hps_batch_equals_its_singles():
+    """The PIL paths resize ONE image at a time, as the official pipelines do (PIL has no batch), so
+    a batch equals its singles exactly by construction (the normalisation is elementwise): checked
+    here is that image i stays at position i. HPS's resize runs on the whole float batch
+    (``F.interpolate``): equal to the singles within float32 rounding of the values' scale, a
+    tolerance far below the difference between two images."""
     x = torch.cat([image(333, 517, seed=s) for s in range(3)])
     for f in (clip_preprocess, hf_clip_preprocess, lambda t: resize_square(t, 480)):
-        assert torch.equal(f(x), torch.cat([f(x[i:i + 1]) for i in range(3)]))
+        y = f(x)
+        assert torch.equal(y, torch.cat([f(x[i:i + 1]) for i in range(3)]))
+        assert torch.equal(f(x.flip(0)), y.flip(0)) and not torch.equal(y[0], y[1])
+    y = hps_preprocess(x, 224)
+    singles = torch.cat([hps_preprocess(x[i:i + 1], 224) for i in range(3)])
+    tol = 1e-6 * float(y.abs().max())
+    assert float((y - singles).abs().max()) <= tol
+    assert float((y[0] - y[1]).abs().max()) > 1e4 * tol
 
 
 # --- 8-bit conversion ------------------------------------------------------------------------

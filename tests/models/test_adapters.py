@@ -21,6 +21,7 @@ def harmon():
 
 
 def test_harmon_trains_exactly_mar_encoder_decoder_and_head(harmon):
+    harmon = copy.deepcopy(harmon)            # set_trainable writes requires_grad: not into the module's fixture
     ar = {id(p) for p in harmon.ar_parameters()}
     head = {id(p) for p in harmon.head_parameters()}
     mar_enc_dec = {id(p) for n, p in harmon.mar.named_parameters() if not n.startswith("diffloss.")}
@@ -68,15 +69,13 @@ def test_paper_sampling_defaults():
     assert NEGATIVE_PROMPT == "Generate an image."
 
 
-def test_harmon_prompts_use_the_chat_template(harmon):
+def test_harmon_prompts_use_the_chat_template(harmon, monkeypatch):
     seen = []
     enc = harmon.tokenizer.encode
-    harmon.tokenizer.encode = lambda text, **kw: (seen.append(text), enc(text, **kw))[1]
-    try:
-        p = harmon.encode_prompts(["a cat", "two dogs on a red sofa"])
-        harmon.encode_negative(1)
-    finally:
-        harmon.tokenizer.encode = enc
+    monkeypatch.setattr(harmon.tokenizer, "encode", lambda text, **kw: (seen.append(text), enc(text, **kw))[1])
+    p = harmon.encode_prompts(["a cat", "two dogs on a red sofa"])
+    harmon.encode_negative(1)
+    monkeypatch.undo()
     assert seen[0] == CHAT_TEMPLATE.format(input="Generate an image: a cat")
     assert seen[-1] == CHAT_TEMPLATE.format(input="Generate an image.")
     assert p.pad[0].any() and not p.pad[1].any()      # right padding of the shorter prompt
