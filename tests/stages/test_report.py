@@ -212,6 +212,8 @@ CAPTIONS = [  # (caption, wildcards of the file it describes, whether the tables
     ("table1.rst", {}, True), ("table2.rst", {}, True), ("tables.rst", {}, True),
     ("figures.rst", {"model": "tiny-nova", "reward": "hps"}, True), ("figures.rst", {"model": "tiny-harmon"}, True),
     ("verify.rst", {"model": "tiny-nova"}, True),
+    ("ablations.rst", {"panel": "knobs"}, True), ("ablations.rst", {"panel": "curves"}, True),
+    ("grad_noise.rst", {"model": "tiny-harmon"}, True),
 ]
 
 
