@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed
 OFFICIAL_VENVS := .venv-nova .venv-harmon
 OFFICIAL_STAMPS := $(addsuffix /.installed,$(OFFICIAL_VENVS))
 
-.PHONY: demo study test install official-venvs clean mutation
+.PHONY: demo study rehearse test install official-venvs clean mutation
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,17 @@ STUDY_DIR   ?= study
 study: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH MARPIPE_TORCH_THREADS=$(THREADS) $(BIN)/marpipe demo \
 		--config config/small.yaml config/study.yaml $(STUDY_EXTRA) --directory $(STUDY_DIR)
+
+# the rehearsal (issue 14): the PAPER DAG (config/rehearsal.yaml: config.yaml at tiny sizes) end to end on
+# CPU against the local hub of tiny random-weight models in the real repositories' layouts (.marpipe/hub,
+# built on first use), through --profile slurm-paper on the one-node cluster (.ci/cluster.sh up) with the
+# overrides that node needs, in rehearsal/; NOVA/Harmon jobs run in .venv-nova/.venv-harmon. Without SLURM:
+# make rehearse REHEARSE_PROFILE=local. Prints each rule's job count and summed wall time.
+REHEARSE_PROFILE ?= slurm-paper
+REHEARSE_DIR     ?= rehearsal
+rehearse: $(STAMP) $(OFFICIAL_STAMPS)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m marpipe.hub.rehearse --profile $(REHEARSE_PROFILE) \
+		--directory $(REHEARSE_DIR)
 
 # mutation testing: mutmut 3.8.1 mutates MUTATE's modules (marpipe/<name>.py) in a fresh copy of
 # the project (mutants/), runs the fast tests that reach each mutated function, then prints the

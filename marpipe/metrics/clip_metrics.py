@@ -33,13 +33,20 @@ from .preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess, hf_clip_prepro
 # --- open_clip helpers ----------------------------------------------------------
 
 def build_open_clip(weights_dir, default_name: str, metric: str):
-    """An open_clip ``CLIP`` from ``open_clip_config.json`` if present, else ``default_name``."""
+    """An open_clip ``CLIP`` from ``open_clip_config.json`` if present (its ``model_cfg``, as the hub's
+    open_clip repositories hold it), else ``default_name``'s built-in config.
+
+    A file without ``quick_gelu`` keeps ``default_name``'s activation: the OpenAI weights need
+    QuickGELU (``ViT-L-14-quickgelu``), which open_clip itself forces for ``pretrained='openai'``
+    whatever the architecture's file says."""
     import open_clip
+    default = open_clip.get_model_config(default_name)
     cfg = read_json(Path(weights_dir) / "open_clip_config.json")
     if cfg:
-        cfg = cfg.get("model_cfg", cfg)
+        cfg = dict(cfg.get("model_cfg", cfg))
+        cfg.setdefault("quick_gelu", (default or {}).get("quick_gelu", False))
     else:
-        cfg = open_clip.get_model_config(default_name)
+        cfg = default
         if cfg is None:
             raise WeightsError(f"[{metric}] open_clip has no config {default_name!r}")
     cfg = dict(cfg)
@@ -94,9 +101,21 @@ class HPSv21(_OpenClipMetric):
 
     @classmethod
     def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32,
-                        checkpoint: str | None = None, **kw):
+                        checkpoint: str | None = None, config_dir=None, **kw):
+        """``config_dir``: a folder whose ``open_clip_config.json`` gives the architecture (xswu/HPSv2 holds
+        none; the official code builds open_clip's ``ViT-H-14``, the config that
+        laion/CLIP-ViT-H-14-laion2B-s32B-b79K's ``open_clip_config.json`` holds); without it, the weights
+        folder's ``open_clip_config.json``, else the built-in ``ViT-H-14``."""
         ck = require_file(weights_dir, [checkpoint or cls.CHECKPOINT, "model.safetensors"], cls.name)
-        model, tok, _ = build_open_clip(weights_dir, "ViT-H-14", cls.name)
+        arch_dir = weights_dir
+        if config_dir is not None:
+            if not (Path(config_dir) / "open_clip_config.json").is_file():
+                raise WeightsError(
+                    f"[{cls.name}] no open_clip_config.json in {str(config_dir)!r} (config "
+                    f"`scorers.{cls.name}.weights.config_dir`): add open_clip_config.json to that `weights:` "
+                    f"entry's `files:` and download it again (`marpipe fetch-weights {Path(config_dir).name}`)")
+            arch_dir = config_dir
+        model, tok, _ = build_open_clip(arch_dir, "ViT-H-14", cls.name)
         sd = load_tensor_file(ck)
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
         load_state_dict_strict(model, _strip_module(sd), metric=cls.name, source=ck)

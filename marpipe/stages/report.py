@@ -159,13 +159,23 @@ def stage_times(benchmarks: str | Path) -> list[tuple[str, int, float]]:
     return sorted(((r, j, t) for r, (j, t) in per_rule.items()), key=lambda x: -x[2])
 
 
+def prepare_workdir(work: Path) -> Path:
+    """A run's working folder (``--directory``: study/, rehearsal/), its own git repository: it lies
+    in this repository's ignored folders, where ``dvc init --subdir`` (the ``dvc_push`` rule) refuses
+    a ``.dvc`` that git ignores; in a repository of its own DVC keeps its pointers there, as in a clone."""
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / ".git").exists():
+        subprocess.run(["git", "init", "-q", str(work)], check=True)
+    return work
+
+
 def run_demo(config: str | list[str], profile: str, cores: int, extra: list[str] | None = None,
              directory: str | None = None) -> int:
     """``snakemake all`` on the small world (``config``: one file, or several merged in order; ``directory``:
     the working folder of the run, default here), then print its tables and the time of each stage."""
     exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
     configs = [config] if isinstance(config, str) else list(config)
-    where = ["--directory", directory] if directory else []
+    where = ["--directory", str(prepare_workdir(Path(directory)))] if directory else []
     cmd = [exe, "--profile", profile, "--configfile", *configs, "--cores", str(cores), *where, "all", *(extra or [])]
     print("[marpipe] " + " ".join(cmd), flush=True)
     t0 = time.monotonic()

@@ -49,7 +49,7 @@ def test_the_paper_scorers_take_their_second_folders_from_pinned_entries():
     assert w["imagereward"]["files"] == ["ImageReward.pt", "med_config.json"]
     assert w["bert_base_uncased"]["repo_id"] == "google-bert/bert-base-uncased"   # formerly `bert-base-uncased`
     assert w["clip_h14_processor"]["repo_id"] == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-    assert w["clip_l14"]["files"] == ["open_clip_model.safetensors"]              # the format Aesthetic reads
+    assert w["clip_l14"]["files"] == ["open_clip_model.safetensors", "open_clip_config.json"]  # the format Aesthetic reads + its architecture
     assert w["aesthetic"]["url"].endswith("/6934dd81792f086e613a121dbce43082cb8be85e/"
                                           "sac%2Blogos%2Bava1-l14-linearMSE.pth")
     assert exp.cfg["scorers"]["imagereward"]["weights"] == {"weights_dir": "imagereward",

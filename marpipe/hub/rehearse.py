@@ -1,0 +1,321 @@
+"""``make rehearse``: the paper DAG end to end on CPU against the local hub (issue 14, part 2).
+
+    python -m marpipe.hub rehearse [--profile slurm-paper|local] [--directory rehearsal] [-- SNAKEMAKE_ARGS]
+
+1. builds the local hub (``.marpipe/hub``) unless it is built and its pins match ``config/rehearsal.yaml``,
+   and serves it (``HF_ENDPOINT``) unless a server already answers there;
+2. writes ``<directory>/.bin/marpipe``, a launcher that runs each model-family command (the rules whose
+   ``conda:`` env is ``env_for``: fetch-model, verify-model, warmup, train, generate) in the family's
+   side venv (``.venv-nova`` with the official ``diffnext`` importable, ``.venv-harmon``) and every other
+   command in the main venv -- what ``--sdm conda`` does on a cluster with conda, without conda;
+3. runs ``snakemake all --profile <profile> --configfile config/rehearsal.yaml --directory <directory>``
+   with the overrides the one-node CI cluster needs (:func:`ci_overrides`: no slurmdbd, one stand-in
+   GPU per job, 2 CPUs, a few GB), the profile itself unchanged;
+4. prints each rule's job count and summed wall time (:func:`marpipe.stages.report.stage_times`).
+
+The launcher ``family`` subcommand (``python -m marpipe.hub.rehearse family -- marpipe ARGS``) is what
+``<directory>/.bin/marpipe`` execs; it only reads the job's config (YAML), so it adds no torch import.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from marpipe.stages.report import prepare_workdir    # the working folder, its own git repository
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG = "config/rehearsal.yaml"
+HUB_DIR = ".marpipe/hub"
+PORT = 18765
+
+#: marpipe subcommands whose rules take the model family's env (``conda: env_for``), and how the
+#: model is named on their command line
+FAMILY_COMMANDS = {"fetch-model": "positional", "verify-model": "positional",
+                   "warmup": "--model", "train": "--model", "generate": "--model"}
+#: adapters with a side venv ``.venv-<adapter>`` (envs/<adapter>-requirements.txt)
+FAMILIES = ("nova", "harmon")
+#: official packages a family imports that no requirements file installs (envs/nova.post-deploy.sh
+#: pip-installs diffnext from github; the rehearsal takes it from the official code's folder)
+OFFICIAL_PATHS = {"nova": ("NOVA",), "harmon": ()}
+
+#: the one-node CI cluster (.ci/cluster.sh: 2 CPUs, ~24 GB, two stand-in GPUs, no slurmdbd). Every
+#: rule the paper profile sizes is given here (a --set-resources on the command line replaces the
+#: profile's list), so each job fits on the node; GPU rules keep their gpu partition and ask for one
+#: stand-in GPU, which also makes `launcher` run plain `marpipe` instead of torchrun.
+CI_GPU_RULES = ("verify_base_model", "warmup_head", "train", "generate", "evaluate")
+CI_CPU_RULES = ("download_weights", "download_base_model", "select_checkpoint", "tables", "figures")
+
+
+def ci_overrides(mem_mb: int = 2000, gpu_mem_mb: int = 4000) -> list[str]:
+    """Snakemake arguments that fit ``--profile slurm-paper`` onto the one-node CI cluster (``gpu_mem_mb``:
+    the model rules; Harmon's fixture holds the official ``mar_base``, 171M parameters, trained with AdamW)."""
+    res = [f"{r}:{k}={v}" for r in CI_GPU_RULES
+           for k, v in (("gpu", 1), ("slurm_partition", "gpu"), ("cpus_per_gpu", 1), ("mem_mb", gpu_mem_mb),
+                        ("runtime", 30))]
+    res += [f"{r}:{k}={v}" for r in CI_CPU_RULES
+            for k, v in (("slurm_partition", "cpu"), ("cpus_per_task", 1), ("mem_mb", mem_mb), ("runtime", 30))]
+    return ["--slurm-status-command", "squeue",            # no slurmdbd: sacct does not answer
+            "--slurm-init-seconds-before-status-checks", "2",  # tiny jobs: poll early
+            "--slurm-no-account",                             # no accounting (plugin 2.8 still asks sacct, warns)
+            "--jobs", "4",
+            "--default-resources", "slurm_partition=cpu", f"mem_mb={mem_mb}", "runtime=30",
+            "--set-resources", *res]
+
+
+def snakemake_command(profile: str, directory: str, config: str = CONFIG, extra: list[str] | None = None,
+                      snakemake: str | None = None) -> list[str]:
+    """The rehearsal's snakemake call (``--configfile`` last but the extra args: it takes every following word)."""
+    exe = snakemake or shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+    prof = str(REPO_ROOT / profile) if (REPO_ROOT / profile).is_dir() else profile
+    cmd = [exe, "all", "--profile", prof, "--directory", directory]
+    if Path(prof).name.startswith("slurm"):
+        cmd += ci_overrides()
+    else:
+        cmd += ["--cores", "2"]
+    return cmd + ["--configfile", str(REPO_ROOT / config), *(extra or [])]
+
+
+# --- the family launcher ---------------------------------------------------------------------------
+class FamilyError(RuntimeError):
+    pass
+
+
+def command_model(argv: list[str]) -> str | None:
+    """The model a marpipe command line concerns, for the commands of :data:`FAMILY_COMMANDS` (else None)."""
+    if not argv or argv[0] not in FAMILY_COMMANDS:
+        return None
+    how, rest = FAMILY_COMMANDS[argv[0]], argv[1:]
+    if how == "--model":
+        for i, a in enumerate(rest):
+            if a == "--model" and i + 1 < len(rest):
+                return rest[i + 1]
+            if a.startswith("--model="):
+                return a.split("=", 1)[1]
+        return None
+    takes_value = {"--config", "--root", "--out", "--grid", "--device"}
+    i = 0
+    while i < len(rest):
+        if rest[i] in takes_value:
+            i += 2
+            continue
+        if not rest[i].startswith("-"):
+            return rest[i]
+        i += 1
+    return None
+
+
+def command_config(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def family_of(argv: list[str], cfg: dict) -> str | None:
+    """``nova`` / ``harmon`` when the command runs a model of that adapter, else None (main venv)."""
+    model = command_model(argv)
+    if model is None:
+        return None
+    spec = (cfg.get("models") or {}).get(model)
+    if spec is None:
+        return None                 # marpipe itself names the unknown model
+    adapter = spec.get("adapter", "tiny")
+    return adapter if adapter in FAMILIES else None
+
+
+def official_root() -> Path | None:
+    given = os.environ.get("MARPIPE_OFFICIAL_CODE")
+    for cand in ([Path(given)] if given else []) + [REPO_ROOT.parent / "shared" / "official"]:
+        if cand.is_dir():
+            return cand.resolve()
+    return None
+
+
+def family_env(family: str | None, env: dict, root: Path = REPO_ROOT) -> tuple[str, dict]:
+    """(python, environment) for a family's command: its side venv, the official packages on PYTHONPATH."""
+    if family is None:
+        return sys.executable, env
+    py = root / f".venv-{family}" / "bin" / "python"
+    if not py.exists():
+        raise FamilyError(f"models with adapter: {family} run in the side venv .venv-{family}, which is not "
+                          f"built: run `make official-venvs` (or use --sdm conda with envs/{family}.yaml)")
+    env = dict(env)
+    extra = []
+    for sub in OFFICIAL_PATHS.get(family, ()):
+        code = official_root()
+        if code is None or not (code / sub).is_dir():
+            raise FamilyError(f"adapter: {family} imports the official code's {sub}/ (diffnext), not found: set "
+                              f"MARPIPE_OFFICIAL_CODE to the folder holding {sub}/ or place it at ../shared/official")
+        extra.append(str(code / sub))
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join(extra + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return str(py), env
+
+
+def run_family(argv: list[str]) -> int:
+    """Exec ``python -m marpipe ARGV`` in the interpreter of the command's model family."""
+    family = None
+    cfg_path = command_config(argv)
+    if cfg_path and Path(cfg_path).is_file() and argv and argv[0] in FAMILY_COMMANDS:
+        family = family_of(argv, yaml.safe_load(Path(cfg_path).read_text()) or {})
+    try:
+        py, env = family_env(family, dict(os.environ))
+    except FamilyError as e:
+        print(f"marpipe {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    os.execve(py, [py, "-m", "marpipe", *argv], env)
+    return 0  # not reached
+
+
+def write_launcher(directory: Path) -> Path:
+    """``<directory>/.bin/marpipe``: the family launcher, first on the jobs' PATH."""
+    bindir = Path(directory).resolve() / ".bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    exe = bindir / "marpipe"
+    exe.write_text("#!/bin/sh\n# written by python -m marpipe.hub rehearse: each model family in its side venv\n"
+                   f"exec {shlex.quote(sys.executable)} -m marpipe.hub.rehearse family -- \"$@\"\n")
+    exe.chmod(0o755)
+    return bindir
+
+
+# --- the hub ------------------------------------------------------------------------------------------
+def hub_answers(endpoint: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/api/models/xswu/HPSv2", timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def stale_pins(endpoint: str, pins: dict[str, str]) -> list[str]:
+    """``repo@revision`` of each pinned hub repository that the server at ``endpoint`` does not serve."""
+    out = []
+    for rid, rev in pins.items():
+        if rid.startswith("http") or not rev:
+            continue
+        try:
+            with urllib.request.urlopen(f"{endpoint}/api/models/{rid}/revision/{rev}", timeout=5) as r:
+                if r.status == 200:
+                    continue
+        except Exception:
+            pass
+        out.append(f"{rid}@{rev[:7]}")
+    return out
+
+
+def ensure_hub(hub_dir: Path, config: Path, port: int = PORT) -> tuple[str, subprocess.Popen | None]:
+    """Build the hub if its pins differ from the config's, serve it unless a server answers on ``port``."""
+    from . import __main__ as hubcli
+    index = hub_dir / "index.json"
+    if not index.exists() or hubcli.check(hub_dir, config):
+        print(f"[rehearse] building the local hub in {hub_dir} (~1.5 min)", flush=True)
+        from .build import build_hub
+        build_hub(hub_dir)
+        problems = hubcli.check(hub_dir, config)
+        if problems:
+            raise SystemExit("[rehearse] the hub's pins differ from the config's (re-pin "
+                             f"{config} from `python -m marpipe.hub pins {hub_dir}`):\n  " + "\n  ".join(problems))
+    endpoint = f"http://127.0.0.1:{port}"
+    if hub_answers(endpoint):
+        stale = stale_pins(endpoint, hubcli.config_pins(yaml.safe_load(Path(config).read_text())))
+        if stale:
+            raise SystemExit(f"[rehearse] the hub server at {endpoint} serves an older build ({', '.join(stale)} "
+                             f"not found): stop that server and run again (this command then serves {hub_dir})")
+        print(f"[rehearse] a hub already answers at {endpoint} (every pinned revision found)", flush=True)
+        return endpoint, None
+    log = open(hub_dir / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "marpipe.hub", "serve", str(hub_dir), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    for _ in range(100):
+        if hub_answers(endpoint, 0.5):
+            break
+        if proc.poll() is not None:
+            raise SystemExit(f"[rehearse] the hub server exited ({proc.returncode}); see {hub_dir}/serve.log")
+        time.sleep(0.2)
+    else:
+        proc.terminate()
+        raise SystemExit(f"[rehearse] the hub server did not answer at {endpoint}; see {hub_dir}/serve.log")
+    print(f"[rehearse] serving the local hub at {endpoint} (pid {proc.pid})", flush=True)
+    return endpoint, proc
+
+
+#: what a rehearsal writes at its peak (measured: 43 GB): Harmon's fixture holds the official mar_base (171M
+#: parameters), so each of its 16 training checkpoints (weights + AdamW) is 2.06 GB, and dvc_push copies
+#: runs/ and selected/ into the DVC cache
+DISK_NEEDED_GB = 50
+
+
+def check_disk(work: Path, need_gb: float = DISK_NEEDED_GB) -> None:
+    free = shutil.disk_usage(work).free / 1e9
+    if free < need_gb:
+        raise SystemExit(f"[rehearse] {work} has {free:.0f} GB free; a rehearsal writes up to ~{need_gb} GB (Harmon's "
+                         f"fixture checkpoints, 2 GB each, and their DVC cache copies): free space or pass another "
+                         f"--directory")
+
+
+def cluster_up() -> bool:
+    return shutil.which("sinfo") is not None and subprocess.run(
+        ["sinfo", "-h"], capture_output=True).returncode == 0
+
+
+def rehearse(profile: str, directory: str, config: str = CONFIG, extra: list[str] | None = None,
+             hub_dir: str = HUB_DIR, port: int = PORT) -> int:
+    from marpipe.stages.report import stage_times
+    if profile.startswith("slurm") and not cluster_up():
+        raise SystemExit(f"[rehearse] --profile {profile} needs a SLURM cluster and sinfo does not answer: start "
+                         "the one-node cluster (.ci/cluster.sh up) or rehearse with PROFILE=local")
+    work = prepare_workdir((REPO_ROOT / directory) if not Path(directory).is_absolute() else Path(directory))
+    check_disk(work)
+    endpoint, server = ensure_hub(REPO_ROOT / hub_dir, REPO_ROOT / config, port)
+    env = dict(os.environ, HF_ENDPOINT=endpoint)
+    env["PATH"] = f"{write_launcher(work)}{os.pathsep}{env.get('PATH', '')}"
+    cmd = snakemake_command(profile, str(work), config, extra)
+    print("[rehearse] HF_ENDPOINT=" + endpoint + " " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t0 = time.monotonic()
+    try:
+        rc = subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    wall = time.monotonic() - t0
+    times = stage_times(work / "benchmarks")
+    print(f"[rehearse] snakemake exited {rc} after {wall / 60:.1f} min; per rule (jobs, summed job wall time):")
+    for rule, jobs, secs in times:
+        print(f"  {rule:<20} {jobs:>4} jobs {secs:>8.1f} s")
+    print(f"  {'total':<20} {sum(j for _, j, _ in times):>4} jobs {sum(s for *_, s in times):>8.1f} s")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["family"]:
+        rest = argv[1:]
+        return run_family(rest[1:] if rest[:1] == ["--"] else rest)
+    ap = argparse.ArgumentParser(prog="python -m marpipe.hub.rehearse", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="slurm-paper")
+    ap.add_argument("--directory", default="rehearsal")
+    ap.add_argument("--config", default=CONFIG)
+    ap.add_argument("--hub", default=HUB_DIR)
+    ap.add_argument("--port", type=int, default=PORT)
+    ap.add_argument("snakemake_args", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    extra = a.snakemake_args[1:] if a.snakemake_args[:1] == ["--"] else a.snakemake_args
+    return rehearse(a.profile, a.directory, a.config, extra, a.hub, a.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""An HTTP server that answers ``huggingface_hub``'s downloads from a hub folder (:mod:`.build`).
+
+Point the client at it with ``HF_ENDPOINT=http://127.0.0.1:<port>`` (read when
+``huggingface_hub`` is imported). The endpoints and headers are those that the installed
+``huggingface_hub`` (2.4, ``_snapshot_download.py`` / ``file_download.py`` / ``hf_api.py`` /
+``utils/_http.py``) reads:
+
+* ``GET /api/models/<repo>/tree/<rev>[/<path>]?recursive=&expand=`` -- what ``snapshot_download``
+  calls for a 40-hex revision (``list_repo_tree``; no ``repo_info`` call then). Entries
+  ``{type, oid, size, path}`` plus ``lfs: {oid: <sha256>, size, pointerSize}`` for LFS files; never
+  ``xetHash``, so the client never takes the Xet path (``hf_xet`` may be installed: without a Xet
+  hash in the tree and without ``X-Xet-Hash`` on ``resolve`` it downloads over plain HTTP).
+* ``GET /api/models/<repo>[/revision/<rev>]`` -- ``repo_info``/``model_info`` (``sha``,
+  ``siblings``), what ``snapshot_download`` calls for a branch name (``main`` resolves to the
+  fixture's commit).
+* ``HEAD|GET /<repo>/resolve/<rev>/<path>`` -- ``get_hf_file_metadata`` (HEAD, redirects not
+  followed across origins) and ``http_get``. A regular file: 200 with ``ETag`` = its git blob id,
+  ``Content-Length``, ``X-Repo-Commit``. An LFS file: 302 to a second port of this server (the
+  "CDN": another origin, so the client stops at the redirect as it does at the hub's CDN and
+  downloads from ``Location`` without the ``Authorization`` header) with ``X-Linked-Etag`` = its
+  sha256, ``X-Linked-Size`` and ``X-Repo-Commit``. ``Range: bytes=N-`` is honoured (resume).
+* Errors as the hub sends them (``hf_raise_for_status`` maps ``X-Error-Code``): unknown
+  repository 404 ``RepoNotFound``; unknown revision 404 ``RevisionNotFound`` ("Invalid rev id"),
+  which ``snapshot_download`` raises as ``RevisionNotFoundError``; unknown file 404
+  ``EntryNotFound`` with ``X-Repo-Commit``.
+* ``HEAD|GET /files/<host>/<path>`` -- the ``kind: url`` files (prompt sets, the aesthetic MLP).
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+DATE = "1970-01-01T00:00:00.000Z"
+
+
+class _Hub:
+    """The index and file lookup shared by both listeners."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.index = json.loads((self.root / "index.json").read_text())
+        self.repos = self.index["repos"]
+        self.by_sha = {}
+        for repo_id, r in self.repos.items():
+            for f, e in r["files"].items():
+                self.by_sha[e["sha256"]] = self.root / "repos" / repo_id / f
+        self.cdn_base = ""              # set when the CDN listener is bound
+
+    def commit(self, repo_id: str, rev: str) -> str | None:
+        r = self.repos[repo_id]
+        return r["revision"] if rev in (r["revision"], "main") else None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "marpipe-hub"
+    protocol_version = "HTTP/1.1"
+    hub: _Hub
+    cdn = False
+    verbose = False
+
+    def log_message(self, fmt, *args):      # noqa: A003 - quiet unless asked
+        if self.verbose:
+            super().log_message(fmt, *args)
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False,
+              content_type: str = "application/json; charset=utf-8") -> None:
+        self.send_response(status)
+        h = {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})}
+        for k, v in h.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head and body:
+            self.wfile.write(body)
+
+    def _json(self, obj, status=200, headers=None, head=False):
+        self._send(status, json.dumps(obj).encode(), headers, head)
+
+    def _error(self, status: int, code: str | None, message: str, headers=None, head=False):
+        h = {"X-Error-Message": message, **({"X-Error-Code": code} if code else {}), **(headers or {})}
+        self._json({"error": message}, status, h, head)
+
+    def _file(self, path: Path, headers: dict, head: bool) -> None:
+        """200 (or 206 for ``Range: bytes=a-[b]``) with the file's bytes."""
+        data = path.read_bytes()
+        total, status = len(data), 200
+        rng = self.headers.get("Range")
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+        if m:
+            a = int(m.group(1))
+            b = int(m.group(2)) if m.group(2) else total - 1
+            if a >= total:
+                self._send(416, b"", {"Content-Range": f"bytes */{total}"}, head)
+                return
+            data, status = data[a:b + 1], 206
+            headers = {**headers, "Content-Range": f"bytes {a}-{a + len(data) - 1}/{total}"}
+        self._send(status, data, {"Accept-Ranges": "bytes", **headers}, head, "application/octet-stream")
+
+    # --- routes -----------------------------------------------------------------------------
+    def do_HEAD(self):  # noqa: N802
+        self._route(head=True)
+
+    def do_GET(self):  # noqa: N802
+        self._route(head=False)
+
+    def _route(self, head: bool) -> None:
+        u = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(u.path)
+        query = urllib.parse.parse_qs(u.query)
+        try:
+            if self.cdn:
+                m = re.fullmatch(r"/lfs/([0-9a-f]{64})", path)
+                if m and m.group(1) in self.hub.by_sha:
+                    return self._file(self.hub.by_sha[m.group(1)], {"ETag": f'"{m.group(1)}"'}, head)
+                return self._error(404, None, "Not Found", head=head)
+            if path.startswith("/files/"):
+                f = (self.hub.root / path.lstrip("/")).resolve()
+                if f.is_file() and (self.hub.root / "files").resolve() in f.parents:
+                    return self._file(f, {}, head)
+                return self._error(404, None, "Not Found", head=head)
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
+            if m:
+                return self._tree(m.group(1), m.group(2), m.group(3) or "",
+                                  query.get("recursive", ["false"])[0].lower() == "true", head)
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+            if m:
+                return self._info(m.group(1), m.group(2) or "main", head)
+            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+            if m:
+                return self._resolve(m.group(1), m.group(2), m.group(3), head)
+            return self._error(404, None, "Not Found", head=head)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _repo_commit(self, repo_id: str, rev: str, head: bool):
+        if repo_id not in self.hub.repos:
+            self._error(404, "RepoNotFound", "Repository not found", head=head)
+            return None
+        commit = self.hub.commit(repo_id, rev)
+        if commit is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head=head)
+        return commit
+
+    def _tree(self, repo_id, rev, sub, recursive, head):
+        commit = self._repo_commit(repo_id, rev, head)
+        if commit is None:
+            return
+        r = self.hub.repos[repo_id]
+        prefix = sub.strip("/") + "/" if sub.strip("/") else ""
+        if prefix and prefix[:-1] not in r["dirs"]:
+            return self._error(404, "EntryNotFound", f"{sub} does not exist on \"{rev}\"",
+                               {"X-Repo-Commit": commit}, head)
+        out = []
+        for d, oid in sorted(r["dirs"].items()):
+            rel = d[len(prefix):] if d.startswith(prefix) else None
+            if rel and (recursive or "/" not in rel):
+                out.append({"type": "directory", "oid": oid, "size": 0, "path": d})
+        for f, e in sorted(r["files"].items()):
+            rel = f[len(prefix):] if f.startswith(prefix) else None
+            if rel and (recursive or "/" not in rel):
+                item = {"type": "file", "oid": e["blob"], "size": e["size"], "path": f}
+                if e["lfs"]:
+                    item["lfs"] = {"oid": e["sha256"], "size": e["size"], "pointerSize": e["pointer_size"]}
+                out.append(item)
+        self._json(out, headers={"X-Repo-Commit": commit}, head=head)
+
+    def _info(self, repo_id, rev, head):
+        commit = self._repo_commit(repo_id, rev, head)
+        if commit is None:
+            return
+        r = self.hub.repos[repo_id]
+        self._json({"_id": commit[:24], "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
+                    "sha": commit, "lastModified": DATE, "createdAt": DATE, "private": False, "disabled": False,
+                    "gated": False, "downloads": 0, "likes": 0, "tags": ["marpipe-fixture"],
+                    "siblings": [{"rfilename": f} for f in sorted(r["files"])],
+                    "usedStorage": sum(e["size"] for e in r["files"].values())}, head=head)
+
+    def _resolve(self, repo_id, rev, fname, head):
+        commit = self._repo_commit(repo_id, rev, head)
+        if commit is None:
+            return
+        e = self.hub.repos[repo_id]["files"].get(fname)
+        if e is None:
+            return self._error(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": commit}, head)
+        common = {"X-Repo-Commit": commit, "Content-Disposition": f'inline; filename="{fname.rsplit("/", 1)[-1]}"'}
+        if e["lfs"]:
+            body = f"Found. Redirecting to {self.hub.cdn_base}/lfs/{e['sha256']}".encode()
+            return self._send(302, body, {**common, "Location": f"{self.hub.cdn_base}/lfs/{e['sha256']}",
+                                          "X-Linked-Etag": f'"{e["sha256"]}"', "X-Linked-Size": str(e["size"]),
+                                          "ETag": f'"{e["sha256"]}"'}, head, "text/plain; charset=utf-8")
+        self._file(self.hub.root / "repos" / repo_id / fname, {**common, "ETag": f'"{e["blob"]}"'}, head)
+
+
+class HubServer:
+    """The hub on ``host:port`` (0 = a free port) and its "CDN" on a second free port.
+
+    ``with HubServer(root) as hub: os.environ["HF_ENDPOINT"] = hub.endpoint``."""
+
+    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
+        self.hub = _Hub(Path(root))
+        mk = lambda cdn: type("H", (_Handler,), {"hub": self.hub, "cdn": cdn, "verbose": verbose})  # noqa: E731
+        self._hub_srv = ThreadingHTTPServer((host, port), mk(False))
+        self._cdn_srv = ThreadingHTTPServer((host, 0), mk(True))
+        self._hub_srv.daemon_threads = self._cdn_srv.daemon_threads = True
+        self.hub.cdn_base = f"http://{host}:{self._cdn_srv.server_address[1]}"
+        self.endpoint = f"http://{host}:{self._hub_srv.server_address[1]}"
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def port(self) -> int:
+        return self._hub_srv.server_address[1]
+
+    def url_for(self, url: str) -> str:
+        """This hub's address of a ``kind: url`` file (``files/<host>/<path>``)."""
+        from .build import url_path
+        return f"{self.endpoint}/{urllib.parse.quote(url_path(url))}"
+
+    def start(self) -> "HubServer":
+        for srv in (self._hub_srv, self._cdn_srv):
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        for srv in (self._hub_srv, self._cdn_srv):
+            srv.shutdown()
+            srv.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def serve_forever(self) -> None:
+        self.start()
+        try:
+            for t in self._threads:
+                t.join()
+        except KeyboardInterrupt:
+            self.stop()

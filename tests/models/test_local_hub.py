@@ -1,0 +1,254 @@
+"""The local hub (``marpipe.hub``): tiny fixture repositories in the real repositories' layouts,
+served over HTTP and downloaded through ``marpipe.models.download`` -> ``huggingface_hub`` exactly
+as on a cluster, with ``HF_ENDPOINT`` pointing at the hub.
+
+``HF_ENDPOINT`` is read when ``huggingface_hub`` is imported, so the downloads run in a child
+process with that environment (as a pipeline job would). Fast part: the scorer repositories
+(built with transformers / open_clip, ~15 s). The NOVA/Harmon repositories need the official
+code and the side venvs (``slow``; skipped, saying why, without them).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from marpipe.hub import gitobj
+from marpipe.hub.__main__ import check as check_pins, config_pins
+from marpipe.hub.build import build_hub, official_root, side_python, url_path
+from marpipe.hub.repos import REPOS
+from marpipe.hub.server import HubServer
+
+ROOT = Path(__file__).resolve().parents[2]
+PAPER = yaml.safe_load((ROOT / "config.yaml").read_text())
+REHEARSAL = ROOT / "config" / "rehearsal.yaml"
+SCORER_KEYS = [k for k, r in REPOS.items() if r.builder is not None]
+OFFICIAL_KEYS = [k for k, r in REPOS.items() if r.side_venv]
+
+# the child process: download every (name, repo_id, revision[, allow_patterns]) with marpipe's
+# download_model and report the files, their sha256 and any DownloadError
+CLIENT = r"""
+import json, sys
+from pathlib import Path
+from marpipe.models.download import DownloadError, ModelSource, download_model, read_manifest
+jobs, root = json.loads(sys.argv[1]), Path(sys.argv[2])
+out = {}
+for name, repo_id, rev, allow in jobs:
+    try:
+        d = download_model(ModelSource(name, repo_id, rev, allow_patterns=tuple(allow) if allow else None), root)
+        files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and ".cache" not in p.parts)
+        out[name] = {"files": files, "manifest": read_manifest(d)}
+    except DownloadError as e:
+        out[name] = {"error": str(e)}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def run_client(endpoint: str, jobs: list, dest: Path, python: str = sys.executable) -> dict:
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(dest / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_TOKEN", None)
+    r = subprocess.run([python, "-c", CLIENT, json.dumps(jobs), str(dest)], env=env, capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    index = build_hub(root, SCORER_KEYS, log=lambda s: None)
+    with HubServer(root) as srv:
+        yield types.SimpleNamespace(root=root, index=index, server=srv)
+
+
+@pytest.fixture(scope="module")
+def downloads(hub, tmp_path_factory):
+    """Every scorer repository at its revision, the full snapshot (no filter)."""
+    dest = tmp_path_factory.mktemp("downloads")
+    jobs = [[REPOS[k].key, rid, r["revision"], None] for rid, r in hub.index["repos"].items()
+            for k in [r["key"]]]
+    return run_client(hub.server.endpoint, jobs, dest)
+
+
+# --- the layouts ---------------------------------------------------------------------------------
+def test_every_hub_entry_of_the_paper_config_has_a_fixture():
+    hub_ids = {s["source"]["repo_id"] for s in PAPER["models"].values() if s["source"]["kind"] == "hub"}
+    hub_ids |= {s["repo_id"] for s in PAPER["weights"].values() if s["kind"] == "hub"}
+    assert hub_ids == {r.repo_id for r in REPOS.values()}
+    for r in REPOS.values():
+        assert r.source.split(":")[0] in ("listing", "inferred"), r.key
+        assert list(r.files) == sorted(r.files), f"{r.key}: keep the file list sorted"
+
+
+@pytest.mark.parametrize("key", sorted(k for k, s in PAPER["weights"].items() if s["kind"] == "hub" and s.get("files")))
+def test_config_files_filters_name_files_of_the_real_layout(key):
+    """config.yaml's `files:` of each hub entry are files the repository holds (else the download
+    would fetch nothing and the loader fail on the cluster)."""
+    spec = PAPER["weights"][key]
+    assert set(spec["files"]) <= set(REPOS[key].files), sorted(set(spec["files"]) - set(REPOS[key].files))
+
+
+def test_revisions_are_git_commits_of_the_files(hub, tmp_path):
+    """The revision is the commit id git computes for the repository with its LFS files as pointers."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git not installed")
+    rid = "THUDM/ImageReward"
+    entry, src = hub.index["repos"][rid], hub.root / "repos" / rid
+    work = tmp_path / "git"
+    shutil.copytree(src, work)
+    for f, e in entry["files"].items():
+        if e["lfs"]:
+            (work / f).write_bytes(gitobj.lfs_pointer((src / f).read_bytes()))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "marpipe-hub", "GIT_AUTHOR_EMAIL": "hub@marpipe.invalid",
+           "GIT_COMMITTER_NAME": "marpipe-hub", "GIT_COMMITTER_EMAIL": "hub@marpipe.invalid",
+           "GIT_AUTHOR_DATE": "@0 +0000", "GIT_COMMITTER_DATE": "@0 +0000", "GIT_CONFIG_GLOBAL": "/dev/null"}
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "commit.gpgsign=false", "commit", "-q", "-m", gitobj.COMMIT_MESSAGE]):
+        subprocess.run([git, *cmd], cwd=work, env=env, check=True)
+    head = subprocess.run([git, "rev-parse", "HEAD"], cwd=work, env=env, check=True, capture_output=True, text=True)
+    assert head.stdout.strip() == entry["revision"]
+    assert entry["files"]["ImageReward.pt"]["lfs"] and not entry["files"]["med_config.json"]["lfs"]
+
+
+def test_the_build_is_deterministic(hub, tmp_path):
+    again = build_hub(tmp_path, ["imagereward", "clip_b32"], log=lambda s: None)
+    for rid in ("THUDM/ImageReward", "timm/vit_base_patch32_clip_224.openai"):
+        assert again["repos"][rid]["revision"] == hub.index["repos"][rid]["revision"]
+    assert again["files"] == hub.index["files"]
+
+
+# --- served and downloaded as on a cluster -------------------------------------------------------
+@pytest.mark.parametrize("key", SCORER_KEYS)
+def test_download_gives_exactly_the_real_file_list(key, hub, downloads):
+    repo = REPOS[key]
+    got = downloads[key]
+    assert "error" not in got, got.get("error")
+    assert got["files"] == sorted([*repo.files, "MANIFEST.sha256", "MARPIPE_SOURCE.json"])
+    served = hub.index["repos"][repo.repo_id]["files"]
+    assert got["manifest"] == {f: e["sha256"] for f, e in served.items()}      # byte for byte
+
+
+def test_files_filter_downloads_only_the_pinned_files(hub, tmp_path):
+    """The config's `files:` lists reach snapshot_download as allow_patterns."""
+    keys = ["imagereward", "bert_base_uncased", "clip_h14_processor"]
+    jobs = [[k, REPOS[k].repo_id, hub.index["repos"][REPOS[k].repo_id]["revision"], PAPER["weights"][k]["files"]]
+            for k in keys]
+    got = run_client(hub.server.endpoint, jobs, tmp_path)
+    for k in keys:
+        assert got[k]["files"] == sorted([*PAPER["weights"][k]["files"], "MANIFEST.sha256", "MARPIPE_SOURCE.json"])
+
+
+def test_wrong_revision_and_unknown_repository_are_download_errors(hub, tmp_path):
+    wrong = "0123456789abcdef0123456789abcdef01234567"
+    jobs = [["hps", "xswu/HPSv2", wrong, None], ["nope", "nobody/no-such-model", wrong, None]]
+    got = run_client(hub.server.endpoint, jobs, tmp_path)
+    assert got["hps"]["error"].startswith(f"xswu/HPSv2 has no revision {wrong}")
+    assert "huggingface.co/xswu/HPSv2/commits/main" in got["hps"]["error"]
+    assert got["nope"]["error"].startswith("repository nobody/no-such-model not found")
+
+
+def test_resolve_headers_are_the_hubs(hub):
+    """What get_hf_file_metadata reads: a regular file answers 200 with its git blob id as ETag; an
+    LFS file 302 to another origin with X-Linked-Etag = sha256 and X-Linked-Size; never a Xet hash."""
+    rid = "THUDM/ImageReward"
+    e = hub.index["repos"][rid]
+    opener = urllib.request.build_opener(type("NoRedirect", (urllib.request.HTTPRedirectHandler,),
+                                              {"redirect_request": lambda *a, **k: None}))
+
+    def head(path):
+        req = urllib.request.Request(f"{hub.server.endpoint}/{rid}/resolve/{e['revision']}/{path}", method="HEAD")
+        try:
+            return opener.open(req)
+        except urllib.error.HTTPError as err:
+            return err
+    r = head("med_config.json")
+    assert r.status == 200 and r.headers["ETag"] == f'"{e["files"]["med_config.json"]["blob"]}"'
+    assert r.headers["X-Repo-Commit"] == e["revision"]
+    assert int(r.headers["Content-Length"]) == e["files"]["med_config.json"]["size"]
+    r = head("ImageReward.pt")
+    assert r.status == 302 and r.headers["X-Linked-Etag"] == f'"{e["files"]["ImageReward.pt"]["sha256"]}"'
+    assert int(r.headers["X-Linked-Size"]) == e["files"]["ImageReward.pt"]["size"]
+    assert not r.headers["Location"].startswith(hub.server.endpoint)          # the "CDN": another origin
+    assert not any(h.lower().startswith("x-xet") for h in r.headers)
+    r = head("no_such_file.bin")
+    assert r.status == 404 and r.headers["X-Error-Code"] == "EntryNotFound"
+    tree = json.loads(urllib.request.urlopen(f"{hub.server.endpoint}/api/models/{rid}/tree/main?recursive=True").read())
+    assert {t["path"] for t in tree if t["type"] == "file"} == set(REPOS["imagereward"].files)
+    assert not any("xetHash" in t for t in tree)
+    req = urllib.request.Request(f"{hub.server.endpoint}/{rid}/resolve/{e['revision']}/med_config.json",
+                                 headers={"Range": "bytes=5-"})
+    r = urllib.request.urlopen(req)
+    assert r.status == 206 and r.read() == (hub.root / "repos" / rid / "med_config.json").read_bytes()[5:]
+
+
+# --- `kind: url` files ---------------------------------------------------------------------------
+def _served(hub, key):
+    return next((rel, f) for rel, f in hub.index["files"].items() if f["key"] == key)
+
+
+def test_url_prompt_set_is_fetched_and_its_sha256_checked(hub, tmp_path):
+    from marpipe.io.files import read_prompt_set
+    from marpipe.stages.resources import fetch_prompts
+    rel, f = _served(hub, "prompts.compbench_color")
+    spec = {"kind": "url", "format": "txt", "url": f"{hub.server.endpoint}/{rel}", "sha256": f["sha256"]}
+    exp = types.SimpleNamespace(cfg={"seed": 0, "prompts": {"compbench_color": spec}})
+    out = fetch_prompts(exp, "compbench_color", tmp_path / "compbench_color.jsonl")
+    rows = read_prompt_set(out)
+    assert len(rows) == 4 and all(r["prompt"] for r in rows)
+    bad = {**spec, "sha256": "0" * 64}
+    exp.cfg["prompts"]["compbench_color"] = bad
+    with pytest.raises(RuntimeError, match=rf"has sha256 {f['sha256']} but the pinned sha256 is 0{{64}}.*"
+                                           r"prompts\.compbench_color\.sha256"):
+        fetch_prompts(exp, "compbench_color", tmp_path / "again.jsonl")
+
+
+def test_every_url_file_of_the_paper_config_is_served(hub, tmp_path):
+    from marpipe.stages.resources import fetch_url_weights
+    urls = {f["url"] for f in hub.index["files"].values()}
+    want = {u for u in config_pins(PAPER) if u.startswith("http")}
+    assert urls == want
+    rel, f = _served(hub, "weights.aesthetic")
+    assert rel == url_path(PAPER["weights"]["aesthetic"]["url"])
+    spec = {"kind": "url", "url": hub.server.url_for(PAPER["weights"]["aesthetic"]["url"]), "sha256": f["sha256"]}
+    out = fetch_url_weights(spec, "aesthetic", tmp_path / "aesthetic")
+    assert (out / "sac+logos+ava1-l14-linearMSE.pth").is_file()
+
+
+# --- config/rehearsal.yaml -----------------------------------------------------------------------
+def test_rehearsal_config_validates_and_pins_what_the_hub_serves(hub):
+    from marpipe import experiment
+    experiment.load(REHEARSAL)
+    cfg = yaml.safe_load(REHEARSAL.read_text())
+    problems = [p for p in check_pins(hub.root, REHEARSAL) if not any(REPOS[k].repo_id in p for k in OFFICIAL_KEYS)]
+    assert problems == []
+    assert set(cfg) == set(PAPER), "the rehearsal config has the paper config's keys"
+
+
+# --- NOVA / Harmon: the official code in the side venvs (slow) -----------------------------------
+@pytest.mark.slow
+def test_official_repos_download_in_the_real_layout(tmp_path):
+    missing = [f".venv-{REPOS[k].side_venv}" for k in OFFICIAL_KEYS if not side_python(REPOS[k].side_venv).exists()]
+    if official_root() is None or missing:
+        pytest.skip(f"needs the official code (../shared/official or $MARPIPE_OFFICIAL_CODE) and {missing or 'the side venvs'}")
+    index = build_hub(tmp_path / "hub", OFFICIAL_KEYS, log=lambda s: None)
+    with HubServer(tmp_path / "hub") as srv:
+        jobs = [[k, REPOS[k].repo_id, index["repos"][REPOS[k].repo_id]["revision"], None] for k in OFFICIAL_KEYS]
+        got = run_client(srv.endpoint, jobs, tmp_path / "dl")
+    for k in OFFICIAL_KEYS:
+        assert got[k]["files"] == sorted([*REPOS[k].files, "MANIFEST.sha256", "MARPIPE_SOURCE.json"])
+    # the rebuilt NOVA/Harmon fixtures are the ones config/rehearsal.yaml pins (a deterministic build)
+    ids = [REPOS[k].repo_id for k in OFFICIAL_KEYS]
+    assert [p for p in check_pins(tmp_path / "hub", REHEARSAL) if any(i in p for i in ids)] == []

@@ -1,0 +1,230 @@
+"""``make rehearse`` (``marpipe.hub.rehearse``) and the fixes its runs found (issue 14, parts 2-3).
+
+Fast: no snakemake run, no hub. The rehearsal itself (the paper DAG on the local hub through
+``--profile slurm-paper``) is ``make rehearse``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from marpipe import experiment as E
+from marpipe.hub import rehearse as R
+
+ROOT = Path(__file__).resolve().parents[2]
+REHEARSAL = ROOT / "config" / "rehearsal.yaml"
+
+
+# --- the family launcher: each model family's commands in its side venv -------------------------
+@pytest.mark.parametrize("argv, model", [
+    (["fetch-model", "nova", "--config", "c.yaml", "--no-progress"], "nova"),
+    (["verify-model", "--config", "c.yaml", "harmon", "--out", "o.json"], "harmon"),
+    (["train", "--config", "c.yaml", "--model", "harmon", "--reward", "hps"], "harmon"),
+    (["generate", "--model=nova", "--suite", "preference"], "nova"),
+    (["warmup", "--config", "c.yaml", "--model", "harmon"], "harmon"),
+    (["evaluate", "--model", "nova"], None),          # eval env: the main venv
+    (["tables", "--config", "c.yaml"], None),
+    ([], None),
+])
+def test_command_model_finds_the_model_of_each_family_command(argv, model):
+    assert R.command_model(argv) == model
+
+
+def test_family_of_maps_adapters_to_side_venvs():
+    cfg = {"models": {"nova": {"adapter": "nova"}, "harmon": {"adapter": "harmon"}, "t": {"label": "x"}}}
+    assert R.family_of(["train", "--model", "nova"], cfg) == "nova"
+    assert R.family_of(["generate", "--model", "harmon"], cfg) == "harmon"
+    assert R.family_of(["train", "--model", "t"], cfg) is None          # tiny: the main venv
+    assert R.family_of(["train", "--model", "unknown"], cfg) is None    # marpipe names the unknown model
+    assert R.family_of(["select", "--run", "x"], cfg) is None
+
+
+def _fake_venv(root: Path, family: str) -> Path:
+    py = root / f".venv-{family}" / "bin" / "python"
+    py.parent.mkdir(parents=True)
+    py.write_text("#!/bin/sh\n")
+    return py
+
+
+def test_family_env_puts_the_official_nova_code_on_the_path(tmp_path, monkeypatch):
+    py = _fake_venv(tmp_path, "nova")
+    official = tmp_path / "official"
+    (official / "NOVA").mkdir(parents=True)
+    monkeypatch.setenv("MARPIPE_OFFICIAL_CODE", str(official))
+    exe, env = R.family_env("nova", {"PYTHONPATH": "keep"}, root=tmp_path)
+    assert exe == str(py)
+    assert env["PYTHONPATH"].split(":") == [str(official.resolve() / "NOVA"), "keep"]
+    _fake_venv(tmp_path, "harmon")
+    exe, env = R.family_env("harmon", {}, root=tmp_path)
+    assert exe.endswith(".venv-harmon/bin/python") and "PYTHONPATH" not in env
+
+
+def test_family_env_names_the_fix_when_a_side_venv_is_missing(tmp_path):
+    with pytest.raises(R.FamilyError, match=r"\.venv-harmon.*make official-venvs"):
+        R.family_env("harmon", {}, root=tmp_path)
+
+
+def test_run_family_execs_the_main_venv_for_other_commands(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"models": {"nova": {"adapter": "nova"}}}))
+    calls = []
+    monkeypatch.setattr(R.os, "execve", lambda exe, args, env: calls.append((exe, args)))
+    R.run_family(["evaluate", "--config", str(cfg), "--model", "nova"])
+    assert calls[-1][1][1:4] == ["-m", "marpipe", "evaluate"]
+    assert calls[-1][0] == R.sys.executable
+
+
+def test_launcher_is_written_into_the_working_folder(tmp_path):
+    bindir = R.write_launcher(tmp_path / "rehearsal")
+    exe = bindir / "marpipe"
+    assert exe.stat().st_mode & 0o111 and "marpipe.hub.rehearse family" in exe.read_text()
+
+
+# --- the snakemake call: --profile slurm-paper fitted onto the one-node CI cluster ---------------
+def test_ci_overrides_fit_every_sized_rule_of_the_paper_profile_onto_the_ci_node():
+    prof = yaml.safe_load((ROOT / "slurm-paper" / "config.yaml").read_text())
+    args = R.ci_overrides()
+    i = args.index("--set-resources")
+    res = {}
+    for item in args[i + 1:]:
+        rule, kv = item.split(":", 1)
+        k, v = kv.split("=", 1)
+        res.setdefault(rule, {})[k] = v
+    assert set(prof["set-resources"]) <= set(res), "a rule the paper profile sizes keeps its paper size"
+    for rule, r in res.items():
+        assert int(r["mem_mb"]) <= 8000 and int(r.get("gpu", 0)) <= 1           # the node: 2 CPUs, ~24 GB
+        assert int(r.get("cpus_per_gpu", r.get("cpus_per_task", 1))) == 1
+        want = "gpu" if "gpu" in prof["set-resources"][rule] else "cpu"
+        assert r["slurm_partition"] == want
+    assert args[args.index("--slurm-status-command") + 1] == "squeue"        # no slurmdbd on the CI cluster
+
+
+def test_snakemake_command_keeps_the_profile_and_puts_configfile_last():
+    cmd = R.snakemake_command("slurm-paper", "rehearsal", extra=["-n"])
+    assert cmd[cmd.index("--profile") + 1] == str(ROOT / "slurm-paper")
+    assert cmd[cmd.index("--directory") + 1] == "rehearsal"
+    assert cmd[-3:] == ["--configfile", str(REHEARSAL), "-n"]
+    local = R.snakemake_command("local", "rehearsal")
+    assert "--slurm-status-command" not in local and local[local.index("--cores") + 1] == "2"
+
+
+# --- fixes the rehearsal found -------------------------------------------------------------------
+def test_rehearsal_config_validates_and_sets_harmons_image_size():
+    cfg = E.validate(E.read_config(REHEARSAL))
+    assert cfg["models"]["harmon"]["sampling"]["image_size"] == 32
+    assert cfg["scorers"]["hps"]["weights"]["config_dir"] == "clip_h14_processor"
+    assert "open_clip_config.json" in cfg["weights"]["clip_h14_processor"]["files"]
+    for key in ("clip_l14", "clip_b32"):
+        assert "open_clip_config.json" in cfg["weights"][key]["files"]
+    paper = E.validate(E.read_config(ROOT / "config.yaml"))
+    for key in ("clip_l14", "clip_b32"):
+        assert "open_clip_config.json" in paper["weights"][key]["files"]
+
+
+def test_image_size_is_refused_for_a_model_whose_config_fixes_it():
+    cfg = E.read_config(REHEARSAL)
+    cfg["models"]["nova"]["sampling"]["image_size"] = 32
+    with pytest.raises(E.ConfigError, match=r"config\.models\.nova\.sampling\.image_size: .*remove the key"):
+        E.validate(cfg)
+
+
+def _tiny_hps(tmp_path: Path) -> tuple[Path, Path]:
+    from marpipe.metrics import tiny
+    src = tiny.make_hps_dir(tmp_path)
+    hps = tmp_path / "hps-weights"                # xswu/HPSv2: the checkpoint, no architecture
+    hps.mkdir()
+    shutil.copyfile(src / "HPS_v2.1_compressed.pt", hps / "HPS_v2.1_compressed.pt")
+    proc = tmp_path / "processor"                 # laion/CLIP-ViT-H-14-...: open_clip_config.json
+    proc.mkdir()
+    (proc / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny.TINY_OPEN_CLIP}))
+    return hps, proc
+
+
+def test_hps_takes_its_architecture_from_config_dir(tmp_path):
+    from marpipe.metrics.clip_metrics import HPSv21
+    hps, proc = _tiny_hps(tmp_path)
+    m = HPSv21.from_pretrained(hps, config_dir=proc, batch_size=2)
+    s = m.score(torch.rand(2, 3, 40, 48), ["a red cat", "a dog"])
+    assert s.shape == (2,) and torch.isfinite(s).all()
+
+
+def test_hps_config_dir_without_the_file_names_the_key_and_the_fix(tmp_path):
+    from marpipe.metrics.base import WeightsError
+    from marpipe.metrics.clip_metrics import HPSv21
+    hps, _ = _tiny_hps(tmp_path)
+    empty = tmp_path / "clip_h14_processor"
+    empty.mkdir()
+    with pytest.raises(WeightsError, match=r"scorers\.hps\.weights\.config_dir.*open_clip_config\.json to that "
+                                           r"`weights:` entry's `files:`"):
+        HPSv21.from_pretrained(hps, config_dir=empty)
+
+
+def test_open_clip_config_without_quick_gelu_keeps_the_openai_activation(tmp_path):
+    from open_clip.transformer import QuickGELU
+    from marpipe.metrics import tiny
+    from marpipe.metrics.clip_metrics import build_open_clip
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny.TINY_OPEN_CLIP}))
+    model, _, cfg = build_open_clip(tmp_path, "ViT-L-14-quickgelu", "aesthetic")
+    assert cfg["quick_gelu"] is True
+    assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {**tiny.TINY_OPEN_CLIP,
+                                                                              "quick_gelu": False}}))
+    model, _, _ = build_open_clip(tmp_path, "ViT-L-14-quickgelu", "aesthetic")   # the file's word wins
+    assert not isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+def test_a_hub_server_that_lacks_a_pinned_revision_is_reported_stale():
+    pins = {"IDEA-Research/grounding-dino-tiny": "0" * 40, "http://127.0.0.1:1/files/x": "ab" * 32}
+    assert R.stale_pins("http://127.0.0.1:1", pins) == ["IDEA-Research/grounding-dino-tiny@0000000"]
+
+
+def test_gdino_fixture_has_the_transformers4_layout_of_the_real_file(tmp_path):
+    """The rehearsal found it: NOVA's mixed reward runs Grounding DINO under transformers 4.57 (.venv-nova),
+    which strictly refused the fixture that transformers 5 wrote (Swin's relative_position_index missing,
+    swin.layernorm unexpected). The real file was written by transformers 4; both versions read that layout."""
+    import subprocess
+    import sys
+    from safetensors import safe_open
+    from marpipe.hub.build import build_hub, side_python
+    from marpipe.metrics.detection import ZeroShotDetector
+    build_hub(tmp_path, ["gdino"], log=lambda *a, **k: None)
+    d = tmp_path / "repos" / "IDEA-Research" / "grounding-dino-tiny"
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        idx = [k for k in keys if k.endswith("attention.self.relative_position_index")]
+        assert idx and all(len(f.get_slice(k).get_shape()) == 2 for k in idx)
+    assert not [k for k in keys if ".swin.layernorm." in k]
+    img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    here = ZeroShotDetector.from_pretrained(d).detect(img, [["cat"]])      # transformers 5 (strict)
+    nova = side_python("nova")
+    if not nova.exists():
+        pytest.skip("no .venv-nova (make official-venvs): transformers 4.57 not checked")
+    code = ("import json, torch; from marpipe.metrics.detection import ZeroShotDetector; "
+            "img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)); "
+            f"print(json.dumps(ZeroShotDetector.from_pretrained({str(d)!r}).detect(img, [['cat']])))")
+    r = subprocess.run([str(nova), "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    there = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [x["label"] for x in there[0]] == [x["label"] for x in here[0]]
+    assert there[0][0]["score"] == pytest.approx(here[0][0]["score"], abs=1e-5)
+
+
+def test_the_working_folder_is_its_own_git_repository_so_dvc_can_init(tmp_path):
+    """The rehearsal found it: in the ignored rehearsal/ folder `dvc init --subdir` refused
+    (".dvc is ignored by your SCM tool") and dvc_push, the DAG's last job, failed."""
+    work = R.prepare_workdir(tmp_path / "rehearsal")
+    assert (work / ".git").is_dir()
+    R.prepare_workdir(work)                         # idempotent
+    assert (work / ".git").is_dir()
+
+
+def test_a_rehearsal_refuses_to_start_without_the_disk_it_needs(tmp_path):
+    """The rehearsal found it: Harmon's fixture checkpoints (2 GB each) and their DVC copies filled a shared disk."""
+    with pytest.raises(SystemExit, match=r"GB free; a rehearsal writes up to"):
+        R.check_disk(tmp_path, need_gb=1e9)
+    R.check_disk(tmp_path, need_gb=0)
