@@ -96,12 +96,7 @@ def command_model(argv: list[str]) -> str | None:
         return None
     how, rest = FAMILY_COMMANDS[argv[0]], argv[1:]
     if how == "--model":
-        for i, a in enumerate(rest):
-            if a == "--model" and i + 1 < len(rest):
-                return rest[i + 1]
-            if a.startswith("--model="):
-                return a.split("=", 1)[1]
-        return None
+        return _option(rest, "--model")
     takes_value = {"--config", "--root", "--out", "--grid", "--device"}
     i = 0
     while i < len(rest):
@@ -114,13 +109,18 @@ def command_model(argv: list[str]) -> str | None:
     return None
 
 
-def command_config(argv: list[str]) -> str | None:
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``name VALUE`` or ``name=VALUE`` in a command line; None if absent."""
     for i, a in enumerate(argv):
-        if a == "--config" and i + 1 < len(argv):
+        if a == name and i + 1 < len(argv):
             return argv[i + 1]
-        if a.startswith("--config="):
+        if a.startswith(name + "="):
             return a.split("=", 1)[1]
     return None
+
+
+def command_config(argv: list[str]) -> str | None:
+    return _option(argv, "--config")
 
 
 def family_of(argv: list[str], cfg: dict) -> str | None:
