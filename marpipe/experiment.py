@@ -24,6 +24,12 @@ SCHEMA_PATH = Path(__file__).parent / "data" / "config.schema.yaml"
 BASE = "base"                       # the untrained row of each model
 SUITES = ("preference", "compbench")
 ABLATION_KNOBS = ("top_k", "tau", "S")   # Fig. 7's three panels
+# The variants the paper's tables report (marpipe.stages.tables labels them: TABLE1_ROWS, TABLE2_ROWS).
+# Table 1 compares +GRPO with Ours on every model; Table 2, the ablation, has all four variants, on the
+# first model only (NOVA in the paper). So the first model trains every variant of `variants`, the
+# others only Table 1's (Experiment.model_variants).
+TABLE1_VARIANTS = ("grpo", "sim")
+TABLE2_VARIANTS = ("grpo", "fix_decoder", "mte", "sim")
 
 
 def split_variant(variant: str) -> tuple[str, dict[str, Any]]:
@@ -188,22 +194,33 @@ def _check_references(cfg: dict) -> None:
         for v in m.get("variants", {}):
             need(v in cfg["variants"], f"config.models.{model}.variants.{v}: not a variant in config.variants "
                                        f"({', '.join(cfg['variants'])}); an override of an unknown row is never used")
+    first = next(iter(cfg["models"]))
+    need(cfg["models"][first].get("all_variants") is not False,
+         f"config.models.{first}.all_variants = false: the first model fills Table 2 (the ablation) and trains "
+         f"every variant; remove the key")
     exp = Experiment(cfg)
     for model in cfg["models"]:          # the fixed step is a checkpoint of every run that is selected from
         for reward in exp.trained_rewards:
             fixed = cfg["selection"]["fixed_step"][reward]
-            for variant in cfg["selection"]["best_of"]:
+            for variant in [v for v in cfg["selection"]["best_of"] if v in exp.model_variants(model)]:
                 t = exp.train_config(model, reward, variant)
                 need(fixed <= t.steps and fixed % t.save_every == 0,
                      f"config.selection.fixed_step.{reward} = {fixed}: must be <= train.steps ({t.steps}) and a "
                      f"multiple of train.save_every ({t.save_every}) for models.{model} x variants.{variant}, so "
                      f"the fixed rows train no longer than the rows selected by training reward")
-    for model in cfg["models"]:          # every (model, variant) must resolve to a valid GRPOConfig
-        for variant in cfg["variants"]:
+    for model in cfg["models"]:          # every run must resolve to a valid GRPOConfig
+        for variant in exp.model_variants(model):
             for reward in exp.trained_rewards:
                 exp.train_config(model, reward, variant)
         if exp.has_warmup(model):
             exp.warmup_config(model)
+    for model, m in cfg["models"].items():
+        trained = exp.model_variants(model)
+        for v in m.get("variants", {}):
+            need(v in trained, f"config.models.{model}.variants.{v}: {model} trains only {', '.join(trained)} "
+                               f"(Table 1's variants; Table 2, the ablation, is on the first model, {first}), so "
+                               f"this override is never used; remove it, or set config.models.{model}.all_variants: "
+                               f"true")
     a = cfg.get("ablations") or {}
     for key, known in (("model", cfg["models"]), ("reward", exp.trained_rewards), ("variant", cfg["variants"])):
         need(a.get(key) is None or a[key] in known,
@@ -339,10 +356,25 @@ class Experiment:
             raise ConfigError(f"models.{model} warm-up: {e}") from None
 
     # --- rows, suites and files ---------------------------------------------------------
+    def model_variants(self, model: str) -> list[str]:
+        """The variants ``model`` trains, in config order: every one of ``variants`` for the first
+        model (Table 2, the ablation, is on it: NOVA in the paper) and for a model with
+        ``all_variants: true``; Table 1's (:data:`TABLE1_VARIANTS`: grpo, sim) for the others. A config
+        whose ``variants`` lack one of Table 1's is not laid out as the tables are: every model then
+        trains every variant (the figures show them; the tables' missing rows stay empty)."""
+        if (model == self.models[0] or self.cfg["models"][model].get("all_variants")
+                or not set(TABLE1_VARIANTS) <= set(self.variants)):
+            return self.variants
+        return [v for v in self.variants if v in TABLE1_VARIANTS]
+
     def rows(self, model: str) -> list[Row]:
-        """The base row and one row per (reward, variant, seed)."""
+        """The base row and one row per (reward, variant the model trains, seed)."""
         return [Row(model, None, BASE)] + [Row(model, r, v, s) for r in self.trained_rewards
-                                           for v in self.variants for s in self.seeds]
+                                           for v in self.model_variants(model) for s in self.seeds]
+
+    def runs(self) -> list[Row]:
+        """Every training run of Tables 1-2, (model, reward, variant, seed): the rows but the base ones."""
+        return [row for m in self.models for row in self.rows(m) if row.reward is not None]
 
     # --- Fig. 7: the ablation sweeps ---------------------------------------------------------
     @property

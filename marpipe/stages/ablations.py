@@ -6,9 +6,10 @@ reward; every point is trained with each training seed, its checkpoint selected,
 preference suite generated and scored, like any row of Table 2. Outputs, in ``results/ablations``:
 
 * ``fig7.csv``: one line per (knob, value, metric): the cell (mean over all images of all seeds)
-  and its 95% bootstrap interval over prompts and seeds (:mod:`marpipe.stats`), and the paired
-  difference from the variant's own point (the centre of the sweep) with its interval and verdict
-  (``higher`` / ``lower`` / ``inconclusive``).
+  and its 95% interval over prompts and seeds (:mod:`marpipe.stats`), and the paired difference
+  from the variant's own point (the centre of the sweep) with its interval and verdict (``higher``
+  / ``lower`` / ``inconclusive``). The sweep's ``n_claims`` differences are decided together:
+  their intervals are simultaneous at 95% (:func:`marpipe.stats.simultaneous`).
 * ``fig7_knobs.png``: the paper's Fig. 7c, the final metric against each knob (one panel per
   knob), the interval as an error bar, the centre point marked.
 * ``fig7_curves.png``: the paper's Fig. 7b, the training reward against the step for each
@@ -26,7 +27,7 @@ from marpipe.experiment import ABLATION_KNOBS, Experiment, split_variant
 from marpipe.io.tracking import read_jsonl
 
 COLUMNS = ["knob", "value", "variant", "metric", "mean", "lo", "hi", "n_prompts", "n_seeds",
-           "diff_vs_centre", "diff_lo", "diff_hi", "verdict"]
+           "diff_vs_centre", "diff_lo", "diff_hi", "verdict", "n_claims"]
 KNOB_LABELS = {"top_k": "top-k ratio k", "tau": "similarity threshold τ", "S": "diffusion trajectories S"}
 
 
@@ -72,13 +73,19 @@ def ablation_table(exp: Experiment, records: list[dict]) -> pd.DataFrame:
             iv = stats.bootstrap_mean(vals[0], vals[1], vals[3], vals[2])
             d = stats.bootstrap_difference(vals[0], c_vals[0], vals[1], vals[3], prompt_index_b=c_vals[1],
                                            seed_index=vals[2], seed_index_b=c_vals[2])
-            verdict = ("" if not moved else "higher" if d.lo > 0 else "lower" if d.hi < 0 else "inconclusive")
             for knob in (moved or list(ABLATION_KNOBS)):     # the centre belongs to every panel
                 lines.append({"knob": knob, "value": knobs[knob], "variant": name, "metric": col,
                               "mean": iv.estimate, "lo": iv.lo, "hi": iv.hi, "n_prompts": iv.n_prompts,
                               "n_seeds": iv.n_seeds, "diff_vs_centre": d.estimate if moved else 0.0,
-                              "diff_lo": d.lo if moved else np.nan, "diff_hi": d.hi if moved else np.nan,
-                              "verdict": verdict or "centre"})
+                              "diff_se": d.se if moved else np.nan, "diff_df": d.df, "verdict": "" if moved else "centre"})
+    # the sweep's comparisons are decided together, like the tables' claims (stats.simultaneous)
+    n_claims = sum(1 for x in lines if x["verdict"] == "" and not np.isnan(x["diff_se"]))
+    for x in lines:
+        x["diff_lo"], x["diff_hi"] = stats.simultaneous(x["diff_vs_centre"], x.pop("diff_se"), x.pop("diff_df"),
+                                                        n_claims)
+        if x["verdict"] == "":
+            x["verdict"] = ("higher" if x["diff_lo"] > 0 else "lower" if x["diff_hi"] < 0 else "inconclusive")
+        x["n_claims"] = n_claims
     df = pd.DataFrame(lines, columns=COLUMNS)
     order = {k: i for i, k in enumerate(ABLATION_KNOBS)}
     return df.sort_values(["metric", "knob", "value"], key=lambda s: s.map(order) if s.name == "knob" else s,

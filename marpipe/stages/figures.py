@@ -54,9 +54,10 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------
 def metrics_paths(exp, model: str, reward: str, results: str | Path = "results") -> dict[str, Path]:
     """variant -> ``{results}/runs/{model}/{reward}/{variant}/seed{N}/metrics.jsonl`` of the first
-    training seed, in config order."""
+    training seed, for each variant the model trains (:meth:`Experiment.model_variants`), in config order."""
     seed = exp.seeds[0]
-    return {v: Path(results) / "runs" / model / reward / v / f"seed{seed}" / "metrics.jsonl" for v in exp.variants}
+    return {v: Path(results) / "runs" / model / reward / v / f"seed{seed}" / "metrics.jsonl"
+            for v in exp.model_variants(model)}
 
 
 def plot_dynamics(metrics_by_variant: dict[str, str | Path], title: str, out_png: str | Path) -> Path:
@@ -98,9 +99,10 @@ def _num(v) -> float:
 # ------------------------------------------------------------------------------------------
 def grid_bundles(exp, model: str, suite: str, results: str | Path = "results") -> dict[str, Path]:
     """row name -> ``{results}/images/{model}/{row id}/{suite}.npz`` for the base and each variant
-    trained with the suite's reward (its first training seed), in config order (base, grpo, ...)."""
+    the model trains (:meth:`Experiment.model_variants`) with the suite's reward (its first training
+    seed), in config order (base, grpo, ...)."""
     reward = exp.cfg["evaluation"][suite]["reward"]
-    rows = {BASE: BASE} | {f"{reward}-{v}": row_id(reward, v, exp.seeds[0]) for v in exp.variants}
+    rows = {BASE: BASE} | {f"{reward}-{v}": row_id(reward, v, exp.seeds[0]) for v in exp.model_variants(model)}
     return {name: Path(results) / "images" / model / rid / f"{suite}.npz" for name, rid in rows.items()}
 
 

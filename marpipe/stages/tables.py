@@ -10,11 +10,12 @@
   ``evaluation.compbench.reward``. Table 2: the first model, the base and the four
   variants (``GRPO``, ``+Fix Decoder``, ``+MTE``, ``+Sim (Ours)``) with the checkpoint
   each was read at. A cell without a record is NaN, never filled in.
-* Intervals (:mod:`marpipe.stats`): every cell gets a 95% percentile-bootstrap interval over
-  prompts (2,000 resamples, seed 0; preference suite: prompts resampled within styles) of the
-  very estimator the cell prints, and every comparison the paper makes is a paired difference
-  with its interval -- Table 1: ``Ours`` vs ``+GRPO`` per model and column; Table 2: each row
-  vs the row above it -- bootstrapped over the prompts both rows were sampled on. Both need
+* Intervals (:mod:`marpipe.stats`): every cell gets a 95% interval of the very estimator the
+  cell prints (one training seed: percentile bootstrap over prompts, 2,000 resamples, seed 0,
+  preference suite within styles; several: Student's t over seeds and prompts), and every
+  comparison the paper makes is a paired difference -- Table 1: ``Ours`` vs ``+GRPO`` per model
+  and column; Table 2: each row vs the row above it -- over the prompts both rows were sampled
+  on, decided with the others under one simultaneous (Bonferroni) 95% level. Both need
   the score files' ``per_image`` values (:mod:`marpipe.stages.evaluate`); records without
   them (score files written before, and every record from MLflow, which holds only the
   means) give the same tables with no interval and ``no verdict``, never an error.
@@ -41,15 +42,16 @@ import numpy as np
 import pandas as pd
 
 from marpipe import stats
-from marpipe.experiment import BASE, SUITES
+from marpipe.experiment import BASE, SUITES, TABLE1_VARIANTS, TABLE2_VARIANTS
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 FLOAT_FORMAT = "%.4f"
 
-# Table 1: row label -> variant ("base" = the untrained model, labelled with the model's label)
-TABLE1_ROWS = {"+GRPO": "grpo", "Ours": "sim"}
-# Table 2: row label -> variant, in the paper's order
-TABLE2_ROWS = {"GRPO": "grpo", "+Fix Decoder": "fix_decoder", "+MTE": "mte", "+Sim (Ours)": "sim"}
+# Table 1: row label -> variant ("base" = the untrained model, labelled with the model's label); the
+# variants are the experiment's (TABLE1_VARIANTS: what every model trains), only the labels are here
+TABLE1_ROWS = dict(zip(("+GRPO", "Ours"), TABLE1_VARIANTS, strict=True))
+# Table 2: row label -> variant, in the paper's order (TABLE2_VARIANTS: the first model's)
+TABLE2_ROWS = dict(zip(("GRPO", "+Fix Decoder", "+MTE", "+Sim (Ours)"), TABLE2_VARIANTS, strict=True))
 TABLE2_COLUMNS = ("HPS", "Aesthetic", "Shape", "Texture", "2d-spatial")
 CHECKPOINT_RULE_TEXT = {"best": "best*", "fixed": "fixed", "base": "base"}
 
@@ -218,7 +220,7 @@ def _row_name(reward: str | None, variant: str) -> str:
 # tables
 # ------------------------------------------------------------------------------------------
 INTERVAL_COLUMNS = ["table", "base", "row", "column", "value", "lo", "hi", "n_prompts", "n_images", "n_seeds"]
-DIFFERENCE_COLUMNS = ["table", "base", "a", "b", "column", "ours_diff", "lo", "hi", "n_prompts", "note"]
+DIFFERENCE_COLUMNS = ["table", "base", "a", "b", "column", "ours_diff", "lo", "hi", "se", "df", "n_prompts", "note"]
 
 
 def build_tables(exp, records: Sequence[dict]) -> dict[str, pd.DataFrame]:
@@ -335,7 +337,7 @@ def _difference(table: str, base: str, a_label: str, b_label: str, col: str, a: 
     """Row ``a`` − row ``b`` in one column: the difference of the two cells and its paired
     bootstrap interval over the prompts both were sampled on (or a ``note`` why there is none)."""
     line = {"table": table, "base": base, "a": a_label, "b": b_label, "column": col, "ours_diff": np.nan,
-            "lo": np.nan, "hi": np.nan, "n_prompts": np.nan, "note": ""}
+            "lo": np.nan, "hi": np.nan, "se": np.nan, "df": np.nan, "n_prompts": np.nan, "note": ""}
     if a is None or b is None or col not in a["scores"] or col not in b["scores"]:
         line["note"] = "no score"
         return line
@@ -350,7 +352,7 @@ def _difference(table: str, base: str, a_label: str, b_label: str, col: str, a: 
     else:
         iv = stats.bootstrap_difference(da[0], db[0], da[1], da[2], prompt_index_b=db[1], seed_index=da[3],
                                         seed_index_b=db[3])
-        line.update(lo=iv.lo, hi=iv.hi, n_prompts=iv.n_prompts)
+        line.update(lo=iv.lo, hi=iv.hi, se=iv.se, df=iv.df, n_prompts=iv.n_prompts)
         if not iv.known:
             line["note"] = "fewer than two prompts"
     return line
@@ -468,7 +470,7 @@ def compare_with_paper(tables: dict[str, pd.DataFrame], paper_dir: str | Path = 
     ``delta``, ``reference_only`` for the paper's other models, and our interval ``ours_lo``/
     ``ours_hi``), ``verdicts`` (one line per comparison the paper makes -- Table 1: Ours vs
     +GRPO per model and column; Table 2: each row vs the row above -- with the paper's
-    difference, ours with its paired 95% interval and the verdict, :func:`marpipe.stats.verdict`)
+    difference, ours with its paired simultaneous 95% interval and the verdict, :func:`marpipe.stats.verdict`)
     and ``ordering`` (point values only, kept for ``ordering_vs_paper.csv``: Kendall tau and
     "Ours > GRPO" per column, blind to the noise; the verdicts supersede it).
     Rows are matched by label (Table 1: ``model`` within ``base``), columns by name.
@@ -499,7 +501,7 @@ def compare_with_paper(tables: dict[str, pd.DataFrame], paper_dir: str | Path = 
 
 
 VERDICT_COLUMNS = ["table", "base", "claim", "a", "b", "column", "paper_diff", "ours_diff", "lo", "hi", "verdict",
-                   "n_prompts", "note"]
+                   "n_prompts", "n_claims", "note"]
 
 
 OPERATOR = {1: ">", -1: "<", 0: "vs"}
@@ -511,7 +513,11 @@ def _claim(a: str, b: str, paper_diff: float) -> str:
 
 
 def _verdicts(differences: pd.DataFrame | None, p1: pd.DataFrame, p2: pd.DataFrame) -> pd.DataFrame:
-    """Each paired difference beside the paper's own (``a`` − ``b`` in the paper's table) and its verdict."""
+    """Each paired difference beside the paper's own (``a`` − ``b`` in the paper's table) and its verdict.
+
+    The claims (the differences with a direction in the paper and a standard error) are decided
+    together: ``lo``/``hi`` are each claim's simultaneous 95% interval over all ``n_claims``
+    (:func:`marpipe.stats.simultaneous`), wider than the 95% interval of one difference alone."""
     lines = []
     for _, d in (differences if differences is not None else pd.DataFrame(columns=DIFFERENCE_COLUMNS)).iterrows():
         if d["table"] == "table1":
@@ -524,10 +530,18 @@ def _verdicts(differences: pd.DataFrame | None, p1: pd.DataFrame, p2: pd.DataFra
                              "the paper's values are equal" if paper_diff == 0 else "")
         lines.append({"table": d["table"], "base": d["base"], "claim": _claim(d["a"], d["b"], paper_diff),
                       "a": d["a"], "b": d["b"], "column": d["column"], "paper_diff": paper_diff,
-                      "ours_diff": d["ours_diff"], "lo": d["lo"], "hi": d["hi"],
-                      "verdict": stats.verdict(d["lo"], d["hi"], paper_diff), "n_prompts": d["n_prompts"],
-                      "note": note})
-    return _counts_as_int(pd.DataFrame(lines, columns=VERDICT_COLUMNS), ["n_prompts"])
+                      "ours_diff": d["ours_diff"], "se": _float(d.get("se")), "df": _float(d.get("df")),
+                      "n_prompts": d["n_prompts"], "note": note})
+    claims = [x for x in lines if stats.direction(x["paper_diff"]) and not math.isnan(x["se"])]
+    for x in lines:
+        x["lo"], x["hi"] = stats.simultaneous(x["ours_diff"], x["se"], x["df"], len(claims))
+        x["verdict"] = stats.verdict(x["lo"], x["hi"], x["paper_diff"])
+        x["n_claims"] = len(claims)
+    return _counts_as_int(pd.DataFrame(lines, columns=VERDICT_COLUMNS), ["n_prompts", "n_claims"])
+
+
+def _float(v) -> float:
+    return math.nan if v is None or pd.isna(v) else float(v)
 
 
 # ------------------------------------------------------------------------------------------
@@ -662,9 +676,9 @@ def _verdict_table(verdicts: pd.DataFrame, decimals=lambda col: 4) -> pd.DataFra
         d = decimals(v["column"])
         rows.append({"table": v["table"], "base": v["base"], "claim": v["claim"], "column": v["column"],
                      "paper Δ": "–" if _is_nan(v["paper_diff"]) else f"{v['paper_diff']:+.{d}f}",
-                     "ours Δ [95% interval]": _with_interval(v["ours_diff"], v["lo"], v["hi"], d, signed=True),
+                     "ours Δ [simultaneous 95%]": _with_interval(v["ours_diff"], v["lo"], v["hi"], d, signed=True),
                      "verdict": v["verdict"], "note": v["note"]})
-    return pd.DataFrame(rows, columns=["table", "base", "claim", "column", "paper Δ", "ours Δ [95% interval]",
+    return pd.DataFrame(rows, columns=["table", "base", "claim", "column", "paper Δ", "ours Δ [simultaneous 95%]",
                                        "verdict", "note"])
 
 
@@ -706,17 +720,20 @@ def _stand_ins_of(tables) -> tuple[str, dict[str, str]]:
     return str(st["world"].iloc[0]), dict(zip(st["column"], st["scorer"]))
 
 
-INTERVALS_TEXT = ("95% intervals: percentile bootstrap over prompts ({n:,} resamples, seed {seed}; all images of a "
-                  "drawn prompt go together; preference suite: prompts drawn within each style; with several "
-                  "training seeds the seeds are drawn too), of the very estimator the cell prints (the mean over "
-                  "the column's images, of all seeds)")
+INTERVALS_TEXT = ("95% intervals of the very estimator the cell prints (the mean over the column's images, of all "
+                  "seeds). One training seed: percentile bootstrap over prompts ({n:,} resamples, seed {seed}; all "
+                  "images of a drawn prompt go together; preference suite: prompts drawn within each style). Several: "
+                  "Student's t with the spread of the per-seed means plus that bootstrap's variance "
+                  "(n_seeds - 1 degrees of freedom; a bootstrap over 3 seeds would be far too narrow)")
 VERDICTS_TEXT = ("Each comparison the paper makes, as a paired difference: Table 1: Ours − +GRPO per model; Table 2: "
-                 "each row − the row above. Ours: the difference of the two cells with a 95% interval from the same "
-                 "bootstrap, drawing one set of prompts (and of training seeds) for both rows (they were sampled on the "
-                 "same prompts with the same seeds). Verdict against the sign of the paper's own difference: holds (our interval excludes "
-                 "0 on the paper's side), contradicted (it excludes 0 on the other side), inconclusive (it contains "
-                 "0); no verdict: no interval (score files without per-image values, tables rebuilt from MLflow) "
-                 "or no direction in the paper.")
+                 "each row − the row above. Ours: the difference of the two cells, its standard error from the same "
+                 "bootstrap (one set of prompts drawn for both rows: they were sampled on the same prompts with the "
+                 "same seeds) and, with several training seeds, the spread of the per-seed differences (runs of the "
+                 "same seed paired). The claims are decided together: each interval is simultaneous over all of them "
+                 "(Bonferroni: 95% that none misses), so no verdict is a run's luck. Verdict against the sign of the "
+                 "paper's own difference: holds (our interval excludes 0 on the paper's side), contradicted (it "
+                 "excludes 0 on the other side), inconclusive (it contains 0); no verdict: no interval (score files "
+                 "without per-image values, tables rebuilt from MLflow) or no direction in the paper.")
 
 
 def _intervals_text() -> str:
@@ -761,7 +778,7 @@ def tables_markdown(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.Da
         "### Table 2", "", markdown_table(_wide_comparison(comparison["table2"], ["row"])), "",
         "### Orderings: verdicts", "", VERDICTS_TEXT, "",
         *[f"- {line}" for line in _verdict_summary(verdicts)], "",
-        markdown_table(_verdict_table(verdicts), right=["paper Δ", "ours Δ [95% interval]"]), "",
+        markdown_table(_verdict_table(verdicts), right=["paper Δ", "ours Δ [simultaneous 95%]"]), "",
         "## Stand-ins", "",
         f"World: {world}. Scorer behind each column:", "",
         *[f"- {col}: `{scorer}`" for col, scorer in scorers.items()], "",
@@ -866,7 +883,7 @@ def _verdicts_table_html(verdicts: pd.DataFrame, table_id: str) -> str:
     """One row per comparison: claim, column, the paper's difference, ours with its interval under
     it, the verdict (coloured) and why there is none."""
     from html import escape as e
-    heads = ["table", "model", "claim", "column", "paper Δ", "ours Δ (95% interval)", "verdict", "note"]
+    heads = ["table", "model", "claim", "column", "paper Δ", "ours Δ (simultaneous 95%)", "verdict", "note"]
     body = []
     for _, v in verdicts.iterrows():
         col = v["column"]
@@ -1002,7 +1019,7 @@ def format_for_terminal(tables: dict[str, pd.DataFrame], comparison: dict[str, p
     parts = ["Table 1", text(tables["table1"]), "", "Table 2", text(tables["table2"]), "",
              f"World: {world}; scorers: " + ", ".join(f"{c}={s}" for c, s in scorers.items())]
     if comparison is not None:
-        parts += ["", "Verdicts on the paper's comparisons (paired 95% intervals)",
+        parts += ["", "Verdicts on the paper's comparisons (paired, simultaneous 95% intervals)",
                   *_verdict_summary(comparison.get("verdicts", pd.DataFrame(columns=VERDICT_COLUMNS)))]
     return "\n".join(parts) + "\n"
 

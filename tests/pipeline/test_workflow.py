@@ -44,11 +44,12 @@ def test_paper_dry_run_schedules_every_job_through_the_slurm_profile():
     r = snakemake("-n", "--profile", "slurm", "all")
     assert r.returncode == 0, r.stderr
     counts = job_counts(r.stdout)
-    # 2 models x 4 variants x 2 rewards; 2 base rows + 8 rows per suite
+    # NOVA: 4 variants x 2 rewards (Table 2 is on NOVA only); Harmon: Table 1's grpo and sim x 2 rewards;
+    # per suite 2 base rows + 4 + 2 trained rows
     assert counts["download_base_model"] == 2 and counts["verify_base_model"] == 2
     assert counts["warmup_head"] == 1                      # Harmon only
-    assert counts["train"] == 16 and counts["select_checkpoint"] == 16
-    assert counts["generate"] == 20 and counts["evaluate"] == 20
+    assert counts["train"] == 12 and counts["select_checkpoint"] == 12
+    assert counts["generate"] == 16 and counts["evaluate"] == 16
     assert counts["prompts"] == 9
     assert counts["download_weights"] == 12                # every metric/reward model of config.yaml and the
                                                            # tokenizer, processor and CLIP backbone folders
@@ -58,7 +59,8 @@ def test_paper_dry_run_schedules_every_job_through_the_slurm_profile():
     trains = [b for b in jobs(r.stdout) if b["rule"] == "train"]
     harmon = [b for b in trains if "model=harmon" in b["wildcards"]]
     nova = [b for b in trains if "model=nova" in b["wildcards"]]
-    assert len(harmon) == len(nova) == 8
+    assert len(nova) == 8 and len(harmon) == 4
+    assert not any(f"variant={v}," in b["wildcards"] for b in harmon for v in ("fix_decoder", "mte"))
     assert all("results/runs/harmon/warmup/warm.safetensors" in b["input"] for b in harmon)
     assert not any("warmup" in b["input"] for b in nova)
     # downloads are pinned by config and verified before anything trains

@@ -72,7 +72,7 @@ def test_the_cli_reports_a_config_error_in_one_line_with_exit_code_2(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "duplicate key 'seed'" in err[0] and "bad.yaml:" in err[0]
     assert main(["check-config", "--config", str(ROOT / "config" / "small.yaml")]) == 0
-    assert "small.yaml: valid (2 models, 4 variants, 2 rewards: 16 training runs)" in capsys.readouterr().out
+    assert "small.yaml: valid (2 models, 4 variants, 2 rewards: 12 training runs)" in capsys.readouterr().out
 
 
 def test_both_shipped_configs_pass():

@@ -92,10 +92,13 @@ def test_input_paths_follow_config():
     exp = experiment.load(ROOT / "config" / "small.yaml")
     m = F.metrics_paths(exp, "tiny-nova", "hps", "results")
     assert list(m) == VARIANTS and m["sim"] == Path("results/runs/tiny-nova/hps/sim/seed0/metrics.jsonl")
-    g = F.grid_bundles(exp, "tiny-harmon", "compbench", "results")
+    g = F.grid_bundles(exp, "tiny-nova", "compbench", "results")
     assert list(g) == ["base", "mixed-grpo", "mixed-fix_decoder", "mixed-mte", "mixed-sim"]
-    assert g["base"] == Path("results/images/tiny-harmon/base/compbench.npz")
-    assert g["mixed-mte"] == Path("results/images/tiny-harmon/mixed-mte/seed0/compbench.npz")
+    assert g["base"] == Path("results/images/tiny-nova/base/compbench.npz")
+    assert g["mixed-mte"] == Path("results/images/tiny-nova/mixed-mte/seed0/compbench.npz")
+    # the second model trains only Table 1's variants: its figures show those
+    assert list(F.metrics_paths(exp, "tiny-harmon", "hps")) == ["grpo", "sim"]
+    assert list(F.grid_bundles(exp, "tiny-harmon", "compbench")) == ["base", "mixed-grpo", "mixed-sim"]
     two = experiment.load({**experiment.read_config(ROOT / "config" / "small.yaml"), "seeds": [3, 1]})
     assert F.metrics_paths(two, "tiny-nova", "hps")["grpo"] == Path("results/runs/tiny-nova/hps/grpo/seed3/metrics.jsonl")
     assert [F.display_label(k) for k in g] == ["Base", "GRPO", "+Fix Decoder", "+MTE", "+Sim (Ours)"]

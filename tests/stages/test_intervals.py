@@ -123,6 +123,49 @@ def test_verdict_rules():
     assert stats.verdict(0.1, 0.3, 0.0) == "no verdict"            # the paper states no direction
 
 
+def test_simultaneous_interval_is_the_marginal_one_for_one_claim_and_wider_for_many():
+    from scipy.stats import norm, t
+    lo, hi = stats.simultaneous(1.0, 0.5, math.inf, 1)
+    assert (hi - 1.0) == pytest.approx(norm.ppf(0.975) * 0.5, rel=1e-9) and (1.0 - lo) == pytest.approx(hi - 1.0)
+    lo, hi = stats.simultaneous(1.0, 0.5, 4.0, 42)                         # Bonferroni: 1 - 0.05 / 84 per side
+    assert hi - 1.0 == pytest.approx(t.ppf(1 - 0.05 / 84, 4.0) * 0.5, rel=1e-9)
+    assert all(math.isnan(x) for x in stats.simultaneous(1.0, math.nan, 4.0, 3))
+
+
+def test_a_family_of_null_claims_is_decided_by_chance_in_at_most_five_percent_of_runs():
+    """40 claims with no effect, 3 training seeds each: marginal 95% intervals decide at least one
+    of them in most runs (so two runs disagree); simultaneous intervals in about 5% of runs."""
+    rng = np.random.default_rng(11)
+    n_prompts, n_seeds, n_claims = 30, 3, 40
+    pid, sid = np.tile(np.arange(n_prompts), n_seeds), np.repeat(np.arange(n_seeds), n_prompts)
+    any_marginal, any_simultaneous = 0, 0
+    for _ in range(60):
+        d = []
+        for _ in range(n_claims):
+            prompt, shared = rng.normal(0.0, 1.0, n_prompts), rng.normal(0.0, 1.0, (n_seeds, 1))
+            a, b = ((prompt[None, :] + shared + rng.normal(0.0, 0.3, (n_seeds, 1))
+                     + rng.normal(0.0, 0.3, (n_seeds, n_prompts))).ravel() for _ in range(2))
+            d.append(stats.bootstrap_difference(a, b, pid, seed_index=sid, seed_index_b=sid, n_resamples=200))
+        any_marginal += any(not (x.lo <= 0.0 <= x.hi) for x in d)
+        any_simultaneous += any(not (lo <= 0.0 <= hi) for lo, hi in
+                                (stats.simultaneous(x.estimate, x.se, x.df, n_claims) for x in d))
+    assert any_marginal / 60 > 0.5, any_marginal
+    assert any_simultaneous / 60 <= 0.1, any_simultaneous
+
+
+def test_simultaneous_intervals_still_find_a_planted_effect():
+    """One claim of 40 with a real difference of 4 standard deviations of a run, 5 seeds: decided."""
+    rng = np.random.default_rng(2)
+    n_prompts, n_seeds = 30, 5
+    pid, sid = np.tile(np.arange(n_prompts), n_seeds), np.repeat(np.arange(n_seeds), n_prompts)
+    prompt = rng.normal(0.0, 1.0, n_prompts)
+    a = (prompt[None, :] + 4.0 + rng.normal(0.0, 0.3, (n_seeds, 1)) + rng.normal(0.0, 0.3, (n_seeds, n_prompts))).ravel()
+    b = (prompt[None, :] + rng.normal(0.0, 0.3, (n_seeds, 1)) + rng.normal(0.0, 0.3, (n_seeds, n_prompts))).ravel()
+    d = stats.bootstrap_difference(a, b, pid, seed_index=sid, seed_index_b=sid, n_resamples=500)
+    assert stats.verdict(*stats.simultaneous(d.estimate, d.se, d.df, 40), paper_diff=1.0) == "holds"
+    assert stats.verdict(*stats.simultaneous(-d.estimate, d.se, d.df, 40), paper_diff=1.0) == "contradicted"
+
+
 # ------------------------------------------------------------------------------------------
 # the score record and the tables
 # ------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def fake_upstream(exp, results: Path) -> None:
     write_scores(exp, results)
     for m in exp.models:
         for r in exp.trained_rewards:
-            for i, v in enumerate(exp.variants):
+            for i, v in enumerate(exp.model_variants(m)):
                 run = results / "runs" / m / r / v / f"seed{exp.seeds[0]}"
                 run.mkdir(parents=True, exist_ok=True)
                 (run / "metrics.jsonl").write_text("".join(
@@ -290,7 +290,7 @@ def test_tables_html_has_ours_the_papers_values_and_deltas(tmp_path):
     assert ("table1 NOVA: Ours &gt; +GRPO: holds in 10, inconclusive in 0, contradicted in 0 of 10 columns; "
             "no verdict in 1 (no score)") in page
     verdicts = table_cells(page, "verdicts")
-    assert verdicts[0] == ["table", "model", "claim", "column", "paper Δ", "ours Δ (95% interval)", "verdict", "note"]
+    assert verdicts[0] == ["table", "model", "claim", "column", "paper Δ", "ours Δ (simultaneous 95%)", "verdict", "note"]
     v = cmp_["verdicts"]
     assert len(verdicts) == 1 + len(v)
     line = next(r for r in verdicts[1:] if r[:4] == ["table2", "NOVA", "GRPO < NOVA", "Aesthetic"])

@@ -65,6 +65,55 @@ def test_variant_configs_resolve_from_config_model_and_variant():
         "base", "mixed-grpo", "mixed-fix_decoder", "mixed-mte", "mixed-sim"]
 
 
+def test_only_the_first_model_trains_every_variant():
+    """Table 2 (the ablation) is on the first model (NOVA in the paper): it trains every variant; the
+    others train Table 1's +GRPO and Ours (grpo, sim), nothing the tables or figures do not use."""
+    from marpipe.stages.tables import TABLE1_ROWS, TABLE2_ROWS
+    assert tuple(TABLE1_ROWS.values()) == E.TABLE1_VARIANTS == ("grpo", "sim")
+    assert tuple(TABLE2_ROWS.values()) == E.TABLE2_VARIANTS == ("grpo", "fix_decoder", "mte", "sim")
+    for path, first, other in ((ROOT / "config.yaml", "nova", "harmon"),
+                               (ROOT / "config" / "small.yaml", "tiny-nova", "tiny-harmon")):
+        exp = E.load(path)
+        assert exp.models[0] == first and exp.model_variants(first) == list(E.TABLE2_VARIANTS)
+        assert exp.model_variants(other) == ["grpo", "sim"]
+        runs = {(r.model, r.variant) for r in exp.runs()}
+        assert {(first, v) for v in exp.variants} | {(other, "grpo"), (other, "sim")} == runs
+        assert len(exp.runs()) == 2 * (4 + 2) * len(exp.seeds)
+        assert [r.variant for r in exp.suite_rows("preference") if r.model == other] == ["base", "grpo", "sim"]
+
+
+def test_all_variants_trains_every_variant_of_another_model():
+    cfg = shrunk_config()
+    cfg["models"]["tiny-harmon"]["all_variants"] = True
+    assert E.load(cfg).model_variants("tiny-harmon") == ["grpo", "fix_decoder", "mte", "sim"]
+    cfg["models"]["tiny-harmon"]["all_variants"] = False
+    assert E.load(cfg).model_variants("tiny-harmon") == ["grpo", "sim"]
+    cfg["models"]["tiny-nova"]["all_variants"] = False
+    with pytest.raises(ConfigError, match="config.models.tiny-nova.all_variants = false: the first model fills Table 2"):
+        E.load(cfg)
+
+
+def test_an_override_of_a_variant_the_model_does_not_train_is_refused():
+    cfg = shrunk_config()
+    cfg["models"]["tiny-harmon"]["variants"] = {"mte": {"lr": 2.0e-4}}
+    with pytest.raises(ConfigError, match=r"config.models.tiny-harmon.variants.mte: tiny-harmon trains only grpo, "
+                                          r"sim .*set config.models.tiny-harmon.all_variants: true"):
+        E.load(cfg)
+    cfg["models"]["tiny-harmon"]["all_variants"] = True
+    assert E.load(cfg).train_config("tiny-harmon", "hps", "mte").lr == 2.0e-4
+
+
+def test_variants_without_table1s_train_every_variant_on_every_model():
+    """A config whose variants are not laid out as Table 1 (no sim here) cannot tell what the tables use:
+    every model trains every variant, as before (Table 1's "Ours" rows stay empty)."""
+    cfg = shrunk_config()
+    del cfg["variants"]["sim"]
+    for m in cfg["models"].values():
+        m.get("variants", {}).pop("sim", None)
+    exp = E.load(cfg)
+    assert exp.model_variants("tiny-harmon") == exp.model_variants("tiny-nova") == ["grpo", "fix_decoder", "mte"]
+
+
 def test_cross_references_are_checked():
     cfg = shrunk_config()
     cfg["rewards"]["hps"] = {"world_nope": 1.0}

@@ -161,6 +161,22 @@ def test_table_layout_exact(exp, tmp_path):
     assert not t1[PREF + COMP].isna().any().any()
 
 
+def test_the_rows_the_dag_makes_fill_both_tables(exp, tmp_path):
+    """The DAG makes +Fix Decoder and +MTE for the first model only (Table 2 is on it): with exactly its
+    score files, every cell, interval and comparison of Tables 1-2 is there (no NaN row)."""
+    files = write_scores(exp, tmp_path)
+    rows = {(r.model, r.variant) for s in experiment.SUITES for r in exp.suite_rows(s)}
+    assert {("tiny-nova", "fix_decoder"), ("tiny-nova", "mte")} <= rows
+    assert not {("tiny-harmon", "fix_decoder"), ("tiny-harmon", "mte")} & rows
+    assert sorted(files) == sorted(T.score_paths(exp, tmp_path))
+    tabs = T.build_tables(exp, T.score_records_from_files(files))
+    assert not tabs["table1"][PREF + COMP].isna().any().any()
+    assert not tabs["table2"].drop(columns=["row", "checkpoint"]).isna().any().any()
+    assert tabs["intervals"][["value", "lo", "hi"]].notna().all().all()
+    assert len(tabs["differences"]) == 2 * len(PREF + COMP) + 4 * 5
+    assert tabs["differences"][["ours_diff", "lo", "hi"]].notna().all().all()
+
+
 def test_missing_cells_are_nan(exp, tmp_path):
     files = write_scores(exp, tmp_path, drop={("tiny-nova", "hps-sim", "preference"),
                                               ("tiny-harmon", "mixed-grpo", "compbench")}, skip=("Complex",))
@@ -306,7 +322,7 @@ def test_kendall_tau():
 
 def test_score_paths(exp, tmp_path):
     paths = T.score_paths(exp, tmp_path)
-    assert len(paths) == 2 * 2 * (1 + 4)
+    assert len(paths) == 2 * ((1 + 4) + (1 + 2))      # per suite: tiny-nova's 4 variants, tiny-harmon's grpo and sim
     assert tmp_path / "scores" / "tiny-nova" / "hps-sim" / "seed0" / "preference.json" in paths
     assert tmp_path / "scores" / "tiny-harmon" / "mixed-grpo" / "seed0" / "compbench.json" in paths
     assert tmp_path / "scores" / "tiny-nova" / "hps-sim" / "compbench.json" not in paths

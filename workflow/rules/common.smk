@@ -27,8 +27,9 @@ if not Path(CONFIG).exists():
 
 MODELS = EXP.models
 REWARDS = EXP.trained_rewards
-VARIANTS = EXP.variants
+VARIANTS = EXP.variants            # the first model trains them all, the others Table 1's (EXP.model_variants)
 SEEDS = EXP.seeds                   # training seeds: every run is (model, reward, variant, seed)
+RUNS = EXP.runs()                   # the runs Tables 1-2 report: Row(model, reward, variant, seed)
 SUITES = list(E.SUITES)
 MANIFEST = "MANIFEST.sha256"
 
@@ -53,8 +54,7 @@ wildcard_constraints:
     reward="|".join(REWARDS),
     variant=_alternatives(VARIANTS + ABLATION_VARIANTS),
     seed="|".join(map(str, SEEDS)),
-    row=_alternatives(["base"] + [E.row_id(r, v, s) for r in REWARDS for v in VARIANTS for s in SEEDS]
-                      + ablation_rows()),
+    row=_alternatives(["base"] + list(dict.fromkeys(run.id for run in RUNS)) + ablation_rows()),
     suite="|".join(SUITES),
     weights="|".join(EXP.cfg["weights"]),
     prompts="|".join(EXP.cfg["prompts"]),
@@ -124,7 +124,8 @@ def score_files():
 
 
 def metrics_files():
-    return [f"{run_dir(m, r, v, s)}/summary.json" for m in MODELS for r in REWARDS for v in VARIANTS for s in SEEDS]
+    """Every training run of Tables 1-2 (the first model: every variant; the others: Table 1's)."""
+    return [f"{run_dir(run.model, run.reward, run.variant, run.seed)}/summary.json" for run in RUNS]
 
 
 def ablation_score_files():
