@@ -42,14 +42,17 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/marpipe demo
 
 # the study: the small world with 3 training seeds, more prompts and images, the Fig. 7 sweep and the
-# gradient-noise tables, in study/. Its verdicts must not depend on the machine: THREADS=2 (two torch
-# threads per job: another summation order) and STUDY_EXTRA=config/study-seeds.yaml (other training
-# and sampling seeds), each in its own STUDY_DIR, must give the same verdicts (README, "The study").
+# gradient-noise tables, in study/. Its verdicts must not depend on the machine: THREADS=2 CORES=1 (two
+# torch threads per job, one job at a time: another summation order) and
+# STUDY_EXTRA=config/study-seeds.yaml (other training and sampling seeds), each in its own STUDY_DIR,
+# must give the same verdicts (README, "The study"). CORES: jobs at a time x THREADS must not exceed
+# the machine's cores: two 2-thread jobs on 2 cores made each tiny training job ~6x slower.
 THREADS     ?=
+CORES       ?= 2
 STUDY_EXTRA ?=
 STUDY_DIR   ?= study
 study: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH MARPIPE_TORCH_THREADS=$(THREADS) $(BIN)/marpipe demo \
+	PATH=$(CURDIR)/$(BIN):$$PATH MARPIPE_TORCH_THREADS=$(THREADS) $(BIN)/marpipe demo --cores $(CORES) \
 		--config config/small.yaml config/study.yaml $(STUDY_EXTRA) --directory $(STUDY_DIR)
 
 # the rehearsal (issue 14): the PAPER DAG (config/rehearsal.yaml: config.yaml at tiny sizes) end to end on

@@ -16,7 +16,12 @@ only lays them out as the hub repositories are laid out:
   transformer's architectures are not the real ``d48w1024`` ones, so ``transformer/__transformer__.py``
   also registers them in diffnext's registries (the one deviation from the real file).
 * Harmon (``wusize/Harmon-1_5B``): ``config.json`` + ``model.safetensors`` + the remote-code files +
-  the Qwen2 tokenizer files, as ``harmon_tiny`` writes them.
+  the Qwen2 tokenizer files, as ``harmon_tiny`` writes them with ``tiny_arch=True``: the remote code's
+  smallest MAR (``mar_base``, 171M parameters) and its fixed KL-16 VAE (66M) would make every training
+  checkpoint 2 GB, so ``mar.py`` and ``vae.py`` each end in a declared fixture block (the one deviation
+  from the real files, like NOVA's registrations) that builds the official ``MAR`` at the widths/depths
+  config.json's ``mar`` keys name and the official VAE ``Encoder``/``Decoder`` at a narrow width: ~3.3M
+  parameters, a 13 MB ``model.safetensors``, training checkpoints of ~1 MB.
 """
 from __future__ import annotations
 
@@ -118,7 +123,7 @@ def build_nova(work: Path) -> None:
 
 def build_harmon(work: Path) -> None:
     from tests.official import harmon_tiny as ht
-    ht.build_tiny_harmon(_official(), work, seed=0)
+    ht.build_tiny_harmon(_official(), work, seed=0, tiny_arch=True)
     (work / "MANIFEST.sha256").unlink(missing_ok=True)     # marpipe's, not the hub's
     _common(work, "wusize/Harmon-1_5B")
 

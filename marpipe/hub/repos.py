@@ -365,7 +365,10 @@ REPOS: dict[str, Repo] = {r.key: r for r in [
          "AMAP-ML/mar-grpo@fcb79697834ea919d4d89185563fb2523694185b:src/grpo/src/harmon, config.json + "
          "model.safetensors as save_pretrained writes them, the Qwen2.5 tokenizer files (tests/official/harmon_tiny.py)",
          side_venv="harmon",
-         notes=("the model card mentions method.png; not served (its presence is not verified)",)),
+         notes=("the model card mentions method.png; not served (its presence is not verified)",
+                "mar.py and vae.py end in a fixture block (not in the real files): mar_base takes the tiny MAR "
+                "widths/depths that config.json's `mar` keys name, the VAE's Encoder/Decoder default to width 32 "
+                "with one res block per level (the real code fixes mar_base at 171M and the VAE at 66M parameters)")),
     Repo("hps", "xswu/HPSv2",
          (".gitattributes", "HPS_v2.1_compressed.pt", "HPS_v2.pt", "HPS_v2_compressed.pt", "README.md"),
          "listing: huggingface.co/xswu/HPSv2/tree/main at 697403c (the pinned commit)", build_hps,

@@ -39,6 +39,14 @@ rule holds. What the process never gets to send, ``marpipe mlflow-sync`` sends (
 calls: 3 retries, backoff 1, 30 s timeout, unless the user exported other values; it first
 checks the server answers, :func:`check_reachable`, and fails within seconds if not).
 
+Non-finite values. ``metrics.jsonl`` keeps a NaN or +-inf as it was (JSON ``NaN`` / ``Infinity``, e.g. the
+loss of a step ``train.skip_nonfinite`` skipped). MLflow never gets +-inf: its SQL store keeps them as
++-1.8e308, which flattens every chart of the metric. Every write to MLflow (:func:`_log_rows`: live
+logging, ``mlflow-sync``, scores) sends a non-finite value as NaN (a gap in the chart) together with
+a marker metric ``nonfinite.<name>`` at the same step (:func:`mlflow_values`): ``1`` = +inf, ``-1`` =
+-inf, ``0`` = NaN. The marker is a metric of its own (not ``<name>.nonfinite``), so no reader of
+``eval.<suite>.<column>`` metrics mistakes it for a score column.
+
 Status. A training run ends FINISHED, FAILED (an exception) or KILLED (SIGINT, or
 SIGTERM as from ``scancel``) with its end time (:func:`run_status`); a run that
 continues an ended one is set back to RUNNING. :func:`sync_to_mlflow` marks a run
@@ -50,6 +58,7 @@ opens them on their runs, not in the GenAI view.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -421,12 +430,33 @@ def _log_metrics(client, run_id, step, metrics):
     _log_rows(client, run_id, [(step, metrics)])
 
 
+#: the marker metric of a non-finite value (module docstring, "Non-finite values")
+NONFINITE_PREFIX = "nonfinite."
+
+
+def mlflow_values(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics row as MLflow gets them: finite values as they are; a NaN/+-inf value
+    as NaN plus ``nonfinite.<name>`` = 1 (+inf), -1 (-inf) or 0 (NaN). Non-numbers are dropped."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if not isinstance(v, (int, float)):
+            continue
+        v = float(v)
+        if math.isfinite(v):
+            out[k] = v
+        else:
+            out[k] = math.nan
+            out[NONFINITE_PREFIX + k] = 0.0 if math.isnan(v) else math.copysign(1.0, v)
+    return out
+
+
 def _log_rows(client, run_id, rows):
-    """Metrics of many steps, ``[(step, {name: value})]``, in as few requests as possible."""
+    """Metrics of many steps, ``[(step, {name: value})]``, in as few requests as possible (non-finite
+    values as :func:`mlflow_values` sends them)."""
     from mlflow.entities import Metric
     now = int(time.time() * 1000)
-    _log_batches(client, run_id, metrics=[Metric(k, float(v), now, step) for step, metrics in rows
-                                          for k, v in metrics.items() if isinstance(v, (int, float))])
+    _log_batches(client, run_id, metrics=[Metric(k, v, now, step) for step, metrics in rows
+                                          for k, v in mlflow_values(metrics).items()])
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

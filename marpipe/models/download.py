@@ -220,6 +220,12 @@ def download_model(source: ModelSource, root: str | Path = "resources/models",
     if not _files(target):
         raise DownloadError(f"the download of {repo}@{rev[:12]} left no files in {target}; check "
                             f"models.{source.name}.allow_patterns")
+    # a file filter that names a file (no wildcard) the commit does not hold fetches nothing for it, silently
+    missing = [p for p in source.allow_patterns or () if not any(c in p for c in "*?[") and not (target / p).is_file()]
+    if missing:
+        raise DownloadError(f"{repo}@{rev[:12]} holds no {', '.join(missing)}, which the download's file filter "
+                            f"names (weights.{source.name}.files / models.{source.name}.allow_patterns): check the "
+                            f"filter against https://huggingface.co/{repo}/tree/{rev} (e.g. the other weight format)")
     (target / PIN_FILE).write_text(json.dumps(pin, indent=1) + "\n")
     write_manifest(target)
     return target

@@ -25,7 +25,7 @@ def workdir(tmp_path):
     cfg["train"].update(steps=2, save_every=2, prompts_per_step=2, group_size=2, lr=1e-4)
     cfg["selection"]["fixed_step"] = {"hps": 2, "mixed": 2}
     cfg["models"]["tiny-nova"]["sampling"] = {"ar_steps": 4, "diffusion_steps": 5, "cfg_scale": 3.0}
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     model_dir = tmp_path / "resources" / "models" / "tiny-nova"
     model_dir.mkdir(parents=True)
     tiny().save(model_dir / "model.safetensors")

@@ -133,7 +133,7 @@ def test_bad_config_submits_nothing(pipeline_run, tmp_path):
     repo, env = pipeline_run["repo"], pipeline_run["env"]
     cfg = yaml.safe_load((repo / "config" / "ci.yaml").read_text())
     cfg["train"]["top_k"] = 1.5
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     before = squeue_count()
     r = sh(["snakemake", "all", "--profile", "slurm", "--configfile", str(tmp_path / "bad.yaml")], repo, env,
            check=False)

@@ -195,3 +195,15 @@ def test_a_file_with_both_tied_keys_must_hold_equal_tensors():
     bad["llm.lm_head.weight"] = bad["llm.lm_head.weight"] + 1
     with pytest.raises(ValueError, match="holds llm.lm_head.weight and llm.model.embed_tokens.weight with different"):
         load_strict(_wrapped(True), bad, "m")
+
+
+def test_a_file_filter_naming_a_file_the_commit_lacks_fails_the_download(tmp_path):
+    """``files: [model.safetensors]`` on a commit that holds only ``pytorch_model.bin``: snapshot_download
+    fetches nothing for it and says nothing; the download fails naming the file, not the loader later."""
+    hub = fake_hub({"config.json": "{}", "pytorch_model.bin": "w"})
+    src = ModelSource("depth", "Intel/dpt-hybrid-midas", REV, allow_patterns=("config.json", "model.safetensors", "*.txt"))
+    with pytest.raises(DownloadError, match=r"holds no model\.safetensors, .*weights\.depth\.files"):
+        download_model(src, tmp_path, snapshot_download=hub)
+    assert not (tmp_path / "depth" / MANIFEST).exists()
+    ok = ModelSource("depth", "Intel/dpt-hybrid-midas", REV, allow_patterns=("config.json", "pytorch_model.bin", "*.txt"))
+    verify_manifest(download_model(ok, tmp_path, snapshot_download=hub))

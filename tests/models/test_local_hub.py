@@ -101,6 +101,80 @@ def test_config_files_filters_name_files_of_the_real_layout(key):
     assert set(spec["files"]) <= set(REPOS[key].files), sorted(set(spec["files"]) - set(REPOS[key].files))
 
 
+# --- `files:` filters keep what the loaders open --------------------------------------------------
+#: the scorers whose weights: entry filters a repository with several weight formats (loader, one call)
+FILTERED_LOADERS = {
+    "blip_vqa": lambda d: _metric("blip_vqa", d).score_questions(_images(2), ["a red cat?", "two dogs?"]),
+    "git_vqa": lambda d: _metric("git_vqa", d).score_questions(_images(2), ["a red cat?", "two dogs?"]),
+    "gdino": lambda d: _detector(d).detect(_images(1), [["cat", "red dog"]]),
+    "depth": lambda d: _depth(d).depth_maps(_images(1)),
+}
+WEIGHT_FORMATS = (".bin", ".safetensors", ".h5", ".msgpack", ".onnx", ".ot", ".mlmodel", ".pt", ".pth")
+POISON = b"marpipe test: a file the files: filter drops (a loader that reads it fails here)\n"
+
+
+def _metric(name, folder):
+    from marpipe.metrics import load_metric
+    return load_metric(name, folder, batch_size=2)
+
+
+def _detector(folder):
+    from marpipe.metrics.detection import ZeroShotDetector
+    return ZeroShotDetector.from_pretrained(folder, box_threshold=0.0)
+
+
+def _depth(folder):
+    from marpipe.metrics.detection import DepthEstimator
+    return DepthEstimator.from_pretrained(folder)
+
+
+def _images(n):
+    from marpipe.metrics.tiny import images
+    return images(n)
+
+
+def _same(a, b) -> bool:
+    import torch
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+@pytest.mark.parametrize("key", sorted(FILTERED_LOADERS))
+def test_files_filter_keeps_every_file_the_loader_opens(key, hub, tmp_path):
+    """config.yaml's `files:` (the same in config/rehearsal.yaml) of a repository with several weight
+    formats, applied as snapshot_download applies it to the fixture repository (the real file list):
+    it keeps ONE weight file; the loader on the filtered folder gives exactly what it gives on the whole
+    repository (nothing it needs, or reads when present and defaults when absent, is dropped); and on
+    the whole repository with every dropped file replaced by garbage it still gives that (it opens no
+    dropped file, also not natively: safetensors, tokenizer.json -- e.g. not the other weight format)."""
+    from huggingface_hub.utils import filter_repo_objects
+    files = PAPER["weights"][key]["files"]
+    assert yaml.safe_load(REHEARSAL.read_text())["weights"][key]["files"] == files
+    repo = REPOS[key]
+    kept = sorted(filter_repo_objects(repo.files, allow_patterns=files))
+    assert set(kept) == set(files)                  # each name is a file of the repository (no pattern misses)
+    assert len([f for f in repo.files if f.endswith(WEIGHT_FORMATS)]) > 1, f"{repo.repo_id}: one weight file"
+    assert [f for f in kept if f.endswith(WEIGHT_FORMATS)] in (["model.safetensors"], ["pytorch_model.bin"])
+    src = hub.root / "repos" / repo.repo_id
+    whole, filtered, poisoned = tmp_path / "whole", tmp_path / "filtered", tmp_path / "poisoned"
+    shutil.copytree(src, whole)
+    shutil.copytree(src, poisoned)
+    filtered.mkdir()
+    for f in repo.files:
+        if f in kept:
+            shutil.copyfile(src / f, filtered / f)
+        else:
+            (poisoned / f).write_bytes(POISON)
+    want = FILTERED_LOADERS[key](whole)
+    assert _same(FILTERED_LOADERS[key](filtered), want), "the filtered download loads differently"
+    try:
+        got = FILTERED_LOADERS[key](poisoned)
+    except Exception as e:        # noqa: BLE001 - any failure means a dropped file was read
+        pytest.fail(f"the loader reads a file the filter drops ({sorted(set(repo.files) - set(kept))}): {e!r}")
+    assert _same(got, want)
+    if not isinstance(want, __import__("torch").Tensor):
+        assert want, "no detections to compare"
+
+
 def test_revisions_are_git_commits_of_the_files(hub, tmp_path):
     """The revision is the commit id git computes for the repository with its LFS files as pointers."""
     git = shutil.which("git")

@@ -69,6 +69,57 @@ TINY_MAR = dict(type="mar_base", img_size=32, vae_stride=16, patch_size=1, vae_e
 # marpipe's sampling for the tiny folder: 64x64 images = 4x4 tokens (learned at 2x2, like 16x16 -> 32x32)
 TINY_SAMPLING = {"ar_steps": 4, "diffusion_steps": 5, "cfg_scale": 3.0, "image_size": 64}
 
+# --- the hub fixture's tiny architecture (marpipe.hub, ``tiny_arch=True``) -------------------------------
+# ``mar_base`` is the smallest MAR the remote code builds (2 x 12 blocks of width 768: 171M parameters) and
+# ``HarmonModel`` builds its KL-16 VAE at a fixed width (66M): a rehearsal's 16 training checkpoints were 2 GB
+# each. As the NOVA fixture registers tiny architectures in diffnext's registries, the hub fixture appends a
+# block to two remote-code files (declared in them and in marpipe/hub/repos.py; nothing else changes):
+# ``mar.py``'s ``mar_base`` takes the MAR widths/depths from config.json's ``mar`` keys (defaults: the real
+# mar_base's), and ``vae.py``'s ``Encoder``/``Decoder`` default to a narrow width. The classes built are the
+# official ``MAR``, ``DiffLoss``, ``Encoder``/``Decoder``/``AutoencoderKL`` and ``HarmonModel``.
+MAR_BASE_ARCH = dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
+                     decoder_embed_dim=768, decoder_depth=12, decoder_num_heads=12)
+TINY_MAR_ARCH = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+                     decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
+REAL_VAE = dict(ch=128, num_res_blocks=2)    # vae.py's Encoder/Decoder defaults, which AutoencoderKL keeps
+TINY_VAE = dict(ch=32, num_res_blocks=1)     # GroupNorm(32) everywhere: ch >= 32
+FIXTURE_MARK = "# --- marpipe.hub fixture only: NOT in the real file "
+MAR_PATCH = FIXTURE_MARK + """-------------------------------------------------
+# The real mar_base fixes 2 x 12 blocks of width 768 (171M parameters). The tiny fixture's config.json
+# names tiny widths/depths in its `mar` keys; this mar_base passes them to the official MAR (without
+# them it builds the real mar_base).
+def mar_base(encoder_embed_dim={encoder_embed_dim}, encoder_depth={encoder_depth}, encoder_num_heads={encoder_num_heads},
+             decoder_embed_dim={decoder_embed_dim}, decoder_depth={decoder_depth}, decoder_num_heads={decoder_num_heads},
+             **kwargs):
+    return MAR(encoder_embed_dim=encoder_embed_dim, encoder_depth=encoder_depth, encoder_num_heads=encoder_num_heads,
+               decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
+               mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+"""
+VAE_PATCH = FIXTURE_MARK + """-------------------------------------------------
+# HarmonModel builds AutoencoderKL(embed_dim=16, ch_mult=(1, 1, 2, 2, 4)), whose Encoder/Decoder the real
+# file builds at ch=128 with 2 res blocks per level (66M parameters). The tiny fixture's are the same
+# classes at ch={ch} with {num_res_blocks} res block(s) per level: same strides, same 16-channel latent.
+class Encoder(Encoder):
+    def __init__(self, *, ch={ch}, num_res_blocks={num_res_blocks}, **kwargs):
+        super().__init__(ch=ch, num_res_blocks=num_res_blocks, **kwargs)
+
+
+class Decoder(Decoder):
+    def __init__(self, *, ch={ch}, num_res_blocks={num_res_blocks}, **kwargs):
+        super().__init__(ch=ch, num_res_blocks=num_res_blocks, **kwargs)
+"""
+
+
+def tiny_arch_remote_code(folder: Path) -> None:
+    """Append the fixture blocks to ``folder``'s copied ``mar.py`` and ``vae.py`` (see :data:`MAR_PATCH`)."""
+    for name, block in (("mar.py", MAR_PATCH.format(**MAR_BASE_ARCH)), ("vae.py", VAE_PATCH.format(**TINY_VAE))):
+        path = Path(folder) / name
+        path.chmod(path.stat().st_mode | 0o200)        # copied from a read-only checkout
+        text = path.read_text()
+        if FIXTURE_MARK in text:
+            raise RuntimeError(f"{path} already holds the fixture block")
+        path.write_text(text.rstrip("\n") + "\n\n\n" + block)
+
 
 def copy_remote_code(src: Path, dst: Path) -> list[str]:
     """Copy the remote-code ``*.py`` files; re-indent ``modeling_harmon.py`` line 238 only."""
@@ -159,14 +210,20 @@ def perturb_zero_init(model, seed: int = 1, adaln_std: float = 0.1, out_std: flo
 
 
 def build_tiny_harmon(official_root: str | Path, folder: str | Path, seed: int = 0,
-                      llm: dict | None = None, mar: dict | None = None):
+                      llm: dict | None = None, mar: dict | None = None, tiny_arch: bool = False):
     """Write the tiny official Harmon folder; return ``(folder, model)``, ``model`` being the official
-    ``HarmonModel`` whose weights the folder holds (eval mode, float32): the reference of the tests."""
+    ``HarmonModel`` whose weights the folder holds (eval mode, float32): the reference of the tests.
+
+    ``tiny_arch``: the hub fixture's folder (:func:`tiny_arch_remote_code`: a tiny MAR and VAE, ~3M
+    parameters instead of ~238M); default: the remote code as shipped, ``mar_base``."""
     from transformers import AutoConfig, AutoModel
 
     from marpipe.models.download import write_manifest
     folder = Path(folder)
     copy_remote_code(Path(official_root) / REMOTE_CODE, folder)
+    if tiny_arch:
+        tiny_arch_remote_code(folder)
+        mar = {**TINY_MAR, **TINY_MAR_ARCH, **(mar or {})}
     (folder / "config.json").write_text(json.dumps(harmon_config(llm, mar), indent=1))
     torch.manual_seed(seed)
     np.random.seed(seed)

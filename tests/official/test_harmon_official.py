@@ -8,6 +8,11 @@ VAE) with random weights, saves it with ``save_pretrained`` next to an offline Q
 marpipe's manifest, and marpipe loads that folder exactly as the pipeline does
 (``load_model("harmon:<dir>")``). The builder's own ``HarmonModel`` is the reference.
 
+The hub fixture of ``make rehearse`` (``marpipe.hub``) is smaller still: ``build_tiny_harmon(tiny_arch=True)``
+appends a declared block to ``mar.py`` and ``vae.py`` (tiny MAR widths from ``config.json``, a narrow VAE);
+the ``tiny_arch`` tests check that the blocks change nothing else and that marpipe loads that folder as
+the official model.
+
 Test-time changes to the official code, all declared where they are made:
 
 * ``modeling_harmon.py`` line 238 is re-indented (IndentationError as shipped; see harmon_tiny.py);
@@ -184,6 +189,96 @@ def test_conformance_suite_passes_on_the_official_model(model):
     print(format_results(results))
     failed = [f"{n}: {d}" for n, ok, d in results if not ok]
     assert not failed, failed
+
+
+# ------------------------------------------------------------------ the hub fixture's tiny architecture
+def _import_folder(folder: Path):
+    """A folder of remote-code files as a package (see :func:`_import_remote_code`)."""
+    import sys
+    name = f"harmon_remote_{uuid.uuid4().hex[:8]}"
+    (folder / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pkg
+    spec.loader.exec_module(pkg)
+    return types.SimpleNamespace(**{m: importlib.import_module(f"{name}.{m}") for m in ("modeling_harmon", "mar", "vae")})
+
+
+def _shapes(module) -> dict:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def test_tiny_arch_blocks_only_append_and_keep_the_real_sizes_by_default(official, tmp_path):
+    """marpipe.hub's Harmon fixture (``tiny_arch``) changes the remote code only by the two declared
+    blocks at the end of ``mar.py`` and ``vae.py``; without the fixture's ``mar`` keys its ``mar_base`` is
+    the real one, and its VAE ``Encoder``/``Decoder`` at the real width are the real ones (same
+    parameter shapes, built on the meta device)."""
+    plain, tiny = tmp_path / "plain", tmp_path / "tiny"
+    names = harmon_tiny.copy_remote_code(official / harmon_tiny.REMOTE_CODE, plain)
+    harmon_tiny.copy_remote_code(official / harmon_tiny.REMOTE_CODE, tiny)
+    harmon_tiny.tiny_arch_remote_code(tiny)
+    for n in names:
+        a, b = (plain / n).read_text(), (tiny / n).read_text()
+        if n in ("mar.py", "vae.py"):
+            assert b.startswith(a.rstrip("\n")) and b[len(a.rstrip("\n")):].lstrip("\n").startswith(harmon_tiny.FIXTURE_MARK)
+            assert b.count(harmon_tiny.FIXTURE_MARK) == 1
+        else:
+            assert a == b, n
+    with pytest.raises(RuntimeError, match="already holds"):
+        harmon_tiny.tiny_arch_remote_code(tiny)
+    p, t = _import_folder(plain), _import_folder(tiny)
+    with torch.device("meta"):
+        assert _shapes(t.mar.mar_base()) == _shapes(p.mar.mar_base())
+        for cls in ("Encoder", "Decoder"):
+            assert _shapes(getattr(t.vae, cls)(ch_mult=(1, 1, 2, 2, 4), z_channels=16, **harmon_tiny.REAL_VAE)) == \
+                _shapes(getattr(p.vae, cls)(ch_mult=(1, 1, 2, 2, 4), z_channels=16))
+        arch = {**harmon_tiny.TINY_MAR, **harmon_tiny.TINY_MAR_ARCH}
+        arch.pop("type")
+        small = t.mar.mar_base(**arch)
+    assert small.encoder_embed_dim == 32 and len(small.encoder_blocks) == 2 and len(small.decoder_blocks) == 2
+    assert type(small) is t.mar.MAR         # the official class (the block adds a factory, no class)
+    with pytest.raises(TypeError, match="encoder_embed_dim"):         # the real mar_base takes no widths
+        with torch.device("meta"):
+            p.mar.mar_base(encoder_embed_dim=32)
+
+
+@torch.no_grad()
+def test_tiny_arch_folder_is_tiny_and_marpipe_loads_it_as_the_official_model(official, tmp_path):
+    """The hub fixture's folder (``build_tiny_harmon(tiny_arch=True)``, what ``marpipe.hub.official``
+    serves as ``wusize/Harmon-1_5B``): ~3M parameters (a training checkpoint of the trained MAR parts is
+    ~1 MB), loaded by marpipe's adapter (strictly, from the folder's own remote code), whose AR step,
+    head and decode equal the official ``HarmonModel``'s."""
+    from marpipe.models.registry import load_model
+    folder, ref = harmon_tiny.build_tiny_harmon(official, tmp_path / "tiny", tiny_arch=True)
+    n = sum(p.numel() for p in ref.parameters())
+    assert n < 4_000_000 and (folder / "model.safetensors").stat().st_size < 16e6
+    assert sum(p.numel() for p in ref.mar.parameters()) < 200_000
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["mar"]["type"] == "mar_base" and cfg["mar"]["encoder_embed_dim"] == 32
+    model = load_model(f"harmon:{folder}", device="cpu", dtype=torch.float32, sampling=SAMPLING).eval()
+    assert model.mar.encoder_embed_dim == 32 and model._frozen["vae"].encoder.ch == harmon_tiny.TINY_VAE["ch"]
+    for k, v in ref.state_dict().items():
+        part, rest = k.split(".", 1)
+        mine = (model.mar if part == "mar" else model._frozen[part]).state_dict()[rest]
+        assert torch.equal(mine, v), k
+    ours_p, _ = _cfg_prompts(model, PROMPTS)
+    B, N, C = ours_p.emb.shape[0], model.num_tokens, model.token_dim
+    gen = torch.Generator().manual_seed(5)
+    canvas = torch.randn(B, N, C, generator=gen)
+    known = torch.zeros(B, N, dtype=torch.bool)
+    known[:, torch.randperm(N, generator=gen)[: N // 2]] = True
+    z = model.ar_forward(canvas, known, ours_p)
+    z_off = _official_z(ref, canvas.clone(), (~known).float(), ours_p.emb, (~ours_p.pad).long(), cached=False)
+    _diff("tiny arch: AR z", z, z_off)
+    x = torch.randn(B * N, C, generator=gen)
+    step = torch.zeros(B * N, dtype=torch.long)
+    eps, v = model.head(x, step, z.reshape(B * N, -1))
+    raw = ref.mar.diffloss.net(x, torch.tensor(ref.mar.diffloss.gen_diffusion.timestep_map)[
+        torch.full((B * N,), model.sampling.diffusion_steps - 1)], z.reshape(B * N, -1))
+    _diff("tiny arch: head [eps; v]", torch.cat([eps, v], 1), raw)
+    m = n_ = model.grid[0]
+    off = ref.decode(canvas.clone().view(B, m, n_, -1))
+    _diff("tiny arch: decode", model._frozen["vae"].decode(model.tokens_to_latents(canvas / model.vae_scale)), off)
 
 
 # ------------------------------------------------------------------ prompts

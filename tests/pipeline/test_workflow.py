@@ -77,7 +77,7 @@ def test_bad_config_fails_with_one_clear_message_before_any_job(tmp_path, mutate
     cfg = yaml.safe_load((ROOT / "config" / "small.yaml").read_text())
     mutate(cfg)
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(cfg))
+    bad.write_text(yaml.safe_dump(cfg, sort_keys=False))
     r = snakemake("all", "-n", "--profile", "local", "--configfile", str(bad))
     assert r.returncode != 0
     out = r.stdout + r.stderr
