@@ -180,6 +180,13 @@ def _t_interval(est: float, v_seeds: float, df: float, v_prompts: float, level: 
     return est - half, est + half, se, df
 
 
+def _interval(est: float, reps: np.ndarray, v_prompts: float, n_seeds: int, seed_variance, level: float):
+    """``(lo, hi, se, df)``: one seed, the percentile bootstrap of ``reps`` (se: their sd, normal);
+    several, :func:`_t_interval` with ``seed_variance()`` (the seeds' variance and df)."""
+    if n_seeds == 1:
+        return (*_percentiles(reps, level), float(np.std(reps, ddof=1)), math.inf)
+    return _t_interval(est, *seed_variance(), v_prompts, level)
+
 def _seed_variance(pa: _Prompts, pb: _Prompts | None = None) -> tuple[float, float]:
     """The variance of the (difference of the) mean(s) over training seeds and its degrees of freedom:
     one row, or two rows whose runs of the same seed are paired, or against a row of one run: the
@@ -213,11 +220,7 @@ def bootstrap_mean(values: Sequence[float], prompt_index: Sequence[int] | None =
     if len(p.ids) < 2:
         return Interval(est, math.nan, math.nan, len(p.ids), len(values), len(p.seeds))
     reps = _means(p, resample_indices(p.strata, n_resamples, seed))
-    if len(p.seeds) == 1:
-        lo, hi = _percentiles(reps, level)
-        se, df = float(np.std(reps, ddof=1)), math.inf
-    else:
-        lo, hi, se, df = _t_interval(est, *_seed_variance(p), float(np.var(reps, ddof=1)), level)
+    lo, hi, se, df = _interval(est, reps, float(np.var(reps, ddof=1)), len(p.seeds), lambda: _seed_variance(p), level)
     return Interval(est, lo, hi, len(p.ids), len(values), len(p.seeds), se, df)
 
 
@@ -257,11 +260,7 @@ def bootstrap_difference(a: Sequence[float], b: Sequence[float], prompt_index: S
     n_seeds = max(len(pa.seeds), len(pb.seeds))
     if n_prompts < 2:
         return Interval(est, math.nan, math.nan, n_prompts, len(a), n_seeds)
-    if n_seeds == 1:
-        lo, hi = _percentiles(reps, level)
-        se, df = float(np.std(reps, ddof=1)), math.inf
-    else:
-        lo, hi, se, df = _t_interval(est, *_seed_variance(pa, pb), v_prompts, level)
+    lo, hi, se, df = _interval(est, reps, v_prompts, n_seeds, lambda: _seed_variance(pa, pb), level)
     return Interval(est, lo, hi, n_prompts, len(a), n_seeds, se, df)
 
 
