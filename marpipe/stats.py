@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import t as student_t
 
 N_RESAMPLES = 2000
 SEED = 0
@@ -170,13 +169,20 @@ def _seed_means(p: _Prompts) -> np.ndarray:
     return p.sums.sum(axis=1) / p.counts.sum(axis=1)
 
 
+def _t_quantile(q: float, df: float) -> float:
+    """Student's t quantile (``df`` inf: the normal's). scipy is imported here, not at the top:
+    every generate and evaluate job imports this module and uses no quantile (scipy.stats: ~1.6 s)."""
+    from scipy.stats import t
+    return float(t.ppf(q, df))
+
+
 def _t_interval(est: float, v_seeds: float, df: float, v_prompts: float, level: float) -> tuple[float, float, float, float]:
     """``est +- t(df) * se``, ``se = sqrt(v_seeds + v_prompts)``: ``(lo, hi, se, df)``."""
     var = v_seeds + v_prompts
     if not var > 0:
         return est, est, 0.0, math.inf
     se = math.sqrt(var)
-    half = float(student_t.ppf(0.5 + level / 2.0, df)) * se
+    half = _t_quantile(0.5 + level / 2.0, df) * se
     return est - half, est + half, se, df
 
 
@@ -272,7 +278,7 @@ def simultaneous(estimate: float, se: float, df: float, n_claims: int, level: fl
     differently in the next. ``(nan, nan)`` without a standard error."""
     if se is None or math.isnan(se) or n_claims < 1:
         return math.nan, math.nan
-    q = float(student_t.ppf(1.0 - (1.0 - level) / (2.0 * n_claims), df))
+    q = _t_quantile(1.0 - (1.0 - level) / (2.0 * n_claims), df)
     return estimate - q * se, estimate + q * se
 
 

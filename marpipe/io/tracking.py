@@ -302,7 +302,7 @@ class MLflowRun:
 
     def _held(self, key: str) -> set[int]:
         if key not in self._steps:
-            self._steps[key] = set() if self.created else _logged_steps(self.client, self.run_id, key)
+            self._steps[key] = set() if self.created else _logged_steps(self.client, self.run_id, [key])[key]
         return self._steps[key]
 
 
@@ -371,8 +371,13 @@ def _mark_running(client, run_id) -> None:
         client.update_run(run_id, status="RUNNING")
 
 
-def _logged_steps(client, run_id, key) -> set[int]:
-    return {m.step for m in client.get_metric_history(run_id, key)}
+def _logged_steps(client, run_id, keys: list[str]) -> dict[str, set[int]]:
+    """The steps MLflow has of each of ``keys``: one history request per key (~50 ms each at the
+    pipeline's server), sent 4 at a time (a study's sync asks for ~1,000 of them)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        steps = pool.map(lambda k: {m.step for m in client.get_metric_history(run_id, k)}, keys)
+        return dict(zip(keys, steps))
 
 
 def _open_run(uri, experiment, run_key, params, tags):
@@ -486,7 +491,7 @@ def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dic
         client, run_id, created = _open_run(uri, experiment, run_key, params or {}, tags or {})
         rows = read_jsonl(jsonl)
         keys = sorted({k for row in rows for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
-        have = {k: set() if created else _logged_steps(client, run_id, k) for k in keys}
+        have = {k: set() for k in keys} if created else _logged_steps(client, run_id, keys)
         _log_rows(client, run_id, [(row["step"], {k: v for k, v in row.items()
                                                   if k != "step" and row["step"] not in have.get(k, ())})
                                    for row in rows])
