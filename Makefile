@@ -46,7 +46,7 @@ demo: $(STAMP)
 # torch threads per job, one job at a time: another summation order) and
 # STUDY_EXTRA=config/study-seeds.yaml (other training and sampling seeds), each in its own STUDY_DIR,
 # must give the same verdicts (README, "The study"). CORES: jobs at a time x THREADS must not exceed
-# the machine's cores: two 2-thread jobs on 2 cores made each tiny training job ~6x slower.
+# the machine's cores: two 2-thread jobs on 2 cores made each tiny training job 8-20x slower.
 THREADS     ?=
 CORES       ?= 2
 STUDY_EXTRA ?=

@@ -1036,11 +1036,20 @@ def compare_verdicts(runs: dict[str, str | Path]) -> pd.DataFrame:
     """The verdicts of several runs of one experiment side by side (``runs``: name -> a run's
     ``results/tables`` folder or its ``verdicts_vs_paper.csv``): a line per claim and column, a
     column of verdicts per run (with the interval), and ``agree`` (every run gave the same
-    verdict). What a claim must survive: another machine, another thread count, other seeds."""
+    verdict). What a claim must survive: another machine, another thread count, other seeds.
+    A run with Fig. 7's sweep (``results/ablations/fig7.csv`` beside its tables) adds each point's
+    verdict against the centre (table ``fig7``, base: the knob)."""
     frames = []
     for name, path in runs.items():
         path = Path(path)
         df = pd.read_csv(path / "verdicts_vs_paper.csv" if path.is_dir() else path)
+        fig7 = path.parent / "ablations" / "fig7.csv"
+        if path.is_dir() and fig7.is_file():
+            points = pd.read_csv(fig7).query("verdict != 'centre'")
+            df = pd.concat([df, pd.DataFrame({
+                "table": "fig7", "base": points["knob"], "column": points["metric"],
+                "claim": [f"{k} = {v:g} vs the centre" for k, v in zip(points["knob"], points["value"])],
+                "lo": points["diff_lo"], "hi": points["diff_hi"], "verdict": points["verdict"]})], ignore_index=True)
         df[name] = [f"{v} [{lo:+.4g}, {hi:+.4g}]" if not (_is_nan(lo) or _is_nan(hi)) else v
                     for v, lo, hi in zip(df["verdict"], df["lo"], df["hi"])]
         frames.append(df.set_index(["table", "base", "claim", "column"])[[name]])

@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,17 @@ def test_estimate_is_the_exact_mean_whatever_the_order():
     assert math.isnan(stats.cell_estimate([]))
     one = stats.bootstrap_mean([1.0, 2.0], [0, 0])                 # a single prompt: no interval
     assert one.estimate == 1.5 and not one.known
+
+
+def test_the_jobs_that_take_no_quantile_do_not_import_scipy():
+    """scipy.stats is ~1.6 s of a job's start; a study runs ~100 generate and evaluate jobs, and
+    only the tables (and Fig. 7) take a t quantile."""
+    code = ("import sys, marpipe.stats, marpipe.stages.evaluate, marpipe.stages.select; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+    lo, hi = stats.simultaneous(0.0, 1.0, 2.0, 42)          # and the quantile is still Student's t
+    assert hi == pytest.approx(28.957, abs=1e-3) and lo == -hi
 
 
 # ------------------------------------------------------------------------------------------

@@ -307,6 +307,18 @@ def test_verdicts_of_several_runs_side_by_side(tmp_path, capsys):
     assert "| inconclusive [-0.1, +0.1] | contradicted [-0.5, -0.1] | NO |" in out
     assert "1 of 2 verdicts agree across " in out
     assert main(["verdicts", str(tmp_path / "one"), f"same={tmp_path / 'one'}"]) == 0
+    # Fig. 7's points join the claims when a run has the sweep (its centre is no claim)
+    fig7 = "knob,value,variant,metric,mean,lo,hi,n_prompts,n_seeds,diff_vs_centre,diff_lo,diff_hi,verdict,n_claims\n"
+    for name, lo in (("one", -1.0), ("two", 0.2)):
+        (tmp_path / name / "results" / "ablations").mkdir()
+        (tmp_path / name / "results" / "ablations" / "fig7.csv").write_text(
+            fig7 + "top_k,0.3,sim,HPS,30,28,32,48,3,0,,,centre,1\n"
+            f"top_k,0.1,sim/top_k~0.1/tau~0.0/S~3,HPS,31,29,33,48,3,1.0,{lo},2.0,"
+            f"{'inconclusive' if lo < 0 else 'higher'},1\n")
+    assert main(["verdicts", str(tmp_path / "one"), f"two={tmp_path / 'two'}"]) == 1
+    out = capsys.readouterr().out
+    assert "| fig7 | top_k | top_k = 0.1 vs the centre | HPS | inconclusive [-1, +2] | higher [+0.2, +2] | NO |" in out
+    assert "1 of 3 verdicts agree across " in out
 
 
 def test_tables_command_reads_a_folder_of_score_files(small, tmp_path):
