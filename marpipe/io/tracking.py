@@ -66,6 +66,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -302,7 +303,7 @@ class MLflowRun:
 
     def _held(self, key: str) -> set[int]:
         if key not in self._steps:
-            self._steps[key] = set() if self.created else _logged_steps(self.client, self.run_id, [key])[key]
+            self._steps[key] = set() if self.created else _logged_steps(self.client, self.run_id, key)
         return self._steps[key]
 
 
@@ -371,13 +372,8 @@ def _mark_running(client, run_id) -> None:
         client.update_run(run_id, status="RUNNING")
 
 
-def _logged_steps(client, run_id, keys: list[str]) -> dict[str, set[int]]:
-    """The steps MLflow has of each of ``keys``: one history request per key (~50 ms each at the
-    pipeline's server), sent 4 at a time (a study's sync asks for ~1,000 of them)."""
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        steps = pool.map(lambda k: {m.step for m in client.get_metric_history(run_id, k)}, keys)
-        return dict(zip(keys, steps))
+def _logged_steps(client, run_id, key) -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, key)}
 
 
 def _open_run(uri, experiment, run_key, params, tags):
@@ -491,7 +487,10 @@ def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dic
         client, run_id, created = _open_run(uri, experiment, run_key, params or {}, tags or {})
         rows = read_jsonl(jsonl)
         keys = sorted({k for row in rows for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
-        have = {k: set() for k in keys} if created else _logged_steps(client, run_id, keys)
+        # one history request per key (~50 ms each at the pipeline's server; a study's sync sends
+        # ~1,000), 4 at a time
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            have = {} if created else dict(zip(keys, pool.map(lambda k: _logged_steps(client, run_id, k), keys)))
         _log_rows(client, run_id, [(row["step"], {k: v for k, v in row.items()
                                                   if k != "step" and row["step"] not in have.get(k, ())})
                                    for row in rows])

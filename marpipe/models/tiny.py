@@ -277,11 +277,8 @@ class TinyMAR(nn.Module):
         """marpipe's own cosine schedule (at least one token per step)."""
         return cosine_mask_counts(self.num_tokens, ar_steps)
 
+    @_composite_kernels()
     def ar_forward(self, canvas, known, prompts: Prompts):
-        with _composite_kernels():
-            return self._ar_forward(canvas, known, prompts)
-
-    def _ar_forward(self, canvas, known, prompts: Prompts):
         x = torch.where(known[..., None], self.token_in(canvas), self.mask_token)
         b, n, d = x.shape
         grid = x.transpose(1, 2).reshape(b, d, self.grid, self.grid)

@@ -254,3 +254,20 @@ def test_plan_head_step_pools_and_seed():
     assert RolloutPlan.sample(4, 2, 2, 3, 1, seed=0, final_step=True).diffusion_steps.tolist() == [[0, 1], [0, 1]]
     with pytest.raises(ValueError, match="^mte_scope 'token': use 'image' or 'step'$"):
         RolloutPlan.sample(4, 3, 2, 2, 1, seed=0, mte_scope="token")
+
+
+def test_tiny_ar_forward_takes_the_same_kernels_with_and_without_autograd():
+    """Under no_grad PyTorch's encoder layers would take a fused inference kernel (~1e-5 from the
+    composite ops the loss recomputes log-probs with); the tiny models keep the composite ops, so a
+    rollout's forward and the loss's are bit-identical, and the global switch is left as found."""
+    from marpipe.models.tiny import TinyMAR, TinyMARConfig
+    torch.manual_seed(0)
+    model = TinyMAR(TinyMARConfig.preset("tiny-nova")).eval()
+    prompts = model.encode_prompts(["a red circle on the left of a blue square", "a green star"] * 4)
+    canvas = torch.randn(8, model.num_tokens, model.cfg.token_dim)
+    known = torch.rand(8, model.num_tokens) < 0.5
+    with torch.no_grad():
+        rollout = model.ar_forward(canvas, known, prompts)
+    assert torch.backends.mha.get_fastpath_enabled()
+    loss_side = model.ar_forward(canvas, known, prompts)
+    assert torch.equal(rollout, loss_side.detach())
