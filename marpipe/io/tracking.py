@@ -3,21 +3,27 @@
 The JSONL file is the source of truth. Live MLflow logging is best effort: if
 the server is unreachable the run goes on, and :func:`sync_to_mlflow` replays
 the JSONL file later (idempotently: the MLflow run is found again by its
-``marpipe.run_key`` tag and only missing steps are sent).
+``marpipe.run_key`` tag and only the points it does not show are sent).
 
-One value per step. A resumed run redoes the steps after its checkpoint; the JSONL
-file is cut back to the checkpoint (:meth:`MetricsLog.truncate_after`), and MLflow,
-whose ``log_metric`` at an existing step appends a second point, gets training
-points through :meth:`MLflowRun.log_step`, which sends a (metric, step) only if the
-run does not hold it yet. The redone steps are bit-identical, so the point that
-reached the server before the kill is the right one.
+One value per step: the file's. MLflow keeps every point it is sent (``log_metric`` at
+an existing step appends a second point); at a step with several, the newest is the one
+it shows (its "latest" value) and the one marpipe reads back (:func:`held_points`,
+``marpipe tables --from-mlflow``). So a (metric, step) is sent only when the run does not
+show the file's value at that step yet (:meth:`MLflowRun.log_step`, :func:`sync_to_mlflow`,
+the evaluate stage's scores). A resumed run redoes the steps after its checkpoint; the
+JSONL file is cut back to the checkpoint (:meth:`MetricsLog.truncate_after`); the redone
+steps are bit-identical on one machine, so nothing is sent twice (wall times, ``time_*``,
+differ in every attempt: the point already there stays). Where a row's values
+differ from what its run shows (the same training config run by changed code, on
+another machine, or with nondeterministic GPU kernels), the file's values go out again
+and become the newest points: MLflow never keeps showing a result the files no longer hold.
 
 Which MLflow run a row continues (also when it is re-run from another clone or
 machine): the newest run of the experiment tagged ``marpipe.run_key = model/row``
 and, when the caller gives one, ``train_hash`` (a hash of the row's resolved
 training config without ``steps``/``save_every``, see
 :func:`marpipe.stages.train.train_hash`). Same row and same training config:
-continue that run (its existing steps are not sent again; a longer ``steps`` adds
+continue that run (the points it shows are not sent again; a longer ``steps`` adds
 the new ones). Training config changed: a new run with the same name and key. To
 keep two clones' runs apart on purpose, give them different ``experiment`` names.
 
@@ -179,7 +185,7 @@ class MLflowRun:
         self.retry_every = RETRY_EVERY_S if retry_every is None else retry_every
         self.training = False                  # set by :func:`run_status`: an ended run goes back to RUNNING
         self.stats = {"sent": 0, "failures": 0, "dropped": 0}   # points sent live; failed calls; backlog overflow
-        self._steps: dict[str, set[int]] = {}  # metric -> steps the run holds (filled on demand)
+        self._held: dict[str, dict[int, float]] = {}  # metric -> {step: value} the run shows (on demand)
         self._backlog: dict[int, dict[str, float]] = {}          # step -> metrics not sent yet
         self._last_try, self._down_at = 0.0, None
         self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -199,8 +205,8 @@ class MLflowRun:
             self._fail(f"at step {step}", e)
 
     def log_step(self, step: int, metrics: dict[str, Any]) -> None:
-        """A training step's metrics, idempotently: a (metric, step) the run already holds is
-        not sent again, so redoing steps after a resume leaves one point per step. While the
+        """A step's metrics, idempotently: a (metric, step) the run already shows with this value
+        is not sent again, so redoing steps after a resume adds no point. While the
         server is away the step waits in the backlog and goes out once it answers again."""
         if not self.uri:
             return
@@ -258,18 +264,18 @@ class MLflowRun:
         return True
 
     def _flush(self, where: str) -> bool:
-        """Send the backlog (only the (metric, step) pairs the run does not hold). True if sent."""
+        """Send the backlog (only the points the run does not show yet, module docstring). True if sent."""
         try:
             with _http(_LIVE):
                 pending = sorted(self._backlog.items())
                 if not pending:
                     return True
-                held = {k: self._held(k) for k in sorted({k for _, m in pending for k in m})}
-                rows = [(s, {k: v for k, v in m.items() if s not in held[k]}) for s, m in pending]
+                held = {k: self._points(k) for k in sorted({k for _, m in pending for k in m})}
+                rows = [(s, {k: v for k, v in m.items() if not _shows(held[k], k, s, v)}) for s, m in pending]
                 _log_rows(self.client, self.run_id, rows)
             for s, m in rows:
-                for k in m:
-                    self._steps[k].add(s)
+                for k, v in m.items():
+                    held[k][s] = float(v) if math.isfinite(v) else math.nan
             n = sum(len(m) for _, m in rows)
             self.stats["sent"] += n
             self._backlog.clear()
@@ -286,7 +292,7 @@ class MLflowRun:
     def _fail(self, where: str, e: Exception) -> None:
         self.active, self._last_try = False, time.monotonic()
         self.stats["failures"] += 1
-        self.created, self._steps = False, {}   # a timed-out request may have landed: ask the run again
+        self.created, self._held = False, {}    # a timed-out request may have landed: ask the run again
         if self._down_at is None:               # one message per outage
             self._down_at = self._last_try
             msg = str(e).splitlines()[0][:300] if str(e) else ""
@@ -301,10 +307,10 @@ class MLflowRun:
             n -= len(dropped)
             self.stats["dropped"] += len(dropped)
 
-    def _held(self, key: str) -> set[int]:
-        if key not in self._steps:
-            self._steps[key] = set() if self.created else _logged_steps(self.client, self.run_id, key)
-        return self._steps[key]
+    def _points(self, key: str) -> dict[int, float]:
+        if key not in self._held:
+            self._held[key] = {} if self.created else held_points(self.client, self.run_id, key)
+        return self._held[key]
 
 
 class Terminated(BaseException):
@@ -372,8 +378,24 @@ def _mark_running(client, run_id) -> None:
         client.update_run(run_id, status="RUNNING")
 
 
-def _logged_steps(client, run_id, key) -> set[int]:
-    return {m.step for m in client.get_metric_history(run_id, key)}
+def held_points(client, run_id, key) -> dict[int, float]:
+    """``{step: value}`` as the run shows ``key``: at a step with several points, the newest."""
+    held: dict[int, float] = {}
+    for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+        held[m.step] = m.value
+    return held
+
+
+def _shows(held: dict[int, float], key: str, step: int, value) -> bool:
+    """Whether ``held`` (:func:`held_points` of ``key``) shows ``value`` at ``step`` as MLflow
+    stores it (a non-finite value as NaN, see :func:`mlflow_values`). A wall time (``time_*``)
+    differs in every attempt: any point at the step counts (the first attempt's stays)."""
+    if step not in held:
+        return False
+    if key.startswith("time_"):
+        return True
+    value, shown = float(value), held[step]
+    return shown == value or (math.isnan(shown) and not math.isfinite(value))
 
 
 def _open_run(uri, experiment, run_key, params, tags):
@@ -475,7 +497,8 @@ def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dic
                    tags: dict | None = None, final_metrics: dict | None = None,
                    tracking_uri: str | None = None, finished: bool = False,
                    end_time: int | None = None) -> str:
-    """Replay a metrics JSONL file into MLflow; only steps MLflow lacks are sent. Returns the run id.
+    """Replay a metrics JSONL file into MLflow; only the points the run does not show are sent
+    (module docstring, "One value per step"). Returns the run id.
 
     ``finished``: the training is known to have finished (its ``summary.json`` exists); a run
     MLflow still shows otherwise (RUNNING, or KILLED/FAILED by an earlier attempt because the
@@ -485,17 +508,17 @@ def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dic
         raise RuntimeError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or config mlflow.tracking_uri")
     with _http(_SYNC, override=False):
         client, run_id, created = _open_run(uri, experiment, run_key, params or {}, tags or {})
-        rows = read_jsonl(jsonl)
-        keys = sorted({k for row in rows for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
+        rows = [(row["step"], {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
+                for row in read_jsonl(jsonl)]
+        if final_metrics:
+            rows.append((0, {f"final.{k}": v for k, v in final_metrics.items()}))
+        keys = sorted({k for _, metrics in rows for k in metrics})
         # one history request per key (~50 ms each at the pipeline's server; a study's sync sends
         # ~1,000), 4 at a time
         with ThreadPoolExecutor(max_workers=4) as pool:
-            have = {} if created else dict(zip(keys, pool.map(lambda k: _logged_steps(client, run_id, k), keys)))
-        _log_rows(client, run_id, [(row["step"], {k: v for k, v in row.items()
-                                                  if k != "step" and row["step"] not in have.get(k, ())})
-                                   for row in rows])
-        if final_metrics:
-            _log_metrics(client, run_id, 0, {f"final.{k}": v for k, v in final_metrics.items()})
+            held = {} if created else dict(zip(keys, pool.map(lambda k: held_points(client, run_id, k), keys)))
+        _log_rows(client, run_id, [(step, {k: v for k, v in metrics.items() if not _shows(held.get(k, {}), k, step, v)})
+                                   for step, metrics in rows])
         if finished:
             _finish(client, run_id, end_time, only_running=False)
     return run_id

@@ -120,7 +120,8 @@ def log_scores(exp: Experiment, record: dict, tracking_uri: str | None = None) -
                     tracking_uri=tracking_uri or exp.cfg["mlflow"].get("tracking_uri"))
     if not run.active:
         return False
-    # one point per evaluated checkpoint (its step): a re-sync of the same record adds nothing
+    # one point per evaluated checkpoint (its step): a re-sync of the same record adds nothing, a
+    # record whose scores moved (changed code, same training config) adds newer points
     run.log_step(record["checkpoint"]["step"], {f"eval.{record['suite']}.{col}": v
                                                 for col, v in record["scores"].items()})
     if not run.active:

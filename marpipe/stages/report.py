@@ -45,9 +45,9 @@ def figure_labels(wildcards) -> dict[str, str]:
 
 def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_uri: str | None = None,
                 state: str | Path = ".marpipe") -> dict:
-    """Replay every training metrics file and score file into MLflow (only what is missing), and
-    end as FINISHED the runs whose training (``summary.json``) or evaluation (score file) finished
-    but that MLflow still shows otherwise.
+    """Replay every training metrics file and score file into MLflow (only the points it does not
+    show yet, :mod:`marpipe.io.tracking`), and end as FINISHED the runs whose training
+    (``summary.json``) or evaluation (score file) finished but that MLflow still shows otherwise.
 
     The server: ``tracking_uri``, else config ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``,
     else the pipeline's own server recorded in ``<state>/mlflow/uri``. One that does not answer

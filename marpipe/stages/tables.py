@@ -128,16 +128,21 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
     """Rebuild the score records from the evaluate stage's MLflow runs.
 
     Runs are found by the ``marpipe.run_key`` tag in experiment ``exp.cfg['experiment']``;
-    metrics ``eval.{suite}.{column}`` become ``scores``. Where one run key has several runs
-    (a rerun), the most recently started one that holds the suite's metrics wins.
+    metrics ``eval.{suite}.{column}`` at the run's ``checkpoint_step`` become ``scores``, each
+    the newest point at that step (a re-evaluation with other values adds a newer one, see
+    :mod:`marpipe.io.tracking`). Where one run key has several runs (a rerun), the most
+    recently started one that holds the suite's metrics wins.
 
     MLflow holds only each column's mean, not the per-image values: tables built from these
     records have the same values as those built from the score files but **no intervals**
     (``lo``/``hi`` empty, every verdict ``no verdict``). Build from the score files for intervals.
     """
     import os
+    from concurrent.futures import ThreadPoolExecutor
 
     from mlflow.tracking import MlflowClient
+
+    from marpipe.io.tracking import held_points
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     client = MlflowClient(tracking_uri=uri)
@@ -155,23 +160,32 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
         if not token:
             break
     runs.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
-    records, seen = [], set()
+    chosen, seen = [], set()
     for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
+        tags = run.data.tags
         for suite in SUITES:
-            prefix = f"eval.{suite}."
-            scores = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+            keys = [k for k in run.data.metrics if k.startswith(f"eval.{suite}.")]
             key = (tags.get("model"), tags.get("row"), tags.get("seed") or "", suite)
-            if not scores or key in seen:
-                continue
-            seen.add(key)
-            records.append(_record({
-                "model": tags["model"], "label": tags.get("label"), "row": tags["row"],
-                "reward": tags.get("reward") or None, "variant": tags.get("variant"), "suite": suite,
-                "seed": tags.get("seed") or None,
-                "scores": scores, "world": tags.get("world") or None,
-                "checkpoint": {"rule": tags.get("checkpoint_rule"), "step": tags.get("checkpoint_step")},
-            }))
+            if keys and key not in seen:
+                seen.add(key)
+                chosen.append((run, suite, keys))
+    # the values at the evaluated step: one history request per metric (~50 ms each), 4 at a time
+    wanted = [(run.info.run_id, k) for run, _, keys in chosen for k in keys]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        points = dict(zip(wanted, pool.map(lambda rk: held_points(client, *rk), wanted)))
+    records = []
+    for run, suite, keys in chosen:
+        tags, prefix = run.data.tags, f"eval.{suite}."
+        step = int(tags.get("checkpoint_step") or 0)
+        scores = {k[len(prefix):]: points[run.info.run_id, k][step] for k in keys
+                  if step in points[run.info.run_id, k]}
+        records.append(_record({
+            "model": tags["model"], "label": tags.get("label"), "row": tags["row"],
+            "reward": tags.get("reward") or None, "variant": tags.get("variant"), "suite": suite,
+            "seed": tags.get("seed") or None,
+            "scores": scores, "world": tags.get("world") or None,
+            "checkpoint": {"rule": tags.get("checkpoint_rule"), "step": tags.get("checkpoint_step")},
+        }))
     records.sort(key=lambda r: (r["model"], r["row"], r["suite"]))
     return records
 

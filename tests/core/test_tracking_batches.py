@@ -72,3 +72,33 @@ def test_sync_of_a_skipped_step_stores_nan_not_1e308_and_resends_nothing(tmp_pat
     assert [s for s, _ in history("grad_norm")] == [1, 2] and math.isnan(history("grad_norm")[1][1])
     assert history("nonfinite.loss") == [(2, 1.0)] and history("nonfinite.grad_norm") == [(2, 0.0)]
     assert max(abs(v) for k in ("loss", "grad_norm") for _, v in history(k) if not math.isnan(v)) < 1e300
+
+
+def test_a_rerun_with_other_values_is_what_mlflow_shows_after_live_logging_and_sync(tmp_path):
+    """The same row trained again by changed code (same training config: the same MLflow run): the
+    steps whose values moved are sent again, live and by the sync, and become the value MLflow shows
+    at that step (the newest point); the steps that did not move are not sent twice."""
+    import json
+    import time
+
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = {1: {"loss": 0.5, "kl": 0.0}, 2: {"loss": 0.25, "kl": 0.125}}
+    second = {1: {"loss": 0.5, "kl": 0.0}, 2: {"loss": 0.3, "kl": 0.125}, 3: {"loss": 0.2, "kl": 0.5}}
+    live = tracking.MLflowRun("m/row", "rerun", tracking_uri=uri)
+    for step, metrics in first.items():
+        live.log_step(step, metrics)
+    time.sleep(0.01)                                     # the rerun's points are newer by the clock
+    again = tracking.MLflowRun("m/row", "rerun", tracking_uri=uri)
+    assert again.run_id == live.run_id and not again.created
+    again.log_step(1, second[1]), again.log_step(2, second[2])      # live, up to step 2
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text("".join(json.dumps({"step": s, **m}) + "\n" for s, m in second.items()))
+    assert tracking.sync_to_mlflow(jsonl, "m/row", "rerun", tracking_uri=uri) == live.run_id   # and step 3
+    client = MlflowClient(tracking_uri=uri)
+    shown = {k: tracking.held_points(client, live.run_id, k) for k in ("loss", "kl")}
+    assert shown == {k: {s: m[k] for s, m in second.items()} for k in ("loss", "kl")}
+    steps = {k: sorted(m.step for m in client.get_metric_history(live.run_id, k)) for k in ("loss", "kl")}
+    assert steps == {"loss": [1, 2, 2, 3], "kl": [1, 2, 3]}          # only loss at step 2 moved
+    assert tracking.sync_to_mlflow(jsonl, "m/row", "rerun", tracking_uri=uri) == live.run_id
+    assert sum(len(client.get_metric_history(live.run_id, k)) for k in ("loss", "kl")) == 7

@@ -115,7 +115,7 @@ def log_to_mlflow(exp, files: list[Path], uri: str) -> None:
                     "checkpoint_step": str(d["checkpoint"]["step"]), "world": d["world"]}
             runs[key] = client.create_run(exp_id, run_name=key, tags=tags).info.run_id
             client.log_batch(runs[key], metrics=[Metric("loss", 0.5, 0, 3)])   # a training metric, ignored
-        client.log_batch(runs[key], metrics=[Metric(f"eval.{d['suite']}.{c}", float(v), 0, 0)
+        client.log_batch(runs[key], metrics=[Metric(f"eval.{d['suite']}.{c}", float(v), 0, d["checkpoint"]["step"])
                                              for c, v in d["scores"].items()])
 
 
@@ -227,6 +227,44 @@ def test_mlflow_gives_identical_tables(exp, tmp_path):
     assert "No cell has an interval" not in (a / "tables.md").read_text()
     with pytest.raises(LookupError, match="not found"):
         T.score_records_from_mlflow(experiment.Experiment({**exp.cfg, "experiment": "nope"}), tracking_uri=uri)
+
+
+def test_mlflow_follows_the_score_files_when_a_row_is_evaluated_again(exp, tmp_path):
+    """The evaluate stage's own logging (``log_scores``) of every score file, then again after the
+    code changed under the same training config (so into the same MLflow runs): every score moved,
+    and one row's checkpoint selection moved to an earlier step (MLflow's "latest" value is the one
+    at the highest step, the old one). The tables from MLflow are those of the new files; a third,
+    identical sync sends no point."""
+    from mlflow.tracking import MlflowClient
+
+    from marpipe.stages.evaluate import log_scores
+    uri = "sqlite:///" + str(tmp_path / "m.db")
+    old = [json.loads(p.read_text()) for p in write_scores(exp, tmp_path / "old")]
+    new = json.loads(json.dumps(old))
+    for d in new:
+        for c, pi in d["per_image"].items():
+            pi["value"] = [v + 0.25 for v in pi["value"]]
+            d["scores"][c] = stats.cell_estimate(pi["value"])
+        if d["row"] == "hps-fix_decoder" and d["suite"] == "preference":
+            d["checkpoint"]["step"] = 10                 # best* picked step 10 this time, not 20
+    for d in old + new:
+        assert log_scores(exp, d, tracking_uri=uri)
+    from_mlflow = T.build_tables(exp, T.score_records_from_mlflow(exp, tracking_uri=uri))
+    from_files = T.build_tables(exp, [T._record(d) for d in new])
+    for name in ("table1", "table2", "stand_ins"):
+        pd.testing.assert_frame_equal(from_files[name], from_mlflow[name])
+    assert from_mlflow["table2"].set_index("row").loc["+Fix Decoder", "checkpoint"] == "best* (steps 10, 20)"
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(exp.cfg["experiment"]).experiment_id])
+
+    def n_points():
+        return sum(len(client.get_metric_history(r.info.run_id, k)) for r in runs for k in r.data.metrics)
+    before = n_points()
+    assert before == 2 * sum(len(d["scores"]) for d in old)          # every value moved: sent again
+    for d in new:
+        log_scores(exp, d, tracking_uri=uri)
+    assert n_points() == before
 
 
 def test_written_files_byte_identical_on_rerun(exp, tmp_path):
