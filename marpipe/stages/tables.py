@@ -130,8 +130,9 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
     Runs are found by the ``marpipe.run_key`` tag in experiment ``exp.cfg['experiment']``;
     metrics ``eval.{suite}.{column}`` at the run's ``checkpoint_step`` become ``scores``, each
     the newest point at that step (a re-evaluation with other values adds a newer one, see
-    :mod:`marpipe.io.tracking`). Where one run key has several runs (a rerun), the most
-    recently started one that holds the suite's metrics wins.
+    :mod:`marpipe.io.tracking`). Where one run key has several runs, those of another training
+    config (their ``train_hash`` tag is not the config's for that row) are passed over, and of
+    the others the most recently started one that holds the suite's metrics wins.
 
     MLflow holds only each column's mean, not the per-image values: tables built from these
     records have the same values as those built from the score files but **no intervals**
@@ -163,6 +164,9 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
     chosen, seen = [], set()
     for run in runs:
         tags = run.data.tags
+        expected = _lineage(exp, tags) if tags.get("train_hash") else ""
+        if expected and tags["train_hash"] != expected:
+            continue                          # a training config other than this one's
         for suite in SUITES:
             keys = [k for k in run.data.metrics if k.startswith(f"eval.{suite}.")]
             key = (tags.get("model"), tags.get("row"), tags.get("seed") or "", suite)
@@ -188,6 +192,13 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
         }))
     records.sort(key=lambda r: (r["model"], r["row"], r["suite"]))
     return records
+
+
+def _lineage(exp, tags: dict) -> str:
+    """The ``train_hash`` the config gives the row an MLflow run is tagged with ("" if none)."""
+    from marpipe.stages.train import train_hash
+    seed = int(tags["seed"]) if tags.get("seed") else None
+    return train_hash(exp, tags.get("model"), tags.get("reward") or None, tags.get("variant"), seed)
 
 
 def _index(records: Sequence[dict]) -> dict[tuple[str, str, str], dict]:

@@ -233,11 +233,13 @@ def test_mlflow_follows_the_score_files_when_a_row_is_evaluated_again(exp, tmp_p
     """The evaluate stage's own logging (``log_scores``) of every score file, then again after the
     code changed under the same training config (so into the same MLflow runs): every score moved,
     and one row's checkpoint selection moved to an earlier step (MLflow's "latest" value is the one
-    at the highest step, the old one). The tables from MLflow are those of the new files; a third,
-    identical sync sends no point."""
+    at the highest step, the old one); a run of the same row under another training config started
+    last. The tables from MLflow are those of the new files; a third, identical sync sends no point."""
     from mlflow.tracking import MlflowClient
 
+    from marpipe.io.tracking import MLflowRun
     from marpipe.stages.evaluate import log_scores
+    from marpipe.stages.train import run_tags
     uri = "sqlite:///" + str(tmp_path / "m.db")
     old = [json.loads(p.read_text()) for p in write_scores(exp, tmp_path / "old")]
     new = json.loads(json.dumps(old))
@@ -249,6 +251,12 @@ def test_mlflow_follows_the_score_files_when_a_row_is_evaluated_again(exp, tmp_p
             d["checkpoint"]["step"] = 10                 # best* picked step 10 this time, not 20
     for d in old + new:
         assert log_scores(exp, d, tracking_uri=uri)
+    # the same row trained with another config, evaluated last: its run is not this config's
+    stale = MLflowRun("tiny-nova/hps-sim", exp.cfg["experiment"], tracking_uri=uri,
+                      tags={**run_tags(exp, "tiny-nova", "hps", "sim"), "train_hash": "another-config",
+                            "checkpoint_step": str(STEP["sim"])})
+    assert stale.created
+    stale.log_step(STEP["sim"], {f"eval.preference.{c}": -1.0 for c in PREF})
     from_mlflow = T.build_tables(exp, T.score_records_from_mlflow(exp, tracking_uri=uri))
     from_files = T.build_tables(exp, [T._record(d) for d in new])
     for name in ("table1", "table2", "stand_ins"):
@@ -256,7 +264,8 @@ def test_mlflow_follows_the_score_files_when_a_row_is_evaluated_again(exp, tmp_p
     assert from_mlflow["table2"].set_index("row").loc["+Fix Decoder", "checkpoint"] == "best* (steps 10, 20)"
 
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name(exp.cfg["experiment"]).experiment_id])
+    runs = [r for r in client.search_runs([client.get_experiment_by_name(exp.cfg["experiment"]).experiment_id])
+            if r.info.run_id != stale.run_id]
 
     def n_points():
         return sum(len(client.get_metric_history(r.info.run_id, k)) for r in runs for k in r.data.metrics)
