@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from marpipe import stats
-from marpipe.experiment import BASE, SUITES, TABLE1_VARIANTS, TABLE2_VARIANTS
+from marpipe.experiment import BASE, SUITES, TABLE1_VARIANTS, TABLE2_VARIANTS, row_id
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 FLOAT_FORMAT = "%.4f"
@@ -130,9 +130,10 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
     Runs are found by the ``marpipe.run_key`` tag in experiment ``exp.cfg['experiment']``;
     metrics ``eval.{suite}.{column}`` at the run's ``checkpoint_step`` become ``scores``, each
     the newest point at that step (a re-evaluation with other values adds a newer one, see
-    :mod:`marpipe.io.tracking`). Where one run key has several runs, those of another training
-    config (their ``train_hash`` tag is not the config's for that row) are passed over, and of
-    the others the most recently started one that holds the suite's metrics wins.
+    :mod:`marpipe.io.tracking`). Only the runs of this config's rows count: a run key it does not
+    give (a row it lacks, an older key layout, an ablation point) or another training config
+    (a ``train_hash`` tag other than the config's for the row) is passed over. Where one run key
+    has several runs, the most recently started one that holds the suite's metrics wins.
 
     MLflow holds only each column's mean, not the per-image values: tables built from these
     records have the same values as those built from the score files but **no intervals**
@@ -161,12 +162,13 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
         if not token:
             break
     runs.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
+    lineage = _lineages(exp)
     chosen, seen = [], set()
     for run in runs:
         tags = run.data.tags
-        expected = _lineage(exp, tags) if tags.get("train_hash") else ""
-        if expected and tags["train_hash"] != expected:
-            continue                          # a training config other than this one's
+        key = tags.get("marpipe.run_key")
+        if key not in lineage or tags.get("train_hash", "") != lineage[key]:
+            continue
         for suite in SUITES:
             keys = [k for k in run.data.metrics if k.startswith(f"eval.{suite}.")]
             key = (tags.get("model"), tags.get("row"), tags.get("seed") or "", suite)
@@ -194,11 +196,11 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
     return records
 
 
-def _lineage(exp, tags: dict) -> str:
-    """The ``train_hash`` the config gives the row an MLflow run is tagged with ("" if none)."""
-    from marpipe.stages.train import train_hash
-    seed = int(tags["seed"]) if tags.get("seed") else None
-    return train_hash(exp, tags.get("model"), tags.get("reward") or None, tags.get("variant"), seed)
+def _lineages(exp) -> dict[str, str]:
+    """MLflow run key -> ``train_hash`` ("" for a base row) of every row of the config's tables."""
+    from marpipe.stages.train import run_key, train_hash
+    return {run_key(r.model, row_id(r.reward, r.variant, r.seed)): train_hash(exp, r.model, r.reward, r.variant, r.seed)
+            for suite in SUITES for r in exp.suite_rows(suite)}
 
 
 def _index(records: Sequence[dict]) -> dict[tuple[str, str, str], dict]:

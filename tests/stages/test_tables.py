@@ -106,13 +106,17 @@ def log_to_mlflow(exp, files: list[Path], uri: str) -> None:
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment(exp.cfg["experiment"])
     runs = {}
+    from marpipe.stages.train import run_key, train_hash
     for p in files:
         d = json.loads(p.read_text())
-        key = f"{d['model']}/{d['row']}"
+        key = run_key(d["model"], experiment.row_id(d["reward"], d["variant"], d["seed"]))
         if key not in runs:
             tags = {"marpipe.run_key": key, "model": d["model"], "row": d["row"], "reward": d["reward"] or "",
-                    "variant": d["variant"], "label": d["label"], "checkpoint_rule": d["checkpoint"]["rule"],
+                    "variant": d["variant"], "seed": "" if d["seed"] is None else str(d["seed"]),
+                    "label": d["label"], "checkpoint_rule": d["checkpoint"]["rule"],
                     "checkpoint_step": str(d["checkpoint"]["step"]), "world": d["world"]}
+            if d["reward"]:
+                tags["train_hash"] = train_hash(exp, d["model"], d["reward"], d["variant"], d["seed"])
             runs[key] = client.create_run(exp_id, run_name=key, tags=tags).info.run_id
             client.log_batch(runs[key], metrics=[Metric("loss", 0.5, 0, 3)])   # a training metric, ignored
         client.log_batch(runs[key], metrics=[Metric(f"eval.{d['suite']}.{c}", float(v), 0, d["checkpoint"]["step"])
@@ -233,8 +237,8 @@ def test_mlflow_follows_the_score_files_when_a_row_is_evaluated_again(exp, tmp_p
     """The evaluate stage's own logging (``log_scores``) of every score file, then again after the
     code changed under the same training config (so into the same MLflow runs): every score moved,
     and one row's checkpoint selection moved to an earlier step (MLflow's "latest" value is the one
-    at the highest step, the old one); a run of the same row under another training config started
-    last. The tables from MLflow are those of the new files; a third, identical sync sends no point."""
+    at the highest step, the old one); runs of the same row under another training config and under
+    an older run-key layout started last. The tables from MLflow are those of the new files; a third, identical sync sends no point."""
     from mlflow.tracking import MlflowClient
 
     from marpipe.io.tracking import MLflowRun
@@ -251,12 +255,16 @@ def test_mlflow_follows_the_score_files_when_a_row_is_evaluated_again(exp, tmp_p
             d["checkpoint"]["step"] = 10                 # best* picked step 10 this time, not 20
     for d in old + new:
         assert log_scores(exp, d, tracking_uri=uri)
-    # the same row trained with another config, evaluated last: its run is not this config's
-    stale = MLflowRun("tiny-nova/hps-sim", exp.cfg["experiment"], tracking_uri=uri,
-                      tags={**run_tags(exp, "tiny-nova", "hps", "sim"), "train_hash": "another-config",
-                            "checkpoint_step": str(STEP["sim"])})
-    assert stale.created
-    stale.log_step(STEP["sim"], {f"eval.preference.{c}": -1.0 for c in PREF})
+    # runs started last that are not this config's: the same row trained with another config, and
+    # the row under an older run-key layout (no seed)
+    seed = exp.seeds[0]
+    stale = [MLflowRun(key, exp.cfg["experiment"], tracking_uri=uri,
+                       tags={**run_tags(exp, "tiny-nova", "hps", "sim", seed), **tags, "checkpoint_step": str(STEP["sim"])})
+             for key, tags in ((f"tiny-nova/hps-sim/seed{seed}", {"train_hash": "another-config"}),
+                               ("tiny-nova/hps-sim", {"seed": ""}))]
+    for run in stale:
+        assert run.created
+        run.log_step(STEP["sim"], {f"eval.preference.{c}": -1.0 for c in PREF})
     from_mlflow = T.build_tables(exp, T.score_records_from_mlflow(exp, tracking_uri=uri))
     from_files = T.build_tables(exp, [T._record(d) for d in new])
     for name in ("table1", "table2", "stand_ins"):
@@ -265,7 +273,7 @@ def test_mlflow_follows_the_score_files_when_a_row_is_evaluated_again(exp, tmp_p
 
     client = MlflowClient(tracking_uri=uri)
     runs = [r for r in client.search_runs([client.get_experiment_by_name(exp.cfg["experiment"]).experiment_id])
-            if r.info.run_id != stale.run_id]
+            if r.info.run_id not in {run.run_id for run in stale}]
 
     def n_points():
         return sum(len(client.get_metric_history(r.info.run_id, k)) for r in runs for k in r.data.metrics)
