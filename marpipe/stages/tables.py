@@ -166,14 +166,13 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
     chosen, seen = [], set()
     for run in runs:
         tags = run.data.tags
-        key = tags.get("marpipe.run_key")
-        if key not in lineage or tags.get("train_hash", "") != lineage[key]:
+        row_key = tags.get("marpipe.run_key")
+        if row_key not in lineage or tags.get("train_hash", "") != lineage[row_key]:
             continue
         for suite in SUITES:
             keys = [k for k in run.data.metrics if k.startswith(f"eval.{suite}.")]
-            key = (tags.get("model"), tags.get("row"), tags.get("seed") or "", suite)
-            if keys and key not in seen:
-                seen.add(key)
+            if keys and (row_key, suite) not in seen:
+                seen.add((row_key, suite))
                 chosen.append((run, suite, keys))
     # the values at the evaluated step: one history request per metric (~50 ms each), 4 at a time
     wanted = [(run.info.run_id, k) for run, _, keys in chosen for k in keys]
