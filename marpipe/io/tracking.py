@@ -275,7 +275,7 @@ class MLflowRun:
                 _log_rows(self.client, self.run_id, rows)
             for s, m in rows:
                 for k, v in m.items():
-                    held[k][s] = float(v) if math.isfinite(v) else math.nan
+                    held[k][s] = mlflow_values({k: v})[k]
             n = sum(len(m) for _, m in rows)
             self.stats["sent"] += n
             self._backlog.clear()
@@ -384,6 +384,13 @@ def held_points(client, run_id, key) -> dict[int, float]:
     for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
         held[m.step] = m.value
     return held
+
+
+def held_points_of(client, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[int, float]]:
+    """:func:`held_points` of many ``(run id, metric)`` pairs: one history request each (~50 ms at
+    the pipeline's server; a study's sync asks for ~1,000), 4 at a time."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(pairs, pool.map(lambda pair: held_points(client, *pair), pairs)))
 
 
 def _shows(held: dict[int, float], key: str, step: int, value) -> bool:
@@ -513,10 +520,7 @@ def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dic
         if final_metrics:
             rows.append((0, {f"final.{k}": v for k, v in final_metrics.items()}))
         keys = sorted({k for _, metrics in rows for k in metrics})
-        # one history request per key (~50 ms each at the pipeline's server; a study's sync sends
-        # ~1,000), 4 at a time
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            held = {} if created else dict(zip(keys, pool.map(lambda k: held_points(client, run_id, k), keys)))
+        held = {} if created else {k: h for (_, k), h in held_points_of(client, [(run_id, k) for k in keys]).items()}
         _log_rows(client, run_id, [(step, {k: v for k, v in metrics.items() if not _shows(held.get(k, {}), k, step, v)})
                                    for step, metrics in rows])
         if finished:

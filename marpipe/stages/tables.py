@@ -140,11 +140,10 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
     (``lo``/``hi`` empty, every verdict ``no verdict``). Build from the score files for intervals.
     """
     import os
-    from concurrent.futures import ThreadPoolExecutor
 
     from mlflow.tracking import MlflowClient
 
-    from marpipe.io.tracking import held_points
+    from marpipe.io.tracking import held_points_of
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     client = MlflowClient(tracking_uri=uri)
@@ -174,10 +173,7 @@ def score_records_from_mlflow(exp, tracking_uri: str | None = None) -> list[dict
             if keys and (row_key, suite) not in seen:
                 seen.add((row_key, suite))
                 chosen.append((run, suite, keys))
-    # the values at the evaluated step: one history request per metric (~50 ms each), 4 at a time
-    wanted = [(run.info.run_id, k) for run, _, keys in chosen for k in keys]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        points = dict(zip(wanted, pool.map(lambda rk: held_points(client, *rk), wanted)))
+    points = held_points_of(client, [(run.info.run_id, k) for run, _, keys in chosen for k in keys])
     records = []
     for run, suite, keys in chosen:
         tags, prefix = run.data.tags, f"eval.{suite}."
