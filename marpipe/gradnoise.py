@@ -263,7 +263,7 @@ def policy_gradient(model, ro: Rollout, advantages: torch.Tensor, cfg: GRPOConfi
     model.zero_grad(set_to_none=True)
     model.train()
     with _autocast(device):
-        out = mar_grpo_loss(model, ro, advantages, cfg, ref_model=None)
+        out = mar_grpo_loss(model, ro, advantages, cfg, ref_model=None, theta_is_old=True)
     out.loss.backward()
     grads = {b: _flat(ps) for b, ps in blocks.items()}
     model.zero_grad(set_to_none=True)

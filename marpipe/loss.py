@@ -131,7 +131,7 @@ def _reduce_tokens(values: torch.Tensor, mask: torch.Tensor, how: str) -> torch.
 
 
 def mar_grpo_loss(model: MARModel, ro: Rollout, advantages: torch.Tensor, cfg: GRPOConfig,
-                  ref_model: MARModel | None = None) -> LossOutput:
+                  ref_model: MARModel | None = None, theta_is_old: bool = False) -> LossOutput:
     """Loss (to minimise) of Eq. 7/10 for one rollout batch.
 
     Per unit of each trained (AR step m, head step t): the clipped policy term on
@@ -139,6 +139,11 @@ def mar_grpo_loss(model: MARModel, ro: Rollout, advantages: torch.Tensor, cfg: G
     (Eq. 10), and ``beta`` times the KL surrogate (Eq. 14) on the rollout's own
     trajectory; each averaged over its tokens (:func:`token_sets`), then over (m, t)
     and images, and the AR steps averaged (Eq. 7) or summed (reference code).
+
+    ``theta_is_old``: the model holds the parameters that sampled ``ro`` (one optimizer step per
+    rollout, as the trainer takes), so ``pi_old`` is the loss's own log-prob, detached: the ratio is
+    1 by construction, as in TRL's GRPO with one iteration, instead of ``exp`` of the difference
+    between two roundings of one number (the recorded log-prob was computed in other batch shapes).
     """
     J, S, Tp, B, N = ro.old_log_prob.shape
     C = ro.x_t.shape[-1]
@@ -178,8 +183,9 @@ def mar_grpo_loss(model: MARModel, ro: Rollout, advantages: torch.Tensor, cfg: G
         logp = grpo.reduce_channels(logp_el, cfg.logp_reduction, P)                     # [R,P]
         log_ratio = torch.zeros_like(logp[:, 0])
         recorded = own | (ro.plan.mte_scope == "step" and cfg.mte_variance == "own")
-        old = ro.old_log_prob[rows].to(logp.dtype) / (C if cfg.logp_reduction == "mean" else 1)
         tok = grpo.reduce_channels(logp_el, cfg.logp_reduction)[:, 0]
+        old = (tok.detach() if theta_is_old else
+               ro.old_log_prob[rows].to(logp.dtype) / (C if cfg.logp_reduction == "mean" else 1))
         ok = recorded & ~grpo.degenerate(log_var, D.VARIANCE_FLOOR)
         log_ratio = torch.where(ok, tok - old, log_ratio)
         ratio_rows = grpo.score_ratio(logp, log_ratio[:, None])                         # [R,P]

@@ -137,7 +137,8 @@ class Trainer:
     def compute_loss(self, ro, adv):
         self.model.train()
         with self.autocast():
-            return mar_grpo_loss(self.model, ro, adv, self.cfg, self.ref_model)
+            # one optimizer step per rollout: the parameters that sampled ``ro`` are the current ones
+            return mar_grpo_loss(self.model, ro, adv, self.cfg, self.ref_model, theta_is_old=True)
 
     def _all_reduce_grads(self) -> None:
         grads = [p.grad for p in self.params if p.grad is not None]

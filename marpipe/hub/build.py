@@ -7,9 +7,10 @@ Layout of a hub folder ``ROOT`` (outside the repository, e.g. ``.marpipe/hub``):
     ROOT/repos/<owner>/<name>/...      the files of each repository, exactly its real file list
     ROOT/files/<host>/<path>           each `kind: url` file under its real URL's host and path
 
-Everything is deterministic (fixed seeds, fixed zip dates, sorted JSON), so the revisions -- git
-commit ids over the files (:mod:`marpipe.hub.gitobj`) -- are the same at every build with the
-same library versions, and ``config/rehearsal.yaml`` can pin them.
+Everything is deterministic (weights from :mod:`marpipe.hub.defined`, not from the CPU's kernels;
+fixed zip dates, sorted JSON), so the revisions -- git commit ids over the files
+(:mod:`marpipe.hub.gitobj`) -- are the same at every build on any CPU with the same library
+versions, and ``config/rehearsal.yaml`` can pin them.
 
 NOVA and Harmon are built with the official code (``../shared/official`` or
 ``$MARPIPE_OFFICIAL_CODE``) in their side venvs ``.venv-nova`` / ``.venv-harmon``, as a
@@ -30,7 +31,8 @@ from pathlib import Path
 import yaml
 
 from . import gitobj
-from .repos import REPOS, Repo
+from .defined import WEIGHT_SUFFIXES, rewrite_weight_file
+from .repos import PLACEHOLDER, REPOS, Repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL_ENV = "MARPIPE_OFFICIAL_CODE"
@@ -84,6 +86,10 @@ def build_repo(repo: Repo, root: Path, work_root: Path) -> dict | str:
     missing = [f for f in repo.files if not (work / f).is_file()]
     if missing:
         raise HubBuildError(f"{repo.repo_id}: the builder wrote no {missing} (declared in marpipe/hub/repos.py)")
+    placeholder = PLACEHOLDER.split("{")[0].encode()
+    for f in repo.files:                  # weights defined bit for bit, not by this CPU's kernels
+        if f.endswith(WEIGHT_SUFFIXES) and not (work / f).read_bytes().startswith(placeholder):
+            rewrite_weight_file(work / f, repo.key)
     out = root / "repos" / repo.repo_id
     shutil.rmtree(out, ignore_errors=True)
     for f in repo.files:
@@ -171,8 +177,9 @@ def url_bytes(entry: dict) -> bytes:
 
         import torch
         torch.manual_seed(3)                       # make_aesthetic_dir's MLP
+        from .defined import define
         buf = io.BytesIO()
-        torch.save(AestheticMLP(TINY_AESTHETIC_CLIP["embed_dim"]).state_dict(), buf)
+        torch.save(define(AestheticMLP(TINY_AESTHETIC_CLIP["embed_dim"]).state_dict(), "weights.aesthetic"), buf)
         return buf.getvalue()
     if fmt == "jsonl":
         return "".join(json.dumps(r, sort_keys=True) + "\n" for r in _train_rows()).encode()

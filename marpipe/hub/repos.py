@@ -69,8 +69,8 @@ def _common(d: Path, repo_id: str) -> None:
 
 def _png(path: Path, seed: int = 0) -> None:
     from PIL import Image
-    g = torch.Generator().manual_seed(seed)
-    arr = (torch.rand(8, 8, 3, generator=g) * 255).to(torch.uint8).numpy()
+    import numpy as np
+    arr = np.random.Generator(np.random.PCG64(seed)).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     path.write_bytes(buf.getvalue())

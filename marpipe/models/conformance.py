@@ -17,9 +17,9 @@ a spec (``marpipe check-model NAME``) and exits non-zero when a check fails. The
 * ``cfg``: guidance at the configured scale changes the samples; at scale 1 the guided eps is the
   conditional branch's and the CFG batch ``[cond; uncond]`` gives the conditional ``z``;
 * ``rollout_reproducible``: a seeded rollout is bit-identical, another seed differs;
-* ``logp_recompute``: every recorded log-prob recomputed from the stored canvas / ``x_t`` equals
-  the rollout's (theta = theta_old), and the loss reports ``ratio_mean`` 1 and ``kl`` 0 with
-  ``ref = model``;
+* ``logp_recompute``: every recorded log-prob equals its recomputation one precision up within the
+  model's measured rounding (theta = theta_old), and the trainer's loss reports ``ratio_mean`` 1
+  exactly and ``kl`` 0 with ``ref = model``;
 * ``fix_decoder``: ``set_trainable(model, 'ar')`` + one optimizer step on the GRPO loss leaves the
   head bit-identical and changes the AR part.
 
@@ -34,6 +34,7 @@ they are perturbed, fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import sys
@@ -244,7 +245,7 @@ def recompute_log_probs(model, ro) -> torch.Tensor:
     """Trajectory-0 log-probs of a rollout recomputed from its stored canvases (conditional
     branch, as the rollout records them by default): ``[J, T', B, N]``, 0 where nothing is recorded."""
     J, S, Tp, B, N = ro.old_log_prob.shape
-    out = torch.zeros(J, Tp, B, N, device=ro.x_t.device)
+    out = torch.zeros(J, Tp, B, N, device=ro.x_t.device, dtype=ro.x_t.dtype)
     prompts = model.encode_prompts(list(dict.fromkeys(ro.prompts)))   # unique prompts, in order
     G = B // len(prompts)
     cond = prompts.repeat_interleave(G)
@@ -261,28 +262,62 @@ def recompute_log_probs(model, ro) -> torch.Tensor:
     return out
 
 
+@contextlib.contextmanager
+def _upcast(model):
+    """``model`` one precision up (bfloat16/float16 -> float32, float32 -> float64), in place (adapters
+    share their frozen parts with every copy), then back: each tensor's own dtype again, a lossless
+    round trip. The reference against which the model's own rounding is measured."""
+    up = torch.float64 if next(model.parameters()).dtype == torch.float32 else torch.float32
+    dtypes = []
+    model._apply(lambda t: dtypes.append(t.dtype) or (t.to(up) if t.is_floating_point() else t))
+    try:
+        yield up
+    finally:
+        back = iter(dtypes)
+        model._apply(lambda t: t.to(next(back)))
+
+
+def _upcast_rollout(ro, dtype):
+    from dataclasses import fields, replace
+    return replace(ro, **{f.name: getattr(ro, f.name).to(dtype) for f in fields(ro)
+                          if isinstance(getattr(ro, f.name), torch.Tensor) and getattr(ro, f.name).is_floating_point()})
+
+
 def check_logp(model, device, tol) -> str:
+    """The recorded log-probs against a recomputation one precision up. The tolerance is the model's
+    measured rounding: its own recomputation's largest error against the same reference, times 8 (the
+    rollout computes in other batch shapes, so it rounds otherwise, but by the same order; a wrong step,
+    variance or condition moves a log-prob by orders more). In the trainer's loss (``theta_is_old``)
+    the ratio is 1 exactly; with the recorded log-probs as ``pi_old`` it is within that tolerance."""
     from marpipe.config import GRPOConfig
     from marpipe.loss import mar_grpo_loss
     ro = _rollout(model, S=1, device=device)
     old = ro.old_log_prob[:, 0]
     new = recompute_log_probs(model, ro)
+    with _upcast(model) as up:
+        exact = recompute_log_probs(model, _upcast_rollout(ro, up))
     pred = (~ro.known)[:, None].expand_as(old)
-    diff = (new - old)[pred].abs()
-    worst = float(diff.max())
-    limit = tol * 10 * max(1.0, float(old[pred].abs().max()))
-    assert worst <= limit, f"recomputed log-probs differ from the rollout's by up to {worst:.3e} (limit {limit:.1e})"
+    err = float((new.double() - exact.double())[pred].abs().max())          # the model's own rounding
+    floor = torch.finfo(next(model.parameters()).dtype).eps * max(1.0, float(exact[pred].abs().max()))
+    limit = 8 * max(err, floor)
+    worst = float((old.double() - exact.double())[pred].abs().max())
+    assert worst <= limit, (f"recorded log-probs differ from their recomputation one precision up by up to "
+                            f"{worst:.3e}; the model's own rounding is {err:.1e} (limit 8x: {limit:.1e})")
     B = ro.latents.shape[0]
     adv = group_advantages(torch.linspace(0, 1, B), B // len(PROMPTS))
     K, T = model.sampling.ar_steps, model.sampling.diffusion_steps
     cfg = GRPOConfig(group_size=B // len(PROMPTS), prompts_per_step=len(PROMPTS), train_ar_steps=min(3, K),
                      train_diffusion_steps=min(3, max(T - 1, 1)), beta=0.01)
-    out = mar_grpo_loss(model, ro, adv, cfg, ref_model=copy.deepcopy(model))
+    out = mar_grpo_loss(model, ro, adv, cfg, ref_model=copy.deepcopy(model), theta_is_old=True)
     r, kl = out.stats["ratio_mean"], out.stats["kl"]
-    assert abs(r - 1) <= tol * 10, f"ratio_mean = {r!r} at theta = theta_old"
+    assert r == 1.0, f"ratio_mean = {r!r} at theta = theta_old in the trainer's loss (must be 1 exactly)"
     assert abs(kl) <= tol * 1e-2, f"kl = {kl!r} with ref = model"
     assert math.isfinite(out.stats["loss"])
-    return f"max |logp - logp_old| = {worst:.1e}; ratio_mean = {r:.6f}, kl = {kl:.1e}"
+    r_rec = mar_grpo_loss(model, ro, adv, cfg).stats["ratio_mean"]
+    assert abs(math.log(r_rec)) <= 2 * limit, \
+        f"ratio_mean = {r_rec!r} against the recorded log-probs (allowed: exp(+-{2 * limit:.1e}))"
+    return (f"max |logp_old - logp_exact| = {worst:.1e} (own rounding {err:.1e}); ratio_mean = 1 (trainer), "
+            f"{r_rec:.6f} (recorded pi_old); kl = {kl:.1e}")
 
 
 def check_fix_decoder(model, device) -> str:

@@ -166,7 +166,7 @@ class DiffusionHead(nn.Module):
         self.width = w
 
     def forward(self, x_t, t, z):
-        c = self.time_embed(timestep_embedding(t, self.width)) + self.cond_embed(z)
+        c = self.time_embed(timestep_embedding(t, self.width).to(z.dtype)) + self.cond_embed(z)
         h = self.input_proj(x_t) + self.cond_in(z)
         for block in self.blocks:
             h = block(h, c)

@@ -311,6 +311,40 @@ def test_rehearsal_config_validates_and_pins_what_the_hub_serves(hub):
     assert set(cfg) == set(PAPER), "the rehearsal config has the paper config's keys"
 
 
+BUILD_REVISIONS = r"""
+import json, sys
+from marpipe.hub.build import build_hub
+index = build_hub(sys.argv[1], sys.argv[2:], log=lambda s: None)
+print("RESULT" + json.dumps({k: v["revision"] for k, v in index["repos"].items()}))
+"""
+
+
+def test_the_hub_has_the_same_bytes_under_every_cpu_capability(hub, tmp_path):
+    """torch's random initialisers run other kernels (other floats) under another CPU capability; the
+    fixtures' weights must not: the same revisions under ATen's scalar kernels as in this process."""
+    keys = ["hps", "clip_l14", "clip_b32", "pickscore"]        # timm's trunc_normal_, open_clip, transformers
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    r = subprocess.run([sys.executable, "-c", BUILD_REVISIONS, str(tmp_path / "hub"), *keys], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads([x for x in r.stdout.splitlines() if x.startswith("RESULT")][-1][len("RESULT"):])
+    assert got == {REPOS[k].repo_id: hub.index["repos"][REPOS[k].repo_id]["revision"] for k in keys}
+
+
+def test_defined_weights_are_exact_grids_and_keep_constant_fills():
+    import torch
+
+    from marpipe.hub.defined import define
+    sd = {"w": torch.randn(8, 64), "ln.weight": torch.ones(5), "ln.bias": torch.zeros(5), "idx": torch.arange(4),
+          "h": torch.randn(3, 16, dtype=torch.bfloat16)}
+    a, b = define(sd, "repo"), define(dict(sd), "repo")
+    assert all(torch.equal(a[k], b[k]) for k in sd) and not torch.equal(a["w"], define(sd, "other")["w"])
+    assert a["ln.weight"] is sd["ln.weight"] and a["ln.bias"] is sd["ln.bias"] and a["idx"] is sd["idx"]
+    step = 2.0 ** -(15 + 3)                                    # fan_in 64: bound 2**-3, 15 integer bits
+    assert a["w"].abs().max() <= 2 ** -3 and torch.equal(a["w"] / step, (a["w"] / step).round())
+    assert a["h"].dtype == torch.bfloat16 and torch.equal(a["h"].float(), a["h"].float().mul(2 ** 9).round() / 2 ** 9)
+
+
 # --- NOVA / Harmon: the official code in the side venvs (slow) -----------------------------------
 @pytest.mark.slow
 def test_official_repos_download_in_the_real_layout(tmp_path):
@@ -326,3 +360,27 @@ def test_official_repos_download_in_the_real_layout(tmp_path):
     # the rebuilt NOVA/Harmon fixtures are the ones config/rehearsal.yaml pins (a deterministic build)
     ids = [REPOS[k].repo_id for k in OFFICIAL_KEYS]
     assert [p for p in check_pins(tmp_path / "hub", REHEARSAL) if any(i in p for i in ids)] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", OFFICIAL_KEYS)
+def test_the_rehearsals_base_model_check_passes_on_the_official_fixtures(key, tmp_path):
+    """``marpipe check-model`` (the rehearsal's verify_base_model) on the hub's NOVA / Harmon fixture, in
+    the family's side venv: its log-prob check holds on any CPU (run under both capabilities by
+    ``make test-kernels``)."""
+    from marpipe.hub.rehearse import FamilyError, family_env
+    from marpipe.models.download import write_manifest
+    try:
+        py, env = family_env(REPOS[key].side_venv, dict(os.environ))
+    except FamilyError as e:
+        pytest.skip(str(e))
+    if official_root() is None:
+        pytest.skip("needs the official code (../shared/official or $MARPIPE_OFFICIAL_CODE)")
+    index = build_hub(tmp_path / "hub", [key], log=lambda s: None)
+    folder = tmp_path / "model"
+    shutil.copytree(tmp_path / "hub" / "repos" / REPOS[key].repo_id, folder)
+    write_manifest(folder)
+    assert index["repos"][REPOS[key].repo_id]["revision"]
+    r = subprocess.run([py, "-m", "marpipe.models.conformance", f"{key}:{folder}", "--ar-steps", "8"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "11/11 checks passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
