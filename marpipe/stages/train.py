@@ -34,7 +34,7 @@ from marpipe.io.checkpoint import latest_valid
 from marpipe.io.files import canonical_json, read_prompt_set, sha256_file, write_json
 from marpipe.io.tracking import MLflowRun, read_jsonl, run_status
 from marpipe.stages.resources import load_base_model
-from marpipe.trainer import PromptItem, Trainer
+from marpipe.trainer import PromptItem, Trainer, dtype_policy
 
 
 def run_key(model: str, row: str) -> str:
@@ -111,7 +111,9 @@ def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: 
     net = load_base_model(exp, model, device, Path(resources) / "models", weights=base_weights)
     reward = exp.build_reward(reward_name, resources, device=device)   # scorers on the job's GPU
     items = [PromptItem(r["prompt"], r["metadata"]) for r in read_prompt_set(prompts)]
-    mlflow = MLflowRun(key, exp.cfg["experiment"], params={"train": cfg.to_dict(), "model": model},
+    policy = dtype_policy(net, cfg.trained_parts, device)
+    print(f"[marpipe] dtype policy: {policy}")
+    mlflow = MLflowRun(key, exp.cfg["experiment"], params={"train": cfg.to_dict(), "model": model, "dtype": policy},
                        tags=tags, tracking_uri=exp.cfg["mlflow"].get("tracking_uri")) if dist.rank() == 0 else None
     with run_status(mlflow):    # the MLflow run ends FINISHED, FAILED or KILLED (SIGTERM/SIGINT), with its end time
         trainer = Trainer(net, cfg, items, reward, out, device=device, mlflow=mlflow, progress=progress)
