@@ -26,7 +26,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, cfg: GRPOConfig, prompts: Sequence[PromptItem],
                  reward: Reward, out_dir: str | Path, device: str | torch.device = "cpu",
                  ref_model: torch.nn.Module | None = None, mlflow: MLflowRun | None = None,
-                 progress: bool = True):
+                 progress: bool = True, keep: Callable[[list[int]], set[int]] | None = None):
         self.cfg, self.prompts, self.reward = cfg, list(prompts), reward
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -120,6 +120,7 @@ class Trainer:
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.mlflow = mlflow
         self.progress = progress and self.rank == 0
+        self.keep = keep            # checkpoints to keep besides the newest (None: all)
         self.step = 0
 
     # --- stages ------------------------------------------------------------------
@@ -214,8 +215,11 @@ class Trainer:
     def save(self, step: int) -> Path | None:
         if self.rank != 0:
             return None
-        return ckpt.save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
+        path = ckpt.save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
                                     meta={"config": self.cfg.to_dict()})
+        if self.keep is not None:
+            ckpt.prune(self.out_dir / "checkpoints", self.keep)
+        return path
 
     def resume(self) -> int:
         """Load the newest valid checkpoint; returns its step (0 when there is none)."""

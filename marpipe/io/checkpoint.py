@@ -20,7 +20,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from safetensors import safe_open
@@ -137,6 +137,26 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := PATTERN.match(p.name))]
     return sorted(found)
+
+
+def prune(folder: str | Path, keep: Callable[[list[int]], set[int]]) -> list[int]:
+    """Delete the checkpoints of ``folder`` but the newest valid one and those ``keep(valid steps)``
+    names (invalid files go too: a resume never reads them); returns the deleted steps."""
+    found = list_checkpoints(folder)
+    valid = [s for s, p in found if is_valid(p)]
+    if not valid:
+        return []
+    kept = {valid[-1], *keep(valid)}
+    gone = [s for s, p in found if s not in kept]
+    for s, p in found:
+        if s not in kept:
+            p.unlink()
+    return gone
+
+
+def disk_use(folder: str | Path) -> int:
+    """Bytes of the files below ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def is_valid(path: Path) -> bool:

@@ -25,21 +25,38 @@ def windowed_reward(rows: list[dict], step: int, window: int) -> float:
     return sum(vals) / len(vals) if vals else float("-inf")
 
 
+def pick_step(sel: dict, reward: str, variant: str, saved: list[int], rows: list[dict]) -> tuple[int, str, dict]:
+    """The step the config's ``selection`` rule picks among the ``saved`` steps (``rows``: the run's
+    metrics): the best windowed training reward (ties: the earlier step) or the fixed step."""
+    if split_variant(variant)[0] in sel["best_of"]:      # an ablation point is selected as its variant
+        scores = {s: windowed_reward(rows, s, sel["window"]) for s in saved}
+        best = max(saved, key=lambda s: (scores[s], -s))
+        return best, "best", {str(s): v for s, v in scores.items()}
+    return sel["fixed_step"][reward], "fixed", {}
+
+
 def choose_step(exp: Experiment, reward: str, variant: str, run_dir: Path) -> tuple[int, str, dict]:
-    sel = exp.cfg["selection"]
     saved = [s for s, p in list_checkpoints(run_dir / "checkpoints") if is_valid(p)]
     if not saved:
         raise FileNotFoundError(f"{run_dir}/checkpoints: no valid checkpoint (rerun the train rule)")
-    if split_variant(variant)[0] in sel["best_of"]:      # an ablation point is selected as its variant
-        rows = read_jsonl(run_dir / "metrics.jsonl")
-        scores = {s: windowed_reward(rows, s, sel["window"]) for s in saved}
-        best = max(saved, key=lambda s: (scores[s], -s))     # ties: the earlier step
-        return best, "best", {str(s): v for s, v in scores.items()}
-    fixed = sel["fixed_step"][reward]
-    if fixed not in saved:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint at the fixed step {fixed} "
+    step, rule, scores = pick_step(exp.cfg["selection"], reward, variant, saved, read_jsonl(run_dir / "metrics.jsonl"))
+    if step not in saved:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint at the fixed step {step} "
                                 f"(saved: {saved}); check selection.fixed_step and train.save_every")
-    return fixed, "fixed", {}
+    return step, rule, scores
+
+
+def keep_for_selection(exp: Experiment, reward: str, variant: str, run_dir: Path):
+    """The trainer's pruning rule: after each save, the checkpoints the selection may still pick (the
+    best so far, whose windowed reward no later step changes; the fixed step). The newest is kept too,
+    for the resume. ``selection.keep_all_checkpoints`` keeps everything."""
+    sel = exp.cfg["selection"]
+    if sel.get("keep_all_checkpoints"):
+        return None
+
+    def keep(saved: list[int]) -> set[int]:
+        return {pick_step(sel, reward, variant, saved, read_jsonl(run_dir / "metrics.jsonl"))[0]}
+    return keep
 
 
 def select_checkpoint(exp: Experiment, reward: str, variant: str, run_dir: str | Path,

@@ -30,10 +30,11 @@ import torch
 from marpipe import dist
 from marpipe.config import GRPOConfig
 from marpipe.experiment import Experiment, row_id
-from marpipe.io.checkpoint import latest_valid
+from marpipe.io.checkpoint import disk_use, latest_valid, list_checkpoints
 from marpipe.io.files import canonical_json, read_prompt_set, sha256_file, write_json
 from marpipe.io.tracking import MLflowRun, read_jsonl, run_status
 from marpipe.stages.resources import load_base_model
+from marpipe.stages.select import keep_for_selection
 from marpipe.trainer import PromptItem, Trainer, dtype_policy
 
 
@@ -105,7 +106,7 @@ def write_summary(out: Path, model: str, cfg: GRPOConfig) -> dict:
 
 
 def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: Path, prompts: Path,
-           base_weights: Path | None, key: str, tags: dict, resources: str, progress: bool) -> dict:
+           base_weights: Path | None, key: str, tags: dict, resources: str, progress: bool, keep=None) -> dict:
     device = dist.setup(exp.cfg.get("device"))
     torch.manual_seed(cfg.seed)
     net = load_base_model(exp, model, device, Path(resources) / "models", weights=base_weights)
@@ -116,7 +117,7 @@ def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: 
     mlflow = MLflowRun(key, exp.cfg["experiment"], params={"train": cfg.to_dict(), "model": model, "dtype": policy},
                        tags=tags, tracking_uri=exp.cfg["mlflow"].get("tracking_uri")) if dist.rank() == 0 else None
     with run_status(mlflow):    # the MLflow run ends FINISHED, FAILED or KILLED (SIGTERM/SIGINT), with its end time
-        trainer = Trainer(net, cfg, items, reward, out, device=device, mlflow=mlflow, progress=progress)
+        trainer = Trainer(net, cfg, items, reward, out, device=device, mlflow=mlflow, progress=progress, keep=keep)
         t0 = time.perf_counter()
         history = trainer.train(resume=True)
         summary = {}
@@ -125,6 +126,8 @@ def _train(exp: Experiment, model: str, cfg: GRPOConfig, reward_name: str, out: 
             attempt = {"seconds": time.perf_counter() - t0,
                        "resumed_from": (history[0]["step"] - 1) if history else cfg.steps, "tags": tags}
             _append_attempt(out, attempt)
+            n = len(list_checkpoints(out / "checkpoints"))
+            print(f"[marpipe] disk: {out} holds {disk_use(out) / 1e9:.2f} GB ({n} checkpoint{'s' * (n != 1)})")
             summary = {**summary, **attempt}    # returned (the CLI prints the time), not written
     dist.teardown()
     return summary
@@ -138,7 +141,7 @@ def train_run(exp: Experiment, model: str, reward: str, variant: str, out: str |
     cfg = exp.train_config(model, reward, variant, seed)
     return _train(exp, model, cfg, reward, Path(out), Path(prompts), Path(base_weights) if base_weights else None,
                   run_key(model, row_id(reward, variant, seed)), run_tags(exp, model, reward, variant, seed),
-                  resources, progress)
+                  resources, progress, keep=keep_for_selection(exp, reward, variant, Path(out)))
 
 
 def warmup_run(exp: Experiment, model: str, out: str | Path, prompts: str | Path, resources: str = "resources",
@@ -146,8 +149,9 @@ def warmup_run(exp: Experiment, model: str, out: str | Path, prompts: str | Path
     """Harmon's diffusion-head warm-up: GRPO with the AR part frozen (App. B)."""
     cfg = exp.warmup_config(model)
     out = Path(out)
+    keep = None if exp.cfg["selection"].get("keep_all_checkpoints") else (lambda saved: set())   # the newest
     summary = _train(exp, model, cfg, cfg.reward, out, Path(prompts), None, run_key(model, "warmup"),
-                     run_tags(exp, model, cfg.reward, "warmup"), resources, progress)
+                     run_tags(exp, model, cfg.reward, "warmup"), resources, progress, keep=keep)
     if summary:
         from marpipe.io.checkpoint import load_model_weights, write_safetensors
         write_safetensors(out / "warm.safetensors", load_model_weights(out / summary["final_checkpoint"]))

@@ -45,6 +45,38 @@ def test_ours_takes_the_step_fixed_in_advance(tmp_path):
         choose_step(E.Experiment(cfg), "hps", "sim", tmp_path)
 
 
+def write_pruned_run(run, rewards, save_every, keep):
+    """``write_run`` as the trainer writes it: metrics row, save, then prune."""
+    from marpipe.io.checkpoint import prune
+    model = torch.nn.Linear(2, 2)
+    (run / "checkpoints").mkdir(parents=True)
+    for step, r in enumerate(rewards, start=1):
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "reward_mean": r}) + "\n")
+        if step % save_every == 0:
+            with torch.no_grad():
+                model.weight.fill_(step)
+            save_checkpoint(run / "checkpoints", step, model, None)
+            if keep is not None:
+                prune(run / "checkpoints", keep)
+
+
+@pytest.mark.parametrize("variant,kept", [("grpo", [4, 12]), ("sim", [4, 12])])
+def test_a_run_keeps_the_newest_checkpoint_and_the_one_its_rule_picks(tmp_path, variant, kept):
+    from marpipe.io.checkpoint import list_checkpoints
+    from marpipe.stages.select import keep_for_selection
+    exp = E.load(shrunk_config())                     # best_of: grpo, fix_decoder; window 2; fixed_step 4
+    rewards = [0.1, 0.2, 0.9, 0.8, 0.3, 0.2, 0.1, 0.5, 0.4, 0.3, 0.2, 0.1]
+    write_pruned_run(tmp_path / "all", rewards, 2, None)
+    write_pruned_run(tmp_path / "pruned", rewards, 2, keep_for_selection(exp, "hps", variant, tmp_path / "pruned"))
+    assert [s for s, _ in list_checkpoints(tmp_path / "pruned" / "checkpoints")] == kept
+    assert choose_step(exp, "hps", variant, tmp_path / "all")[0] == choose_step(exp, "hps", variant,
+                                                                                tmp_path / "pruned")[0] == 4
+    cfg = E.validate(shrunk_config())
+    cfg["selection"]["keep_all_checkpoints"] = True
+    assert keep_for_selection(E.Experiment(cfg), "hps", variant, tmp_path) is None
+
+
 def test_windowed_reward():
     rows = [{"step": s, "reward_mean": float(s)} for s in range(1, 7)]
     assert windowed_reward(rows, 4, 2) == 3.5
