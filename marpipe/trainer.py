@@ -3,7 +3,8 @@
 Runs from the CLI (``marpipe train``), from Snakemake rules, and under
 ``torchrun`` (gloo on CPU, NCCL on GPUs): prompts are sharded across ranks,
 every group lives on one rank (so group statistics are per prompt), and
-gradients are averaged across ranks before clipping.
+torch's DistributedDataParallel averages the gradients across ranks while the
+backward runs, before clipping.
 
 Resuming gives the uninterrupted run, bit for bit and byte for byte:
 
@@ -87,6 +88,21 @@ def dtype_policy(model: torch.nn.Module, parts: str, device) -> dict[str, str]:
             "optimizer_state": "float32", "frozen": ",".join(frozen) or "-", "kl_reference": name}
 
 
+class GRPOLoss(torch.nn.Module):
+    """The loss of one rollout batch as a module's ``forward``, so that torch's
+    DistributedDataParallel (which syncs what a ``forward`` computed) can wrap it: the model is
+    only reached through the MAR protocol's methods, never through ``model(...)``."""
+
+    def __init__(self, model: torch.nn.Module, cfg: GRPOConfig, ref_model: torch.nn.Module | None):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.ref = [ref_model]          # a list: the frozen reference is no submodule (DDP ignores it)
+
+    def forward(self, ro, adv):
+        # one optimizer step per rollout: the parameters that sampled ``ro`` are the current ones
+        return mar_grpo_loss(self.model, ro, adv, self.cfg, self.ref[0], theta_is_old=True)
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, cfg: GRPOConfig, prompts: Sequence[PromptItem],
                  reward: Reward, out_dir: str | Path, device: str | torch.device = "cpu",
@@ -117,6 +133,14 @@ class Trainer:
             if p.dtype != torch.float32:
                 p.data = p.data.float()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.loss_module = GRPOLoss(self.model, cfg, self.ref_model)
+        if self.world > 1:
+            # torch's DDP: gradients averaged in buckets while the backward runs; parameters a step's
+            # loss does not reach (e.g. a learned variance the loss never reads) are found and zeroed
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_module = DDP(self.loss_module, device_ids=ids, broadcast_buffers=False,
+                                   find_unused_parameters=True)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.mlflow = mlflow
         self.progress = progress and self.rank == 0
@@ -161,28 +185,14 @@ class Trainer:
     def compute_loss(self, ro, adv):
         self.model.train()
         with self.autocast():
-            # one optimizer step per rollout: the parameters that sampled ``ro`` are the current ones
-            return mar_grpo_loss(self.model, ro, adv, self.cfg, self.ref_model, theta_is_old=True)
-
-    def _all_reduce_grads(self) -> None:
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if self.world == 1 or not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
+            return self.loss_module(ro, adv)
 
     def train_step(self, step: int) -> dict:
         ro, rewards, adv, times = self.generate_and_score(step)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         out = self.compute_loss(ro, adv)
-        out.loss.backward()
-        self._all_reduce_grads()
+        out.loss.backward()                 # under DDP: the gradients are averaged over the ranks here
         for p in self.params:  # frozen-by-graph params (no path to the loss) get zero grads
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

@@ -51,8 +51,10 @@ OFFICIAL_PATHS = {"nova": ("NOVA",), "harmon": ()}
 #: the one-node CI cluster (.ci/cluster.sh: 2 CPUs, ~24 GB, two stand-in GPUs, no slurmdbd). Every
 #: rule the paper profile sizes is given here (a --set-resources on the command line replaces the
 #: profile's list), so each job fits on the node; GPU rules keep their gpu partition and ask for one
-#: stand-in GPU, which also makes `launcher` run plain `marpipe` instead of torchrun.
+#: stand-in GPU (`launcher` runs plain `marpipe`), but `train` for both (CI_RANKS): its jobs run as a
+#: real cluster runs them, torchrun over 2 gloo ranks (torch's DDP), through the `.bin/torchrun` shim.
 CI_GPU_RULES = ("verify_base_model", "warmup_head", "train", "generate", "evaluate")
+CI_RANKS = {"train": 2}
 CI_CPU_RULES = ("download_weights", "download_base_model", "select_checkpoint", "tables", "figures")
 
 
@@ -61,8 +63,8 @@ def ci_overrides(mem_mb: int = 2000, gpu_mem_mb: int = 4000) -> list[str]:
     the model rules, which hold a model family's side venv, the tiny models and the reward's scorers:
     ~1 GB resident measured)."""
     res = [f"{r}:{k}={v}" for r in CI_GPU_RULES
-           for k, v in (("gpu", 1), ("slurm_partition", "gpu"), ("cpus_per_gpu", 1), ("mem_mb", gpu_mem_mb),
-                        ("runtime", 30))]
+           for k, v in (("gpu", CI_RANKS.get(r, 1)), ("slurm_partition", "gpu"), ("cpus_per_gpu", 1),
+                        ("mem_mb", gpu_mem_mb), ("runtime", 30))]
     res += [f"{r}:{k}={v}" for r in CI_CPU_RULES
             for k, v in (("slurm_partition", "cpu"), ("cpus_per_task", 1), ("mem_mb", mem_mb), ("runtime", 30))]
     return ["--slurm-status-command", "squeue",            # no slurmdbd: sacct does not answer
@@ -165,30 +167,43 @@ def family_env(family: str | None, env: dict, root: Path = REPO_ROOT) -> tuple[s
     return str(py), env
 
 
-def run_family(argv: list[str]) -> int:
-    """Exec ``python -m marpipe ARGV`` in the interpreter of the command's model family."""
+def _exec_in_family(command: list[str], prog: str, args: list[str]) -> int:
+    """Exec ``python ARGS`` in the interpreter of the marpipe ``command``'s model family."""
     family = None
-    cfg_path = command_config(argv)
-    if cfg_path and Path(cfg_path).is_file() and argv and argv[0] in FAMILY_COMMANDS:
-        family = family_of(argv, yaml.safe_load(Path(cfg_path).read_text()) or {})
+    cfg_path = command_config(command)
+    if cfg_path and Path(cfg_path).is_file() and command and command[0] in FAMILY_COMMANDS:
+        family = family_of(command, yaml.safe_load(Path(cfg_path).read_text()) or {})
     try:
         py, env = family_env(family, dict(os.environ))
     except FamilyError as e:
-        print(f"marpipe {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     sys.stdout.flush()
-    os.execve(py, [py, "-m", "marpipe", *argv], env)
+    os.execve(py, [py, *args], env)
     return 0  # not reached
 
 
+def run_family(argv: list[str]) -> int:
+    """Exec ``python -m marpipe ARGV`` in the interpreter of the command's model family."""
+    return _exec_in_family(argv, f"marpipe {argv[0] if argv else ''}", ["-m", "marpipe", *argv])
+
+
+def run_torchrun(argv: list[str]) -> int:
+    """Exec ``torchrun ARGV`` (``... -m marpipe CMD ...``, the `launcher` of a multi-GPU rule) with the
+    interpreter of the marpipe command's model family."""
+    cut = next((i + 2 for i in range(len(argv) - 1) if argv[i:i + 2] == ["-m", "marpipe"]), len(argv))
+    return _exec_in_family(argv[cut:], "torchrun", ["-m", "torch.distributed.run", *argv])
+
+
 def write_launcher(directory: Path) -> Path:
-    """``<directory>/.bin/marpipe``: the family launcher, first on the jobs' PATH."""
+    """``<directory>/.bin/marpipe`` and ``.bin/torchrun``: the family launchers, first on the jobs' PATH."""
     bindir = Path(directory).resolve() / ".bin"
     bindir.mkdir(parents=True, exist_ok=True)
-    exe = bindir / "marpipe"
-    exe.write_text("#!/bin/sh\n# written by python -m marpipe.hub rehearse: each model family in its side venv\n"
-                   f"exec {shlex.quote(sys.executable)} -m marpipe.hub.rehearse family -- \"$@\"\n")
-    exe.chmod(0o755)
+    for name, sub in (("marpipe", "family"), ("torchrun", "torchrun")):
+        exe = bindir / name
+        exe.write_text("#!/bin/sh\n# written by python -m marpipe.hub rehearse: each model family in its side venv\n"
+                       f"exec {shlex.quote(sys.executable)} -m marpipe.hub.rehearse {sub} -- \"$@\"\n")
+        exe.chmod(0o755)
     return bindir
 
 
@@ -301,9 +316,10 @@ def rehearse(profile: str, directory: str, config: str = CONFIG, extra: list[str
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["family"]:
+    if argv[:1] in (["family"], ["torchrun"]):
         rest = argv[1:]
-        return run_family(rest[1:] if rest[:1] == ["--"] else rest)
+        run = run_family if argv[0] == "family" else run_torchrun
+        return run(rest[1:] if rest[:1] == ["--"] else rest)
     ap = argparse.ArgumentParser(prog="python -m marpipe.hub.rehearse", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="slurm-paper")
     ap.add_argument("--directory", default="rehearsal")

@@ -83,6 +83,26 @@ def test_launcher_is_written_into_the_working_folder(tmp_path):
     bindir = R.write_launcher(tmp_path / "rehearsal")
     exe = bindir / "marpipe"
     assert exe.stat().st_mode & 0o111 and "marpipe.hub.rehearse family" in exe.read_text()
+    assert "marpipe.hub.rehearse torchrun" in (bindir / "torchrun").read_text()
+
+
+def test_the_torchrun_shim_runs_a_family_command_in_its_side_venv(tmp_path, monkeypatch):
+    """A multi-GPU rule's ``torchrun --standalone --nproc_per_node=2 -m marpipe train ...`` (the rehearsal
+    runs train on 2 ranks) starts torch's launcher in the model family's interpreter."""
+    py = _fake_venv(tmp_path, "harmon")
+    monkeypatch.setattr(R, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(R, "family_env", lambda fam, env, root=tmp_path: (str(py) if fam else R.sys.executable, env))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"models": {"harmon": {"adapter": "harmon"}}}))
+    calls = []
+    monkeypatch.setattr(R.os, "execve", lambda exe, args, env: calls.append((exe, args)))
+    launch = ["--standalone", "--nproc_per_node=2", "-m", "marpipe"]
+    R.run_torchrun([*launch, "train", "--config", str(cfg), "--model", "harmon"])
+    assert calls[-1][0] == str(py)
+    assert calls[-1][1][1:] == ["-m", "torch.distributed.run", *launch, "train", "--config", str(cfg), "--model",
+                                "harmon"]
+    R.run_torchrun([*launch, "select", "--config", str(cfg)])
+    assert calls[-1][0] == R.sys.executable
 
 
 # --- the snakemake call: --profile slurm-paper fitted onto the one-node CI cluster ---------------
@@ -97,7 +117,7 @@ def test_ci_overrides_fit_every_sized_rule_of_the_paper_profile_onto_the_ci_node
         res.setdefault(rule, {})[k] = v
     assert set(prof["set-resources"]) <= set(res), "a rule the paper profile sizes keeps its paper size"
     for rule, r in res.items():
-        assert int(r["mem_mb"]) <= 8000 and int(r.get("gpu", 0)) <= 1           # the node: 2 CPUs, ~24 GB
+        assert int(r["mem_mb"]) <= 8000 and int(r.get("gpu", 0)) <= R.CI_RANKS.get(rule, 1) <= 2  # 2 CPUs, ~24 GB
         assert int(r.get("cpus_per_gpu", r.get("cpus_per_task", 1))) == 1
         want = "gpu" if "gpu" in prof["set-resources"][rule] else "cpu"
         assert r["slurm_partition"] == want
