@@ -71,10 +71,10 @@ study: $(STAMP)
 
 # the rehearsal (issue 14): the PAPER DAG (config/rehearsal.yaml: config.yaml at tiny sizes) end to end on
 # CPU against the local hub of tiny random-weight models in the real repositories' layouts (.marpipe/hub,
-# built on first use), through --profile slurm-paper on the one-node cluster (.ci/cluster.sh up) with the
+# built on first use), through --profile slurm on the one-node cluster (.ci/cluster.sh up) with the
 # overrides that node needs, in rehearsal/; NOVA/Harmon jobs run in .venv-nova/.venv-harmon. Without SLURM:
 # make rehearse REHEARSE_PROFILE=local. Prints each rule's job count and summed wall time.
-REHEARSE_PROFILE ?= slurm-paper
+REHEARSE_PROFILE ?= slurm
 REHEARSE_DIR     ?= rehearsal
 rehearse: $(STAMP) $(OFFICIAL_STAMPS)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m marpipe.hub.rehearse --profile $(REHEARSE_PROFILE) \

@@ -1,6 +1,6 @@
 """``make rehearse``: the paper DAG end to end on CPU against the local hub (issue 14, part 2).
 
-    python -m marpipe.hub rehearse [--profile slurm-paper|local] [--directory rehearsal] [-- SNAKEMAKE_ARGS]
+    python -m marpipe.hub rehearse [--profile slurm|local] [--directory rehearsal] [-- SNAKEMAKE_ARGS]
 
 1. builds the local hub (``.marpipe/hub``) unless it is built and its pins match ``config/rehearsal.yaml``,
    and serves it (``HF_ENDPOINT``) unless a server already answers there;
@@ -59,7 +59,7 @@ CI_CPU_RULES = ("download_weights", "download_base_model", "select_checkpoint", 
 
 
 def ci_overrides(mem_mb: int = 2000, gpu_mem_mb: int = 4000) -> list[str]:
-    """Snakemake arguments that fit ``--profile slurm-paper`` onto the one-node CI cluster (``gpu_mem_mb``:
+    """Snakemake arguments that fit ``--profile slurm`` onto the one-node CI cluster (``gpu_mem_mb``:
     the model rules, which hold a model family's side venv, the tiny models and the reward's scorers:
     ~1 GB resident measured)."""
     res = [f"{r}:{k}={v}" for r in CI_GPU_RULES
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         run = run_family if argv[0] == "family" else run_torchrun
         return run(rest[1:] if rest[:1] == ["--"] else rest)
     ap = argparse.ArgumentParser(prog="python -m marpipe.hub.rehearse", description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="slurm-paper")
+    ap.add_argument("--profile", default="slurm")
     ap.add_argument("--directory", default="rehearsal")
     ap.add_argument("--config", default=CONFIG)
     ap.add_argument("--hub", default=HUB_DIR)

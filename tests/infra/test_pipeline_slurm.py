@@ -49,7 +49,7 @@ def slurm_job_ids() -> set[str]:
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, slurm_cluster, mlflow_server):
-    """Copy the working tree into a new git repo and run `snakemake --profile slurm all` there."""
+    """Copy the working tree into a new git repo and run `snakemake --profile slurm-ci all` there."""
     base = tmp_path_factory.mktemp("e2e")
     repo, remote = base / "repo", base / "dvc-remote"
     files = sh(["git", "ls-files", "-co", "--exclude-standard"], ROOT).stdout.split()
@@ -61,7 +61,7 @@ def pipeline_run(tmp_path_factory, slurm_cluster, mlflow_server):
     sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", repo)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server,
            "MARPIPE_DVC_REMOTE": str(remote), "OMP_NUM_THREADS": "1"}
-    run = sh(["snakemake", "all", "--profile", "slurm", "--configfile", "config/ci.yaml"], repo, env, check=False)
+    run = sh(["snakemake", "all", "--profile", "slurm-ci", "--configfile", "config/ci.yaml"], repo, env, check=False)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
     return {"repo": repo, "remote": remote, "env": env, "log": run.stdout + run.stderr}
 
@@ -136,7 +136,7 @@ def test_bad_config_submits_nothing(pipeline_run, tmp_path):
     cfg["train"]["top_k"] = 1.5
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     before = slurm_job_ids()
-    r = sh(["snakemake", "all", "--profile", "slurm", "--configfile", str(tmp_path / "bad.yaml")], repo, env,
+    r = sh(["snakemake", "all", "--profile", "slurm-ci", "--configfile", str(tmp_path / "bad.yaml")], repo, env,
            check=False)
     assert r.returncode != 0
     assert "config.train.top_k = 1.5: 1.5 is greater than the maximum of 1" in r.stdout + r.stderr

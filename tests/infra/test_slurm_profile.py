@@ -47,15 +47,15 @@ def _record(path) -> dict[str, str]:
 
 
 def test_profile_is_found_from_repo_root(tmp_path):
-    """`--profile slurm` (relative) resolves to the repo's folder when run from the root."""
+    """`--profile slurm-ci` (relative) resolves to the repo's folder when run from the root."""
     res = _snakemake(
-        "--profile", "slurm", "--snakefile", str(FIXTURE),
+        "--profile", "slurm-ci", "--snakefile", str(FIXTURE),
         "--directory", str(tmp_path), "--dry-run", "all",
         cwd=REPO, timeout=120,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
-    assert f"Using profile {REPO / 'slurm'}" in out or "Using profile slurm" in out, out
+    assert f"Using profile {REPO / 'slurm-ci'}" in out or "Using profile slurm-ci" in out, out
     # the profile's set-resources reach the jobs
     train = out[out.index("rule train:"):]
     assert "slurm_partition=gpu" in train and "gpu=1" in train, out
@@ -63,13 +63,13 @@ def test_profile_is_found_from_repo_root(tmp_path):
 
 def test_workflow_runs_through_sbatch(slurm_cluster, tmp_path):
     res = _snakemake(
-        "--profile", str(REPO / "slurm"), "--snakefile", str(FIXTURE),
+        "--profile", str(REPO / "slurm-ci"), "--snakefile", str(FIXTURE),
         "--directory", str(tmp_path), "all",
         cwd=tmp_path, timeout=840,
     )
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-6000:]
-    assert f"Using profile {REPO / 'slurm'}" in log
+    assert f"Using profile {REPO / 'slurm-ci'}" in log
 
     job_ids = {}
     for rule, (partition, wants_gpu) in EXPECTED.items():

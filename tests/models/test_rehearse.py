@@ -1,7 +1,7 @@
 """``make rehearse`` (``marpipe.hub.rehearse``) and the fixes its runs found (issue 14, parts 2-3).
 
 Fast: no snakemake run, no hub. The rehearsal itself (the paper DAG on the local hub through
-``--profile slurm-paper``) is ``make rehearse``.
+``--profile slurm``) is ``make rehearse``.
 """
 from __future__ import annotations
 
@@ -105,9 +105,9 @@ def test_the_torchrun_shim_runs_a_family_command_in_its_side_venv(tmp_path, monk
     assert calls[-1][0] == R.sys.executable
 
 
-# --- the snakemake call: --profile slurm-paper fitted onto the one-node CI cluster ---------------
+# --- the snakemake call: --profile slurm fitted onto the one-node CI cluster ---------------
 def test_ci_overrides_fit_every_sized_rule_of_the_paper_profile_onto_the_ci_node():
-    prof = yaml.safe_load((ROOT / "slurm-paper" / "config.yaml").read_text())
+    prof = yaml.safe_load((ROOT / "slurm" / "config.yaml").read_text())
     args = R.ci_overrides()
     i = args.index("--set-resources")
     res = {}
@@ -125,8 +125,8 @@ def test_ci_overrides_fit_every_sized_rule_of_the_paper_profile_onto_the_ci_node
 
 
 def test_snakemake_command_keeps_the_profile_and_puts_configfile_last():
-    cmd = R.snakemake_command("slurm-paper", "rehearsal", extra=["-n"])
-    assert cmd[cmd.index("--profile") + 1] == str(ROOT / "slurm-paper")
+    cmd = R.snakemake_command("slurm", "rehearsal", extra=["-n"])
+    assert cmd[cmd.index("--profile") + 1] == str(ROOT / "slurm")
     assert cmd[cmd.index("--directory") + 1] == "rehearsal"
     assert cmd[-3:] == ["--configfile", str(REHEARSAL), "-n"]
     local = R.snakemake_command("local", "rehearsal")

@@ -100,7 +100,7 @@ def test_the_profiles_name_only_rules_that_exist():
     """A resource entry for a rule name that does not exist is silently ignored by snakemake."""
     r = snakemake("--list", "--configfile", str(ROOT / "config" / "small.yaml"))
     rules = set(r.stdout.split())
-    for profile in ("slurm", "slurm-paper", "local"):
+    for profile in ("slurm", "slurm-ci", "local"):
         named = set(yaml.safe_load((ROOT / profile / "config.yaml").read_text()).get("set-resources") or {})
         assert named <= rules, f"{profile}/config.yaml names no such rule: {sorted(named - rules)}"
     assert {"download_base_model", "download_weights", "train"} <= rules
