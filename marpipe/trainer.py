@@ -225,8 +225,10 @@ class Trainer:
     def save(self, step: int) -> Path | None:
         if self.rank != 0:
             return None
+        trained = {id(p) for p in self.params}
         path = ckpt.save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
-                                    meta={"config": self.cfg.to_dict()})
+                                    meta={"config": self.cfg.to_dict()},
+                                    trained={n for n, p in self.model.named_parameters() if id(p) in trained})
         if self.keep is not None:
             ckpt.prune(self.out_dir / "checkpoints", self.keep)
         return path

@@ -119,9 +119,12 @@ def _rng_tensors() -> dict:
 
 
 def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None, meta: dict | None = None) -> Path:
-    """``meta`` must be plain JSON data; it is stored as canonical JSON."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                    optimizer: torch.optim.Optimizer | None, meta: dict | None = None,
+                    trained: set[str] | None = None) -> Path:
+    """``meta`` must be plain JSON data; it is stored as canonical JSON. ``trained``: the names of the
+    trained parameters, the only model tensors written (the rest is the run's start weights)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+               if trained is None or k in trained}
     metadata = {"step": str(step), "meta": canonical_json(meta or {})}
     if optimizer is not None:
         opt, groups = _optimizer_tensors(optimizer)
@@ -188,7 +191,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module,
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(model_sd, strict=True)
+    load_overlay(model, model_sd, path)
     if optimizer is not None:
         if "optimizer" not in metadata:
             raise ValueError(f"{path}: holds no optimizer state (a weights-only file cannot be resumed)")
@@ -206,6 +209,15 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module,
             if cuda:
                 torch.cuda.set_rng_state_all(cuda)
     return {"step": int(metadata["step"]), "meta": json.loads(metadata.get("meta", "{}"))}
+
+
+def load_overlay(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``tensors`` over ``model``'s: every tensor must name one of the model's (a checkpoint or a
+    weights file holds the trained parameters; what it lacks stays as the model was built)."""
+    unexpected = model.load_state_dict(dict(tensors), strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"{source}: {len(unexpected)} tensors name nothing in {type(model).__name__} "
+                         f"(e.g. {sorted(unexpected)[:3]}): weights of another model or variant")
 
 
 def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:

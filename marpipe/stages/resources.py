@@ -11,6 +11,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -77,15 +78,16 @@ def model_spec(exp: Experiment, model: str, root: str | Path = "resources/models
 
 
 def load_base_model(exp: Experiment, model: str, device, root: str | Path = "resources/models",
-                    weights: str | Path | None = None):
-    """The base model (or a fine-tuned state of it when ``weights`` is a checkpoint/weights file)."""
-    from marpipe.io.checkpoint import load_model_weights
+                    weights: str | Path | Sequence[str | Path] | None = None):
+    """The base model, with ``weights`` (checkpoints / weights files of trained parameters, e.g. the
+    warmed-up head, then a selected checkpoint) loaded over it in order."""
+    from marpipe.io.checkpoint import load_model_weights, load_overlay
     from marpipe.models.registry import load_model
     m = exp.cfg["models"][model]
     net = load_model(model_spec(exp, model, root), device=device, sampling=m.get("sampling"),
                      gradient_checkpointing=m.get("gradient_checkpointing", False))
-    if weights is not None:
-        net.load_state_dict(load_model_weights(weights), strict=True)
+    for w in [] if weights is None else [weights] if isinstance(weights, (str, Path)) else weights:
+        load_overlay(net, load_model_weights(w), w)
     return net
 
 

@@ -76,3 +76,26 @@ def test_a_bf16_run_resumes_exactly_from_its_float32_master_weights(tmp_path):
     resumed.train(resume=True)
     assert all(p.dtype == torch.float32 for p in resumed.params)
     assert all(torch.equal(a, b) for a, b in zip(full.params, resumed.params))
+
+
+def test_a_checkpoint_holds_the_trained_parameters_and_loads_over_the_start_weights(tmp_path):
+    """+Fix Decoder trains the AR part: its checkpoints hold no head tensor (and no buffer); the head
+    comes from the weights the run started from (Harmon: the warmed-up head), loaded first."""
+    import pytest
+
+    from marpipe.io.checkpoint import latest_valid, load_model_weights, load_overlay
+    start = tiny("tiny-nova")
+    with torch.no_grad():                       # the "warmed-up" head the run starts from
+        for p in start.head_parameters():
+            p.add_(0.01)
+    t = trainer(copy.deepcopy(start), tmp_path, "run", steps=1, save_every=1, fix_decoder=True)
+    t.train()
+    saved = load_model_weights(latest_valid(tmp_path / "run" / "checkpoints"))
+    names = {n for n, p in t.model.named_parameters() if any(p is q for q in t.model.ar_parameters())}
+    assert set(saved) == names
+    rebuilt = tiny("tiny-nova")                 # the base model: the start (warm) weights, then the checkpoint
+    load_overlay(rebuilt, {n: p for n, p in start.named_parameters() if n not in names}, "warm")
+    load_overlay(rebuilt, saved, "checkpoint")
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), t.model.state_dict().values()))
+    with pytest.raises(ValueError, match="name nothing in TinyMAR.*weights of another model"):
+        load_overlay(rebuilt, {"no.such.tensor": torch.zeros(1)}, "x.safetensors")

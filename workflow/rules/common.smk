@@ -96,12 +96,19 @@ def run_dir(model, reward, variant, seed):
 
 
 def row_weights(wildcards):
-    """A row's weights: the selected checkpoint of its run, or nothing for the base model."""
+    """A row's weights: its run's start weights (the warmed-up head, where the model has one) and the
+    selected checkpoint's trained parameters over them; nothing for the base model."""
     reward, variant, seed = E.parse_row_id(wildcards.row)
     if reward is None:
         return {}
     selected = f"results/selected/{wildcards.model}/{reward}/{variant}/seed{seed}"
-    return {"weights": f"{selected}.safetensors", "selection": f"{selected}.json"}
+    return {**start_weights(wildcards), "weights": f"{selected}.safetensors", "selection": f"{selected}.json"}
+
+
+def weights_args(wildcards, input):
+    """``--weights`` of a generate job: the start weights, then the selected ones (loaded in order)."""
+    files = [input[k] for k in ("warm", "weights") if k in input.keys()]
+    return f"--weights {' '.join(files)}" if files else ""
 
 
 def row_args(wildcards):

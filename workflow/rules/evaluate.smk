@@ -10,7 +10,7 @@ rule generate:
         "results/images/{model}/{row}/{suite}.npz",
     params:
         config=CONFIG,
-        weights=lambda w, input: f"--weights {input.weights}" if "weights" in input.keys() else "",
+        weights=weights_args,
     log:
         "logs/generate/{model}/{row}/{suite}.log",
     benchmark:
