@@ -190,6 +190,14 @@ def cmd_bench(args):
     elif args.what == "warmup":
         args.config = args.config or "config/small.yaml"
         bench_warmup_cmd(args)
+    elif args.what == "memory":
+        from marpipe.bench import bench_memory
+        bench_memory(images=args.images, factor=args.factor, image_size=args.image_size, as_json=args.json,
+                     config=args.config or "config/small.yaml")
+    elif args.what == "gpu":
+        from marpipe.bench_gpu import bench_gpu
+        bench_gpu(size=args.size, device=args.device, dtype=args.dtype, models=args.models, variants=args.variants,
+                  config=args.config or "config.yaml", as_json=args.json)
     elif args.what == "grad-noise":
         from marpipe.gradnoise import bench_grad_noise
         if args.weights and not Path(args.weights).is_file():
@@ -277,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("generate", cmd_generate, "sample a benchmark's images for one row")
     for a in ("--model", "--suite", "--out", "--prompt-dir"):
         s.add_argument(a, required=True)
-    s.add_argument("--weights", help="fine-tuned weights (default: the base model)")
+    s.add_argument("--weights", nargs="+", help="weights over the base model, in order: the run's start weights "
+                                                "(a warmed-up head), then the selected checkpoint (default: none)")
     s.add_argument("--row", default="base"); s.add_argument("--resources", default="resources")
 
     s = add("evaluate", cmd_evaluate, "score a row's images with the suite's metrics; log to MLflow")
@@ -333,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
 
     s = add("bench", cmd_bench, "benchmarks that print figures", config=False)
-    s.add_argument("what", choices=["train-step", "reward-rise", "warmup", "metrics", "grad-noise"])
+    s.add_argument("what", choices=["train-step", "reward-rise", "warmup", "metrics", "grad-noise", "memory", "gpu"])
     s.add_argument("--config", default=None,
-                   help="experiment config (warmup: default config/small.yaml; metrics: default config.yaml)")
+                   help="experiment config (warmup, memory: default config/small.yaml; metrics: default config.yaml)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--steps", type=int, default=None,
                    help="measured steps per variant (train-step: 5) / training steps (reward-rise: 30, "
@@ -368,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="grad-noise: seed of the recorded batch and the draws")
     s.add_argument("--prompts", type=int, default=None,
                    help="grad-noise: prompts in the batch, x4 images each (tiny: 3, a model spec: 1)")
+    s.add_argument("--images", type=int, default=256, help="memory: images of the smaller run (N)")
+    s.add_argument("--factor", type=int, default=8, help="memory: the larger run has factor x N images")
+    s.add_argument("--image-size", type=int, default=64, help="memory: pixels per side of the tiny model's images")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="gpu: compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    s.add_argument("--variants", nargs="*", choices=["grpo", "fix_decoder", "mte", "sim"],
+                   help="gpu: variants stepped (default all four); --size tiny|real, --models "
+                        "tiny-nova tiny-harmon | nova harmon, --config (default config.yaml)")
     s.add_argument("--device")
     return p
 

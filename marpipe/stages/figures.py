@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from marpipe.experiment import BASE, row_id
-from marpipe.io.files import load_images, to_uint8
+from marpipe.io.files import open_images, to_uint8
 from marpipe.io.tracking import read_jsonl
 
 # display names and colours shared by all figures (the paper's names)
@@ -134,21 +134,21 @@ def sample_grid(bundles: dict[str, str | Path], out_png: str | Path, n_prompts: 
     for name, path in bundles.items():
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no image bundle for {name!r} (run the evaluate stage first)")
-        loaded[name] = load_images(path)
+        loaded[name] = open_images(path)
     first = next(iter(loaded.values()))
     prompts = first["prompts"][:n_prompts]
     if not prompts:
         raise ValueError(f"sample_grid: {next(iter(bundles.values()))} holds no prompts")
-    size = int(first["images"].shape[-1])
+    size = int(first["images"].shape[2])
     tiles = []
     for bundle in loaded.values():
-        images = to_uint8(bundle["images"])
+        images = bundle["images"]
         index = list(bundle["prompt_index"])
-        row = []
-        for c, prompt in enumerate(prompts):
-            j = _first_image_of(bundle, index, prompt, c)
-            row.append(None if j is None or images.shape[1] != size else images[j])
-        tiles.append(row)
+        at = [_first_image_of(bundle, index, prompt, c) for c, prompt in enumerate(prompts)]
+        keep = [c for c, j in enumerate(at) if j is not None] if images.shape[1] == size else []
+        drawn = dict(zip(keep, images[[at[c] for c in keep]]))       # only the images drawn are read
+        tiles.append([drawn.get(c) for c in range(len(prompts))])
+        images.close()
     row_labels = [(labels or {}).get(name, display_label(name)) for name in loaded]
     return _draw_grid(tiles, row_labels, prompts, size, out_png)
 
