@@ -27,7 +27,7 @@ rule all:
 
 
 onstart:
-    session.ensure_tracking_server(config["mlflow"].get("tracking_uri"))
+    session.ensure_tracking_server(config["mlflow"].get("tracking_uri"), host=config["mlflow"].get("host"))
 
 
 onsuccess:

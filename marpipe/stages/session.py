@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,12 @@ def ensure_cli_on_path() -> None:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def ensure_tracking_server(configured: str | None, state: str | Path = ".marpipe") -> str:
+def ensure_tracking_server(configured: str | None, state: str | Path = ".marpipe", host: str | None = None) -> str:
     """Config ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else start a server for this run.
 
+    A started server binds ``host`` (config ``mlflow.host``; default: this host's name, which the
+    compute nodes reach) and, unless that is a loopback address, runs MLflow's basic-auth app: its
+    credentials are exported as ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` with the URI.
     The URI is exported so that every job (local, or SLURM with ``--export=ALL``) logs to it. The
     started server keeps its port across restarts (``<state>/mlflow/port``, see
     ``workflow/scripts/mlflow-server.sh``), so the URI that jobs and ``MLFLOW_TRACKING_URI`` hold
@@ -29,10 +33,15 @@ def ensure_tracking_server(configured: str | None, state: str | Path = ".marpipe
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        env = {**os.environ, "MARPIPE_STATE": str(Path(state).resolve())}
+        env = {**os.environ, "MARPIPE_STATE": str(Path(state).resolve()),
+               "MARPIPE_MLFLOW_HOST": host or socket.gethostname()}
         uri = subprocess.run(["bash", str(SERVER_SCRIPT), "up"], env=env, check=True,
                              capture_output=True, text=True).stdout.strip()
         _started.append(env)
+        password = Path(state) / "mlflow" / "auth" / "password"
+        if password.is_file():
+            os.environ["MLFLOW_TRACKING_USERNAME"] = "marpipe"
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password.read_text().strip()
         print(f"[marpipe] MLflow: started a tracking server at {uri} (state in {state}/mlflow)", file=sys.stderr)
     else:
         from marpipe.io.tracking import MLflowUnreachable, check_reachable

@@ -67,3 +67,43 @@ def test_two_processes_log_concurrently(mlflow_server):
         assert len(client.get_metric_history(run_id, "reward")) == 20
         text = mlflow.artifacts.load_text(f"runs:/{run_id}/notes/hello.txt")
         assert text == f"hello from {worker}"
+
+
+def test_the_pipelines_server_off_loopback_asks_for_its_password(tmp_path):
+    """The pipeline binds its server to this host's name (the compute nodes reach it), and off loopback
+    with MLflow's basic auth: a client without the credentials the pipeline exports gets 401."""
+    import socket
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from marpipe.stages import session
+    script = session.SERVER_SCRIPT
+    env = {**os.environ, "MARPIPE_STATE": str(tmp_path), "MARPIPE_MLFLOW_AUTH": "on",
+           "MARPIPE_MLFLOW_HOST": socket.gethostname()}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with socket.socket() as s:                     # a free port, not the CI server's
+        s.bind(("127.0.0.1", 0))
+        env["MARPIPE_MLFLOW_PORT"] = str(s.getsockname()[1])
+    uri = subprocess.run(["bash", str(script), "up"], env=env, check=True, capture_output=True,
+                         text=True).stdout.strip()
+    try:
+        assert uri == f"http://{socket.gethostname()}:{env['MARPIPE_MLFLOW_PORT']}"
+        password = (tmp_path / "mlflow" / "auth" / "password")
+        assert password.stat().st_mode & 0o077 == 0
+        saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        try:
+            with pytest.raises(MlflowException, match="401"):
+                MlflowClient(uri).search_experiments()
+            os.environ.update(MLFLOW_TRACKING_USERNAME="marpipe", MLFLOW_TRACKING_PASSWORD=password.read_text().strip())
+            client = MlflowClient(uri)
+            run = client.create_run(client.create_experiment(f"auth-{uuid.uuid4().hex[:8]}"))
+            client.log_metric(run.info.run_id, "reward", 0.5, step=1)
+            assert client.get_metric_history(run.info.run_id, "reward")[0].value == 0.5
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None)
+                if v is not None:
+                    os.environ[k] = v
+    finally:
+        subprocess.run(["bash", str(script), "down"], env=env, capture_output=True)

@@ -17,6 +17,10 @@
 #   server.log  server output
 # Port: $MARPIPE_MLFLOW_PORT (an error if taken), else the recorded port (.../port) if free,
 # else 5000 if free, else a free one (logged: clients holding an older URI must be pointed at it).
+# Host: $MARPIPE_MLFLOW_HOST (default 127.0.0.1); the pipeline binds the submitting host's name, which
+# the compute nodes reach. Authentication: $MARPIPE_MLFLOW_AUTH = on | off | auto (default: on unless
+# the host is a loopback address): MLflow's basic-auth app, one admin user `marpipe` whose password is
+# generated once into auth/password (mode 600; clients: MLFLOW_TRACKING_USERNAME/PASSWORD).
 # mlflow binary: $MLFLOW_BIN, else <repo>/.venv/bin/mlflow, else PATH.
 set -euo pipefail
 
@@ -26,6 +30,8 @@ DIR="$STATE/mlflow"
 PIDF="$DIR/server.pid"
 URIF="$DIR/uri"
 PORTF="$DIR/port"
+HOST="${MARPIPE_MLFLOW_HOST:-127.0.0.1}"
+AUTHD="$DIR/auth"
 
 log() { echo "[mlflow] $*" >&2; }
 die() { echo "[mlflow] ERROR: $*" >&2; exit 1; }
@@ -50,19 +56,49 @@ PY
 running() { [ -s "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
 
 port_free() { # SO_REUSEADDR as the server sets it: a port left in TIME_WAIT by the last server is free
-  python3 - "$1" <<'PY'
+  python3 - "$1" "$HOST" <<'PY'
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.bind((sys.argv[2], int(sys.argv[1])))
 except OSError:
     sys.exit(1)
 PY
 }
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 -c 'import socket, sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$HOST"
+}
+
+auth_on() { # 0 if the server runs MLflow's basic-auth app
+  case "${MARPIPE_MLFLOW_AUTH:-auto}" in
+    on) return 0 ;;
+    off) return 1 ;;
+  esac
+  ! python3 - "$HOST" <<'PY'
+import ipaddress, socket, sys
+sys.exit(0 if ipaddress.ip_address(socket.gethostbyname(sys.argv[1])).is_loopback else 1)
+PY
+}
+
+auth_config() { # writes auth/basic_auth.ini (and the password, once); prints its path
+  mkdir -p "$AUTHD"; chmod 700 "$AUTHD"
+  local f
+  for f in password secret_key; do      # the admin password; the key of the auth app's CSRF tokens
+    [ -s "$AUTHD/$f" ] || (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > "$AUTHD/$f")
+  done
+  (umask 077; cat > "$AUTHD/basic_auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$AUTHD/basic_auth.db
+admin_username = marpipe
+admin_password = $(cat "$AUTHD/password")
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
+INI
+  )
+  echo "$AUTHD/basic_auth.ini"
 }
 
 cmd_up() {
@@ -79,7 +115,7 @@ cmd_up() {
   [ -s "$PORTF" ] && recorded="$(tr -dc 0-9 < "$PORTF")"
   if [ -n "${MARPIPE_MLFLOW_PORT:-}" ]; then
     port="$MARPIPE_MLFLOW_PORT"
-    port_free "$port" || die "port $port (MARPIPE_MLFLOW_PORT) is taken"
+    port_free "$port" || die "port $port (MARPIPE_MLFLOW_PORT) is taken on $HOST"
   elif [ -n "$recorded" ] && port_free "$recorded"; then
     port="$recorded"
   elif port_free 5000; then
@@ -89,14 +125,26 @@ cmd_up() {
   fi
   if [ -n "$recorded" ] && [ "$port" != "$recorded" ]; then
     log "WARNING: the recorded port $recorded is taken; the server moves to port $port:" \
-        "clients holding http://127.0.0.1:$recorded must be given the new URI (MLFLOW_TRACKING_URI)"
+        "clients holding http://$HOST:$recorded must be given the new URI (MLFLOW_TRACKING_URI)"
   fi
   echo "$port" > "$PORTF"
-  uri="http://127.0.0.1:$port"
+  uri="http://$HOST:$port"
+  local app=()
+  case "$HOST" in         # the Host header clients send must be allowed (MLflow: localhost + private IPs)
+    127.0.0.1|localhost) ;;
+    *) app+=(--allowed-hosts "$HOST:$port,$HOST,localhost:*,127.0.0.1:*") ;;
+  esac
+  if auth_on; then
+    app+=(--app-name basic-auth)
+    export MLFLOW_AUTH_CONFIG_PATH MLFLOW_FLASK_SERVER_SECRET_KEY
+    MLFLOW_AUTH_CONFIG_PATH="$(auth_config)"
+    MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$AUTHD/secret_key")"
+    log "basic auth on: user marpipe, password in $AUTHD/password"
+  fi
   # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no job runner + workers (2.3 GB -> ~0.5 GB)
   # setsid: own process group, so `down` stops the server and every worker it forked.
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$mlflow" server \
-      --host 127.0.0.1 --port "$port" \
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$mlflow" server "${app[@]}" \
+      --host "$HOST" --port "$port" \
       --backend-store-uri "sqlite:///$DIR/mlflow.db" \
       --artifacts-destination "$DIR/artifacts" --serve-artifacts \
       --workers "${MARPIPE_MLFLOW_WORKERS:-2}" \
