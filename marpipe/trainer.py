@@ -136,10 +136,11 @@ class Trainer:
         self.loss_module = GRPOLoss(self.model, cfg, self.ref_model)
         if self.world > 1:
             # torch's DDP: gradients averaged in buckets while the backward runs; parameters a step's
-            # loss does not reach (e.g. a learned variance the loss never reads) are found and zeroed
+            # loss does not reach (e.g. a learned variance the loss never reads) are found and zeroed; buffers,
+            # equal on every rank, are synced once at the start, not at each forward
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.loss_module = DDP(self.loss_module, device_ids=ids, broadcast_buffers=False,
+            self.loss_module = DDP(self.loss_module, device_ids=ids, forward_sync_buffers=False,
                                    find_unused_parameters=True)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.mlflow = mlflow
