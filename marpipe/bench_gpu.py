@@ -2,7 +2,7 @@
 
 For each model and each variant of the config (``grpo``, ``fix_decoder``, ``mte``, ``sim``), a fresh
 model goes through one step of the project's :class:`~marpipe.trainer.Trainer` at the paper's
-per-GPU batch (1 prompt x a group of 4 images: 3 prompts per step on 3 GPUs, FACTS.md section 2),
+per-GPU batch (1 prompt x a group of 4 images: ``config.yaml``'s 3 prompts per step on 3 GPUs),
 with the variant's settings from the config (``train`` + ``variants``; ``preset: reference`` in
 ``config.yaml``). The step is driven stage by stage (``generate_and_score``, ``compute_loss``,
 backward, gradient sync, clip + ``optimizer.step``) and timed without changing the code it runs:
@@ -49,7 +49,7 @@ PHASES = ("prompt_encoding", "rollout_ar", "rollout_head", "mte_extras", "decode
 ROLLOUT_PHASES = PHASES[:6]
 VARIANTS = ("grpo", "fix_decoder", "mte", "sim")
 PROMPT = "a photo of a cat sitting on a sofa"
-PAPER_GPUS = 3            # FACTS.md section 2: torchrun on 3 GPUs, 1 prompt x 4 images per GPU
+PAPER_GPUS = 3            # the reference trainers' torchrun over 3 GPUs, 1 prompt x 4 images per GPU
 STEP = 1
 SEED = 0
 REWARD = "mean brightness of the images (cheap, deterministic: the bench measures the generator)"

@@ -6,7 +6,7 @@ For ``marpipe bench gpu --size real``: nothing is downloaded. The official code 
 ``diffnext``. Run NOVA in ``.venv-nova`` (diffnext's Phi encoder needs transformers 4) and Harmon in
 ``.venv-harmon`` (einops); :func:`marpipe.bench_gpu.bench_gpu` starts those interpreters itself.
 
-The configs below are the published ones, taken from the official code and FACTS.md; the
+The configs below are the published ones, taken from the official code (cited where used); the
 tokenizers are stand-ins (a byte-level BPE trained here on a few sentences, in each model's
 tokenizer class and special tokens), since the real ones are downloads. NOVA pads every prompt to
 its 256 text slots, so its cost does not depend on the tokenizer; Harmon's prompt length does, a
@@ -52,28 +52,28 @@ OFFICIAL_ENV = "MARPIPE_OFFICIAL_CODE"
 # transformer: baaivision/NOVA@2cd254a:diffnext/models/transformers/transformer_nova.py registers the
 # architectures "d48w1024" names: video encoder vit_d16w1024 (16 blocks, width 1024, 16 heads), image
 # encoder vit_d32w1024 (32 blocks), head mlp_d6w1024 (6 blocks); absolute position embeddings
-# (rotary_pos_embed False). FACTS.md section 3: 512x512, SD VAE (4 latent channels, stride 8) -> 64x64
+# (rotary_pos_embed False). The sd512 model: 512x512, SD VAE (4 latent channels, stride 8) -> 64x64
 # latent, patch 2 -> 32x32 = 1,024 tokens; Phi text encoder, 2,560-d, 256 tokens. The video encoder's
 # patch is twice the image encoder's (transformer_nova.py), so its base grid is 16x16.
 # 645,693,456 parameters (marpipe/models/nova.py's memory table; tests/core/test_bench_gpu.py).
 NOVA_TRANSFORMER = dict(image_dim=4, image_size=512, image_stride=8, text_token_dim=2560, text_token_len=256,
                         image_base_size=[32, 32], video_base_size=[1, 16, 16], rotary_pos_embed=False,
                         arch=("vit_d16w1024", "vit_d32w1024", "mlp_d6w1024"))
-# text encoder: diffnext's PhiEncoderModel over Phi-2's config (FACTS.md section 3: 2,560-d; 32 layers,
+# text encoder: diffnext's PhiEncoderModel over Phi-2's config (2,560-d; 32 layers,
 # 32 heads, MLP 10,240, vocab 51,200, partial rotary 0.4: microsoft/phi-2's config.json, a download, as
 # tests/official/test_nova_official.py's test_real_nova_memory builds it), 2,779,683,840 parameters =
 # Phi-2's published 2.78B
 PHI2 = dict(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
             num_attention_heads=32, partial_rotary_factor=0.4)
 # VAE: diffnext@2cd254a:diffnext/models/autoencoders/autoencoder_kl.py AutoencoderKL at its SD defaults
-# (channels 128/256/512/512, 2 layers per block, scaling 0.18215) with 4 latent channels (FACTS.md 3)
+# (channels 128/256/512/512, 2 layers per block, scaling 0.18215) with 4 latent channels
 SD_VAE = dict(latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512)
-# scheduler: diffusers' DDPMScheduler (FACTS.md section 3; default clip_sample=True) with Stable
+# scheduler: diffusers' DDPMScheduler (BAAI/nova-d48w1024-sd512's model_index.json; default clip_sample=True) with Stable
 # Diffusion's betas, as tests/official/nova_tiny.py's SCHEDULER_CONFIG
 NOVA_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 # --- Harmon: wusize/Harmon-1_5B ------------------------------------------------------------------------
-# LLM: Qwen2.5-1.5B-Instruct (FACTS.md section 3; github wusize/Harmon@4eb6087:
+# LLM: Qwen2.5-1.5B-Instruct (github wusize/Harmon@4eb6087:
 # configs/models/qwen2_5_1_5b_kl16_mar_h.py llm_name_or_path). Sizes as marpipe/models/cost.py (28 layers,
 # hidden 1536, MLP 8960, 12 query / 2 key-value heads, tied embeddings; rope theta 1e6, RMS eps 1e-6 as
 # tests/official/harmon_tiny.py's TINY_LLM); vocab 151,936: Qwen/Qwen2.5-1.5B-Instruct's config.json (a
@@ -85,7 +85,7 @@ QWEN25_1_5B = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab
                    use_sliding_window=False)
 # MAR: github wusize/Harmon@4eb6087:configs/models/qwen2_5_1_5b_kl16_mar_h.py `mar=dict(type=mar_huge, ...)`
 # (mar_huge: AMAP-ML/mar-grpo@fcb7969:src/grpo/src/harmon/mar.py, 20 + 20 blocks of width 1280); the one
-# change: num_sampling_steps "25", the paper's 25-step head sampler (FACTS.md section 1), so the official
+# change: num_sampling_steps "25", the paper's 25-step head sampler (config.yaml's sampling), so the official
 # sampler runs the steps marpipe's rollout runs (the github config's "100" is its own default)
 HARMON_MAR = dict(type="mar_huge", img_size=256, vae_stride=16, patch_size=1, vae_embed_dim=16, mask_ratio_min=0.7,
                   label_drop_prob=0.1, class_num=1000, attn_dropout=0.1, proj_dropout=0.1, buffer_size=64,
