@@ -494,37 +494,12 @@ def test_cfg_schedule_official_default_is_constant(remote):
 # ------------------------------------------------------------------ the official sampling run, replayed
 @contextlib.contextmanager
 def _cpu_and_cache_shims(harmon_cls):
-    """Declared test-time shims for the full official run (see the module docstring): ``Tensor.cuda``
-    -> identity without CUDA; transformers >= 4.56's cache API for ``sample``'s
-    ``from_legacy_cache()`` / ``curtail_cache``."""
-    from transformers.cache_utils import DynamicCache
-    saved, notes = [], []
-    if not torch.cuda.is_available():
-        saved.append((torch.Tensor, "cuda", torch.Tensor.cuda))
-        torch.Tensor.cuda = lambda self, *a, **k: self
-        notes.append("Tensor.cuda -> identity")
-    _, legacy = _new_cache()
-    if not legacy:
-        saved.append((DynamicCache, "from_legacy_cache", DynamicCache.__dict__.get("from_legacy_cache")))
-        DynamicCache.from_legacy_cache = classmethod(lambda cls, past_key_values=None: cls())
-
-        def curtail_cache(past_key_values, cur_len):   # the official body, with 3-tuple iteration
-            for past_key_values_ in past_key_values:
-                keys, values = past_key_values_[:2]
-                keys.data = keys.data[:, :, :cur_len]
-                values.data = values.data[:, :, :cur_len]
-        saved.append((harmon_cls, "curtail_cache", harmon_cls.__dict__["curtail_cache"]))
-        harmon_cls.curtail_cache = staticmethod(curtail_cache)
-        notes.append("DynamicCache.from_legacy_cache() -> DynamicCache(), curtail_cache unpacks (k, v, ...)")
-    print(f"[harmon official] shims for the official run: {'; '.join(notes) or 'none'}")
-    try:
+    """Declared test-time shims for the full official run (see the module docstring): the ones
+    ``marpipe bench gpu`` runs the official sampler under (``Tensor.cuda`` -> identity without CUDA;
+    transformers >= 4.56's cache API for ``sample``'s ``from_legacy_cache()`` / ``curtail_cache``)."""
+    from marpipe.models.real_size import harmon_sampler_shims
+    with harmon_sampler_shims(harmon_cls):
         yield
-    finally:
-        for owner, attr, value in reversed(saved):
-            if value is None:
-                delattr(owner, attr)
-            else:
-                setattr(owner, attr, value)
 
 
 @pytest.fixture(scope="module")
