@@ -65,27 +65,38 @@ class PromptItem:
     metadata: dict
 
 
+def trained_parameters(model: torch.nn.Module, parts: str) -> list[torch.nn.Parameter]:
+    """The parameters ``parts`` (``all`` | ``ar`` | ``head``) names."""
+    return list({"all": model.parameters, "ar": model.ar_parameters, "head": model.head_parameters}[parts]())
+
+
 def set_trainable(model: torch.nn.Module, parts: str) -> list[torch.nn.Parameter]:
     """Freeze everything but ``parts`` (``all`` | ``ar`` | ``head``); returns the trained parameters."""
     for p in model.parameters():
         p.requires_grad_(False)
-    chosen = {"all": list(model.parameters()), "ar": list(model.ar_parameters()),
-              "head": list(model.head_parameters())}[parts]
+    chosen = trained_parameters(model, parts)
     for p in chosen:
         p.requires_grad_(True)
     return chosen
 
 
+def autocast_dtype(compute: torch.dtype, device) -> torch.dtype | None:
+    """The autocast dtype of a model loaded in ``compute``: that dtype where it is a half type, bf16 on
+    CUDA, none (float32) elsewhere."""
+    if compute in (torch.bfloat16, torch.float16):
+        return compute
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+
+
 def dtype_policy(model: torch.nn.Module, parts: str, device) -> dict[str, str]:
     """What :class:`Trainer` keeps in which dtype for ``model`` (as loaded), logged with the run."""
     compute = next(model.parameters()).dtype
-    trained = {id(p) for p in {"all": model.parameters, "ar": model.ar_parameters,
-                               "head": model.head_parameters}[parts]()}
+    trained = {id(p) for p in trained_parameters(model, parts)}
     frozen = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if id(p) not in trained})
     name = str(compute).removeprefix("torch.")
-    autocast = compute in (torch.bfloat16, torch.float16) or torch.device(device).type == "cuda"
-    return {"compute": name, "autocast": "on" if autocast else "off", "master_weights": "float32",
-            "optimizer_state": "float32", "frozen": ",".join(frozen) or "-", "kl_reference": name}
+    return {"compute": name, "autocast": "on" if autocast_dtype(compute, device) else "off",
+            "master_weights": "float32", "optimizer_state": "float32", "frozen": ",".join(frozen) or "-",
+            "kl_reference": name}
 
 
 class GRPOLoss(torch.nn.Module):
@@ -132,6 +143,8 @@ class Trainer:
         for p in self.params:
             if p.dtype != torch.float32:
                 p.data = p.data.float()
+        trained = {id(p) for p in self.params}
+        self.trained_names = {n for n, p in self.model.named_parameters() if id(p) in trained}
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.loss_module = GRPOLoss(self.model, cfg, self.ref_model)
         if self.world > 1:
@@ -150,11 +163,8 @@ class Trainer:
 
     # --- stages ------------------------------------------------------------------
     def autocast(self):
-        if self.compute_dtype in (torch.bfloat16, torch.float16):
-            return torch.autocast(self.device.type, dtype=self.compute_dtype)
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        dtype = autocast_dtype(self.compute_dtype, self.device)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
 
     def prompts_for_step(self, step: int) -> tuple[list[int], list[PromptItem]]:
         """The global batch of this step (same on every rank), then this rank's shard."""
@@ -226,10 +236,8 @@ class Trainer:
     def save(self, step: int) -> Path | None:
         if self.rank != 0:
             return None
-        trained = {id(p) for p in self.params}
         path = ckpt.save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
-                                    meta={"config": self.cfg.to_dict()},
-                                    trained={n for n, p in self.model.named_parameters() if id(p) in trained})
+                                    meta={"config": self.cfg.to_dict()}, trained=self.trained_names)
         if self.keep is not None:
             ckpt.prune(self.out_dir / "checkpoints", self.keep)
         return path

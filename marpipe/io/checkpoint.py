@@ -143,17 +143,16 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def prune(folder: str | Path, keep: Callable[[list[int]], set[int]]) -> list[int]:
-    """Delete the checkpoints of ``folder`` but the newest valid one and those ``keep(valid steps)``
-    names (invalid files go too: a resume never reads them); returns the deleted steps."""
-    found = list_checkpoints(folder)
-    valid = [s for s, p in found if is_valid(p)]
-    if not valid:
+    """Delete the checkpoints of ``folder`` but the newest and those ``keep(saved steps)`` names;
+    returns the deleted steps. Checkpoints are written atomically, so no file is read here (reading
+    every kept checkpoint at every save would cost more than the save)."""
+    saved = [s for s, _ in list_checkpoints(folder)]
+    if not saved:
         return []
-    kept = {valid[-1], *keep(valid)}
-    gone = [s for s, p in found if s not in kept]
-    for s, p in found:
-        if s not in kept:
-            p.unlink()
+    kept = {saved[-1], *keep(saved)}
+    gone = [s for s in saved if s not in kept]
+    for s in gone:
+        checkpoint_path(folder, s).unlink()
     return gone
 
 
