@@ -17,6 +17,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resources.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/scorers.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

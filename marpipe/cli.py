@@ -105,6 +105,15 @@ def cmd_evaluate(args):
     print(" ".join(f"{k}={v:.4f}" for k, v in rec["scores"].items()))
 
 
+def cmd_check_scorer(args):
+    from marpipe.metrics.scorer_check import ScorerCheckError, check_scorer
+    try:
+        check_scorer(experiment(args).cfg, args.weights, args.resources, out_json=args.out, out_table=args.table)
+    except ScorerCheckError as e:      # names the scorer, the value and its range; no traceback
+        print(f"marpipe check-scorer: error: {e}", file=sys.stderr)
+        return 1
+
+
 def cmd_tables(args):
     from marpipe.stages import tables as T
     exp = experiment(args)
@@ -295,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reward", help="the training reward (omit for a base model)")
     s.add_argument("--selection", help="the select step's JSON (which checkpoint)")
     s.add_argument("--seed", type=int, help="the run's training seed (with --reward)")
+    s.add_argument("--resources", default="resources")
+
+    s = add("check-scorer", cmd_check_scorer, "measure a CLIP-family scorer with clip-benchmark against its "
+                                              "expected ranges (config scorer_check); exit 1 outside them")
+    s.add_argument("weights", help="the checked weights entry (a key of scorer_check.checks)")
+    s.add_argument("--out", required=True); s.add_argument("--table", required=True)
     s.add_argument("--resources", default="resources")
 
     s = add("tables", cmd_tables, "Tables 1-2, ours beside the paper's (from score files or from MLflow)")

@@ -214,6 +214,7 @@ CAPTIONS = [  # (caption, wildcards of the file it describes, whether the tables
     ("verify.rst", {"model": "tiny-nova"}, True),
     ("ablations.rst", {"panel": "knobs"}, True), ("ablations.rst", {"panel": "curves"}, True),
     ("grad_noise.rst", {"model": "tiny-harmon"}, True),
+    ("scorer_check.rst", {"weights": "world_scorers"}, True),
 ]
 
 

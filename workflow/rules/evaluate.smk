@@ -27,6 +27,7 @@ rule evaluate:
         unpack(row_weights),
         images="results/images/{model}/{row}/{suite}.npz",
         scorers=lambda w: weights_for_scorers(EXP.suite_scorers(w.suite)),
+        checked=scorer_checks,
     output:
         "results/scores/{model}/{row}/{suite}.json",
     params:

@@ -144,5 +144,5 @@ rule dvc_push:
         "../../envs/pipeline.yaml"
     shell:
         "marpipe dvc-push --config {params.config} --out {output} resources results/verify results/tables"
-        " results/figures results/scores results/images results/selected results/runs results/mlflow.json"
+        " results/figures results/scorer_check results/scores results/images results/selected results/runs results/mlflow.json"
         " {params.ablations} > {log} 2>&1"
