@@ -175,3 +175,13 @@ def model_spec(wildcards):
     folder = f"resources/models/{wildcards.model}"
     return f"--weights {folder}/model.safetensors" if adapter == "tiny" else f"--model {adapter}:{folder}"
 
+
+# the scorer check (rules/scorers.smk)
+# (marpipe.metrics.scorer_check is not imported here: it would load torch on every snakemake call)
+SCORER_CHECKS = (EXP.cfg.get("scorer_check") or {}).get("checks", {})
+
+
+def scorer_checks(wildcards):
+    """The check records an evaluate job of ``wildcards.suite`` waits for: those of the folders it reads."""
+    read = EXP.weights_for(EXP.suite_scorers(wildcards.suite))
+    return [f"results/scorer_check/{w}.json" for w in SCORER_CHECKS if w in read]
