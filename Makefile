@@ -23,8 +23,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# NOVA's official package diffnext is not on PyPI: it goes into .venv-nova at the pinned commit, from
+# GitHub, or from a local copy of that commit where one exists (the official code the tests read)
+NOVA_COMMIT := 2cd254afdedae8670ccb492c28c53caa08f7b5a0
+OFFICIAL    ?= $(or $(MARPIPE_OFFICIAL_CODE),../shared/official)
+DIFFNEXT    ?= $(if $(wildcard $(OFFICIAL)/NOVA/setup.py),$(OFFICIAL)/NOVA,git+https://github.com/baaivision/NOVA.git@$(NOVA_COMMIT))
+.venv-nova/.installed: EXTRA_NO_DEPS = $(DIFFNEXT)
+
 .venv-%/.installed: envs/%-requirements.txt envs/make-venv.sh $(STAMP)
-	envs/make-venv.sh .venv-$* envs/$*-requirements.txt
+	EXTRA_NO_DEPS="$(EXTRA_NO_DEPS)" envs/make-venv.sh .venv-$* envs/$*-requirements.txt
 
 official-venvs: $(OFFICIAL_STAMPS)
 

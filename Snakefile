@@ -28,6 +28,8 @@ rule all:
 
 
 onstart:
+    refuse_unlocked()
+    refuse_undeployed()
     session.ensure_tracking_server(config["mlflow"].get("tracking_uri"), host=config["mlflow"].get("host"))
 
 

@@ -17,6 +17,10 @@
 # * Idempotent: NAME/.installed holds a hash of REQUIREMENTS, the base path and the base venv's list
 #   of installed distributions; when it matches, nothing is done. Delete NAME to start over.
 #
+# * EXTRA_NO_DEPS (environment): packages that are not on PyPI, installed `--no-deps` after the pins, e.g.
+#   NOVA's diffnext at its pinned commit: `git+https://github.com/baaivision/NOVA.git@<commit>`, or a local
+#   checkout of that commit (copied to a temporary folder first: its setup.py writes into the source tree).
+#
 # Lines that are not plain `name==version` pins (comments, blank lines, options) are ignored.
 set -euo pipefail
 
@@ -35,7 +39,8 @@ BASE_SITE=$("$BASE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()
 STAMP="$NAME/.installed"
 # the stamp: REQUIREMENTS, the base path and the base venv's installed distributions (a package
 # upgraded in the main venv makes the next run check the pins again)
-WANT=$( { cat "$REQ"; echo "base=$BASE_SITE"; ls "$BASE_SITE" | grep -E '\.(dist|egg)-info$' || true; } \
+EXTRA=${EXTRA_NO_DEPS:-}
+WANT=$( { cat "$REQ"; echo "base=$BASE_SITE"; echo "extra=$EXTRA"; ls "$BASE_SITE" | grep -E '\.(dist|egg)-info$' || true; } \
         | sha256sum | cut -d' ' -f1)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
@@ -78,5 +83,18 @@ if [ -n "$TODO" ]; then
 else
     echo "make-venv: every pin of $REQ is already met"
 fi
+for src in $EXTRA; do
+    if [ -d "$src" ]; then
+        tmp=$(mktemp -d)
+        cp -r "$src/." "$tmp/"
+        chmod -R u+w "$tmp"
+        echo "make-venv: pip install --no-deps $src (a copy) into $NAME"
+        "$NAME/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$tmp"
+        rm -rf "$tmp"
+    else
+        echo "make-venv: pip install --no-deps $src into $NAME"
+        "$NAME/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$src"
+    fi
+done
 echo "$WANT" > "$STAMP"
 echo "make-venv: $NAME ready (stamp $STAMP)"

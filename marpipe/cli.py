@@ -48,6 +48,33 @@ def cmd_check_config(args):
           f"{len(exp.trained_rewards)} rewards: {rows} training runs)")
 
 
+def cmd_lock(args):
+    from marpipe import lock as L
+    from marpipe.experiment import read_config
+    try:
+        new = L.resolve(read_config(args.config))
+    except L.LockError as e:
+        print(f"marpipe lock: error: {e}", file=sys.stderr)
+        return 2
+    path = L.lock_path(args.config)
+    if args.check:
+        old = L.read(path)
+        if old != new:
+            print(f"marpipe lock: {path} is {'missing' if old is None else 'out of date'}: run "
+                  f"`marpipe lock --config {args.config}` and commit it", file=sys.stderr)
+            return 1
+        print(f"{path}: up to date ({len(new['sources'])} downloads)")
+        return 0
+    print(f"{L.write(new, args.config)}: {len(new['sources'])} downloads locked")
+    return 0
+
+
+def cmd_preflight(args):
+    from marpipe.preflight import preflight
+    extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    return preflight(args.profile, args.configfile, args.directory, extra, args.accept_no_gpu)
+
+
 def cmd_fetch_model(args):
     from marpipe.stages.resources import fetch_base_model
     print(fetch_base_model(experiment(args), args.model, args.root, progress=not args.no_progress))
@@ -261,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
         return s
 
     add("check-config", cmd_check_config, "validate a config (file:line for YAML errors, key paths for the rest)")
+    s = add("lock", cmd_lock, "resolve every download of a config to a commit, each file to its size and sha256 "
+                              "(needs hub access; writes <config>.lock.yaml)", config=False)
+    s.add_argument("--config", default="config.yaml", help="experiment config (default: config.yaml)")
+    s.add_argument("--check", action="store_true", help="exit 1 unless the lock file is what `lock` would write")
+    s = add("preflight", cmd_preflight, "check the cluster (partitions, a GPU probe of each job environment, hub, "
+                                        "disk, MLflow, the lock) and estimate the run's GPU-hours and disk", config=False)
+    s.add_argument("--profile", required=True, help="the Snakemake profile the run uses (slurm, local)")
+    s.add_argument("--configfile", nargs="*", default=[], help="as for snakemake (default: config.yaml)")
+    s.add_argument("--directory", default=".", help="the run's working directory (default: here)")
+    s.add_argument("--accept-no-gpu", action="store_true",
+                   help="a GPU probe that finds no CUDA device does not fail (a cluster without GPUs: the CI's)")
+    s.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="-- then the run's other snakemake arguments")
     s = add("fetch-model", cmd_fetch_model, "download a base model at its pinned revision (small world: pre-train it)")
     s.add_argument("model"); s.add_argument("--root", default="resources/models")
     s.add_argument("--no-progress", action="store_true")

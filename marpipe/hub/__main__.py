@@ -54,7 +54,7 @@ def hub_pins(root: Path, prefix: str | None = None) -> dict[str, str]:
 def check(root: Path, config: Path) -> list[str]:
     cfg = yaml.safe_load(Path(config).read_text())
     index = json.loads((Path(root) / "index.json").read_text())
-    want, problems = config_pins(cfg), []
+    want, problems = {k: v for k, v in config_pins(cfg).items() if v}, []   # null: resolved by `marpipe lock`
     for rid, rev in want.items():
         if rid.startswith("http"):
             continue
@@ -63,6 +63,10 @@ def check(root: Path, config: Path) -> list[str]:
                 problems.append(f"{rid}: the config pins {rev}, the hub serves {index['repos'][rid]['revision']}")
         elif rid not in index.get("skipped", {}):
             problems.append(f"{rid}: not in the hub")
+    from .repos import REPOS
+    for r in REPOS.values():      # every fixture repository, pinned or left to `marpipe lock`
+        if r.repo_id not in index["repos"] and r.repo_id not in index.get("skipped", {}):
+            problems.append(f"{r.repo_id}: not in the hub (an older build)")
     by_path = {rel: f for rel, f in index["files"].items()}
     for url, sha in want.items():
         if not url.startswith("http"):

@@ -111,8 +111,8 @@ def index_entry(repo: Repo, folder: Path) -> dict:
         files[f] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "blob": committed[f],
                     "lfs": lfs, "pointer_size": len(pointer) if lfs else None}
     tree, dirs = gitobj.tree_ids(committed)
-    return {"key": repo.key, "revision": gitobj.commit_id(tree), "tree": tree, "dirs": dirs, "files": files,
-            "source": repo.source, "notes": list(repo.notes)}
+    return {"key": repo.key, "type": repo.repo_type, "revision": gitobj.commit_id(tree), "tree": tree,
+            "dirs": dirs, "files": files, "source": repo.source, "notes": list(repo.notes)}
 
 
 # --- `kind: url` files -------------------------------------------------------------------------
@@ -184,8 +184,8 @@ def url_bytes(entry: dict) -> bytes:
     if fmt == "jsonl":
         return "".join(json.dumps(r, sort_keys=True) + "\n" for r in _train_rows()).encode()
     if fmt == "hps_style":
-        style = entry["url"].rsplit("/", 1)[-1].removesuffix(".json")
-        return json.dumps([f"a {style} picture of a {o}" for o in _OBJECTS[:4]]).encode()
+        from .repos import hps_benchmark_prompts
+        return hps_benchmark_prompts(entry["url"].rsplit("/", 1)[-1].removesuffix(".json"))
     if fmt == "txt":
         return "\r\n".join(_compbench_lines(entry["name"])).encode() + b"\r\n"   # CRLF, as some val files
     if fmt.startswith("complex_"):

@@ -1,25 +1,23 @@
-"""``make rehearse``: the paper DAG end to end on CPU against the local hub (issue 14, part 2).
+"""``make rehearse``: the paper DAG end to end on CPU against the local hub, the way a user runs it.
 
-    python -m marpipe.hub rehearse [--profile slurm|local] [--directory rehearsal] [-- SNAKEMAKE_ARGS]
+    python -m marpipe.hub.rehearse [--profile slurm|local] [--directory rehearsal] [-- SNAKEMAKE_ARGS]
 
 1. builds the local hub (``.marpipe/hub``) unless it is built and its pins match ``config/rehearsal.yaml``,
    and serves it (``HF_ENDPOINT``) unless a server already answers there;
-2. writes ``<directory>/.bin/marpipe``, a launcher that runs each model-family command (the rules whose
-   ``conda:`` env is ``env_for``: fetch-model, verify-model, warmup, train, generate) in the family's
-   side venv (``.venv-nova`` with the official ``diffnext`` importable, ``.venv-harmon``) and every other
-   command in the main venv -- what ``--sdm conda`` does on a cluster with conda, without conda;
-3. runs ``snakemake all --profile <profile> --configfile config/rehearsal.yaml --directory <directory>``
+2. ``marpipe lock --config config/rehearsal.yaml`` against it: the config leaves the same downloads
+   unpinned as ``config.yaml`` (NOVA, Harmon, five scorers, the HPS benchmark files at ``resolve/main``),
+   the lock resolves them (``config/rehearsal.lock.yaml``; committed, so ``git diff`` shows a change);
+3. ``marpipe preflight --profile <profile>`` (its lines in the log; on the CI cluster the GPU probe fails,
+   having no GPU, and ``--accept-no-gpu`` lets the rehearsal go on);
+4. runs ``snakemake all --profile <profile> --configfile config/rehearsal.yaml --directory <directory>``
    with the overrides the one-node CI cluster needs (:func:`ci_overrides`: no slurmdbd, one stand-in
-   GPU per job, 2 CPUs, a few GB), the profile itself unchanged;
-4. prints each rule's job count and summed wall time (:func:`marpipe.stages.report.stage_times`).
-
-The launcher ``family`` subcommand (``python -m marpipe.hub.rehearse family -- marpipe ARGS``) is what
-``<directory>/.bin/marpipe`` execs; it only reads the job's config (YAML), so it adds no torch import.
+   GPU per job, 2 CPUs, a few GB), the profile itself unchanged: its jobs run in the deployment the
+   profile names (the project's venvs; NOVA's and Harmon's in ``.venv-nova`` / ``.venv-harmon``);
+5. prints each rule's job count and summed wall time (:func:`marpipe.stages.report.stage_times`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -37,16 +35,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "config/rehearsal.yaml"
 HUB_DIR = ".marpipe/hub"
 PORT = 18765
-
-#: marpipe subcommands whose rules take the model family's env (``conda: env_for``), and how the
-#: model is named on their command line
-FAMILY_COMMANDS = {"fetch-model": "positional", "verify-model": "positional",
-                   "warmup": "--model", "train": "--model", "generate": "--model"}
-#: adapters with a side venv ``.venv-<adapter>`` (envs/<adapter>-requirements.txt)
-FAMILIES = ("nova", "harmon")
-#: official packages a family imports that no requirements file installs (envs/nova.post-deploy.sh
-#: pip-installs diffnext from github; the rehearsal takes it from the official code's folder)
-OFFICIAL_PATHS = {"nova": ("NOVA",), "harmon": ()}
 
 #: the one-node CI cluster (.ci/cluster.sh: 2 CPUs, ~24 GB, two stand-in GPUs, no slurmdbd). Every
 #: rule the paper profile sizes is given here (a --set-resources on the command line replaces the
@@ -75,6 +63,11 @@ def ci_overrides(mem_mb: int = 2000, gpu_mem_mb: int = 4000) -> list[str]:
             "--set-resources", *res]
 
 
+def preflight_args(profile: str) -> list[str]:
+    """The rehearsal's snakemake arguments beyond the profile, for ``marpipe preflight -- ...``."""
+    return ["--", *ci_overrides()] if Path(profile).name.startswith("slurm") else ["--", "--cores", "2"]
+
+
 def snakemake_command(profile: str, directory: str, config: str = CONFIG, extra: list[str] | None = None,
                       snakemake: str | None = None) -> list[str]:
     """The rehearsal's snakemake call (``--configfile`` last but the extra args: it takes every following word)."""
@@ -86,125 +79,6 @@ def snakemake_command(profile: str, directory: str, config: str = CONFIG, extra:
     else:
         cmd += ["--cores", "2"]
     return cmd + ["--configfile", str(REPO_ROOT / config), *(extra or [])]
-
-
-# --- the family launcher ---------------------------------------------------------------------------
-class FamilyError(RuntimeError):
-    pass
-
-
-def command_model(argv: list[str]) -> str | None:
-    """The model a marpipe command line concerns, for the commands of :data:`FAMILY_COMMANDS` (else None)."""
-    if not argv or argv[0] not in FAMILY_COMMANDS:
-        return None
-    how, rest = FAMILY_COMMANDS[argv[0]], argv[1:]
-    if how == "--model":
-        return _option(rest, "--model")
-    takes_value = {"--config", "--root", "--out", "--grid", "--device"}
-    i = 0
-    while i < len(rest):
-        if rest[i] in takes_value:
-            i += 2
-            continue
-        if not rest[i].startswith("-"):
-            return rest[i]
-        i += 1
-    return None
-
-
-def _option(argv: list[str], name: str) -> str | None:
-    """The value of ``name VALUE`` or ``name=VALUE`` in a command line; None if absent."""
-    for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
-def command_config(argv: list[str]) -> str | None:
-    return _option(argv, "--config")
-
-
-def family_of(argv: list[str], cfg: dict) -> str | None:
-    """``nova`` / ``harmon`` when the command runs a model of that adapter, else None (main venv)."""
-    model = command_model(argv)
-    if model is None:
-        return None
-    spec = (cfg.get("models") or {}).get(model)
-    if spec is None:
-        return None                 # marpipe itself names the unknown model
-    adapter = spec.get("adapter", "tiny")
-    return adapter if adapter in FAMILIES else None
-
-
-def official_root() -> Path | None:
-    given = os.environ.get("MARPIPE_OFFICIAL_CODE")
-    for cand in ([Path(given)] if given else []) + [REPO_ROOT.parent / "shared" / "official"]:
-        if cand.is_dir():
-            return cand.resolve()
-    return None
-
-
-def family_env(family: str | None, env: dict, root: Path = REPO_ROOT) -> tuple[str, dict]:
-    """(python, environment) for a family's command: its side venv, the official packages on PYTHONPATH."""
-    if family is None:
-        return sys.executable, env
-    py = root / f".venv-{family}" / "bin" / "python"
-    if not py.exists():
-        raise FamilyError(f"models with adapter: {family} run in the side venv .venv-{family}, which is not "
-                          f"built: run `make official-venvs` (or use --sdm conda with envs/{family}.yaml)")
-    env = dict(env)
-    extra = []
-    for sub in OFFICIAL_PATHS.get(family, ()):
-        code = official_root()
-        if code is None or not (code / sub).is_dir():
-            raise FamilyError(f"adapter: {family} imports the official code's {sub}/ (diffnext), not found: set "
-                              f"MARPIPE_OFFICIAL_CODE to the folder holding {sub}/ or place it at ../shared/official")
-        extra.append(str(code / sub))
-    if extra:
-        env["PYTHONPATH"] = os.pathsep.join(extra + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return str(py), env
-
-
-def _exec_in_family(command: list[str], prog: str, args: list[str]) -> int:
-    """Exec ``python ARGS`` in the interpreter of the marpipe ``command``'s model family."""
-    family = None
-    cfg_path = command_config(command)
-    if cfg_path and Path(cfg_path).is_file() and command and command[0] in FAMILY_COMMANDS:
-        family = family_of(command, yaml.safe_load(Path(cfg_path).read_text()) or {})
-    try:
-        py, env = family_env(family, dict(os.environ))
-    except FamilyError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    sys.stdout.flush()
-    os.execve(py, [py, *args], env)
-    return 0  # not reached
-
-
-def run_family(argv: list[str]) -> int:
-    """Exec ``python -m marpipe ARGV`` in the interpreter of the command's model family."""
-    return _exec_in_family(argv, f"marpipe {argv[0] if argv else ''}", ["-m", "marpipe", *argv])
-
-
-def run_torchrun(argv: list[str]) -> int:
-    """Exec ``torchrun ARGV`` (``... -m marpipe CMD ...``, the `launcher` of a multi-GPU rule) with the
-    interpreter of the marpipe command's model family."""
-    cut = next((i + 2 for i in range(len(argv) - 1) if argv[i:i + 2] == ["-m", "marpipe"]), len(argv))
-    return _exec_in_family(argv[cut:], "torchrun", ["-m", "torch.distributed.run", *argv])
-
-
-def write_launcher(directory: Path) -> Path:
-    """``<directory>/.bin/marpipe`` and ``.bin/torchrun``: the family launchers, first on the jobs' PATH."""
-    bindir = Path(directory).resolve() / ".bin"
-    bindir.mkdir(parents=True, exist_ok=True)
-    for name, sub in (("marpipe", "family"), ("torchrun", "torchrun")):
-        exe = bindir / name
-        exe.write_text("#!/bin/sh\n# written by python -m marpipe.hub rehearse: each model family in its side venv\n"
-                       f"exec {shlex.quote(sys.executable)} -m marpipe.hub.rehearse {sub} -- \"$@\"\n")
-        exe.chmod(0o755)
-    return bindir
 
 
 # --- the hub ------------------------------------------------------------------------------------------
@@ -295,11 +169,18 @@ def rehearse(profile: str, directory: str, config: str = CONFIG, extra: list[str
     check_disk(work)
     endpoint, server = ensure_hub(REPO_ROOT / hub_dir, REPO_ROOT / config, port)
     env = dict(os.environ, HF_ENDPOINT=endpoint)
-    env["PATH"] = f"{write_launcher(work)}{os.pathsep}{env.get('PATH', '')}"
-    cmd = snakemake_command(profile, str(work), config, extra)
-    print("[rehearse] HF_ENDPOINT=" + endpoint + " " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    marpipe = str(Path(sys.executable).with_name("marpipe"))
+    steps = [[marpipe, "lock", "--config", config],
+             [marpipe, "preflight", "--profile", profile, "--configfile", config, "--directory", str(work),
+              *(["--accept-no-gpu"] if profile.startswith("slurm") else []), *preflight_args(profile)]]
     t0 = time.monotonic()
     try:
+        for step in steps:
+            print("[rehearse] HF_ENDPOINT=" + endpoint + " " + " ".join(shlex.quote(c) for c in step), flush=True)
+            if subprocess.call(step, env=env, cwd=REPO_ROOT) != 0:
+                raise SystemExit(f"[rehearse] `{' '.join(step[1:3])}` failed (above): nothing was submitted")
+        cmd = snakemake_command(profile, str(work), config, extra)
+        print("[rehearse] HF_ENDPOINT=" + endpoint + " " + " ".join(shlex.quote(c) for c in cmd), flush=True)
         rc = subprocess.call(cmd, env=env, cwd=REPO_ROOT)
     finally:
         if server is not None:
@@ -316,10 +197,6 @@ def rehearse(profile: str, directory: str, config: str = CONFIG, extra: list[str
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["family"], ["torchrun"]):
-        rest = argv[1:]
-        run = run_family if argv[0] == "family" else run_torchrun
-        return run(rest[1:] if rest[:1] == ["--"] else rest)
     ap = argparse.ArgumentParser(prog="python -m marpipe.hub.rehearse", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="slurm")
     ap.add_argument("--directory", default="rehearsal")

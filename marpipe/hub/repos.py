@@ -45,6 +45,7 @@ class Repo:
     builder: Callable[[Path], None] | None = None
     side_venv: str | None = None  # built by marpipe.hub.official in .venv-<side_venv>
     notes: tuple[str, ...] = field(default_factory=tuple)
+    repo_type: str = "model"      # or "dataset" (served under /api/datasets, /datasets/<repo>/resolve)
 
 
 # --- small writers -----------------------------------------------------------------------------
@@ -336,6 +337,21 @@ def build_depth(d: Path) -> None:
                       ).save_pretrained(str(d))
 
 
+HPS_STYLE_FILES = ("anime", "concept-art", "paintings", "photo")
+
+
+def hps_benchmark_prompts(style: str) -> bytes:
+    """A fixture ``benchmark/<style>.json``: a JSON list of prompt strings, as the real files are."""
+    return json.dumps([f"a {style} picture of a {o}" for o in ("cat", "dog", "apple", "car")]).encode()
+
+
+def build_hpdv2(d: Path) -> None:
+    _common(d, "zhwang/HPDv2")
+    for style in HPS_STYLE_FILES:
+        (d / "benchmark").mkdir(parents=True, exist_ok=True)
+        (d / "benchmark" / f"{style}.json").write_bytes(hps_benchmark_prompts(style))
+
+
 # --- the table ----------------------------------------------------------------------------------
 _HF = "huggingface.co/{}/tree/{}"
 _OPEN_CLIP_TIMM = (".gitattributes", "README.md", "config.json", "merges.txt", "open_clip_config.json",
@@ -421,4 +437,10 @@ REPOS: dict[str, Repo] = {r.key: r for r in [
           "pytorch_model.bin"),
          "inferred: no listing of Intel/dpt-hybrid-midas was reachable; the files transformers' DPT repositories "
          "hold (config, both weight formats, the image processor)", build_depth),
+    Repo("preference", "zhwang/HPDv2",
+         (".gitattributes", "README.md", *(f"benchmark/{s}.json" for s in HPS_STYLE_FILES)),
+         "inferred: the benchmark files hpsv2.benchmark_prompts downloads (benchmark/<style>.json of the dataset "
+         "at main, tgxs002/HPSv2@1d34ebfd77ede7e2cab417f20a8dbb388d6fada7:hpsv2/utils.py download_benchmark_prompts); "
+         "the dataset's "
+         "training images and annotations are left out", build_hpdv2, repo_type="dataset"),
 ]}

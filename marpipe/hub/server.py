@@ -12,7 +12,9 @@ Point the client at it with ``HF_ENDPOINT=http://127.0.0.1:<port>`` (read when
   hash in the tree and without ``X-Xet-Hash`` on ``resolve`` it downloads over plain HTTP).
 * ``GET /api/models/<repo>[/revision/<rev>]`` -- ``repo_info``/``model_info`` (``sha``,
   ``siblings``), what ``snapshot_download`` calls for a branch name (``main`` resolves to the
-  fixture's commit).
+  fixture's commit); with ``?blobs=true`` (``files_metadata=True``, what ``marpipe lock`` asks) each
+  file's size, blob id and LFS sha256. ``/api/datasets/...`` and ``/datasets/<repo>/resolve/...``
+  the same for dataset repositories (index entries with ``"type": "dataset"``).
 * ``HEAD|GET /<repo>/resolve/<rev>/<path>`` -- ``get_hf_file_metadata`` (HEAD, redirects not
   followed across origins) and ``http_get``. A regular file: 200 with ``ETag`` = its git blob id,
   ``Content-Length``, ``X-Repo-Commit``. An LFS file: 302 to a second port of this server (the
@@ -38,21 +40,44 @@ DATE = "1970-01-01T00:00:00.000Z"
 
 
 class _Hub:
-    """The index and file lookup shared by both listeners."""
+    """The index and file lookup shared by both listeners. Several hub folders can be served at once:
+    each repository's ``main`` is its commit in the LAST folder that has it, and every commit of every
+    folder stays addressable by its id (a branch that moved after a lock)."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, roots):
+        roots = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
+        self.root = roots[-1]
+        self.roots = roots
         self.index = json.loads((self.root / "index.json").read_text())
-        self.repos = self.index["repos"]
+        self.repos: dict[str, dict] = {}            # repo id -> the entry of its main commit
+        self.commits: dict[str, dict[str, tuple[Path, dict]]] = {}   # repo id -> commit -> (root, entry)
         self.by_sha = {}
-        for repo_id, r in self.repos.items():
-            for f, e in r["files"].items():
-                self.by_sha[e["sha256"]] = self.root / "repos" / repo_id / f
+        for root in roots:
+            for repo_id, r in json.loads((root / "index.json").read_text())["repos"].items():
+                self.repos[repo_id] = r
+                self.commits.setdefault(repo_id, {})[r["revision"]] = (root, r)
+                for f, e in r["files"].items():
+                    self.by_sha[e["sha256"]] = root / "repos" / repo_id / f
         self.cdn_base = ""              # set when the CDN listener is bound
 
     def commit(self, repo_id: str, rev: str) -> str | None:
-        r = self.repos[repo_id]
-        return r["revision"] if rev in (r["revision"], "main") else None
+        if rev == "main":
+            return self.repos[repo_id]["revision"]
+        return rev if rev in self.commits[repo_id] else None
+
+    def entry(self, repo_id: str, commit: str) -> tuple[Path, dict]:
+        return self.commits[repo_id][commit]
+
+    def repo_type(self, repo_id: str) -> str:
+        return self.repos[repo_id].get("type", "model")
+
+    def url_file(self, rel: str) -> Path | None:
+        """A ``kind: url`` file (``files/<host>/<path>``) of the newest folder that has it."""
+        for root in reversed(self.roots):
+            f = (root / rel).resolve()
+            if f.is_file() and (root / "files").resolve() in f.parents:
+                return f
+        return None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -118,26 +143,27 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._file(self.hub.by_sha[m.group(1)], {"ETag": f'"{m.group(1)}"'}, head)
                 return self._error(404, None, "Not Found", head=head)
             if path.startswith("/files/"):
-                f = (self.hub.root / path.lstrip("/")).resolve()
-                if f.is_file() and (self.hub.root / "files").resolve() in f.parents:
+                f = self.hub.url_file(path.lstrip("/"))
+                if f is not None:
                     return self._file(f, {}, head)
                 return self._error(404, None, "Not Found", head=head)
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
+            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
             if m:
-                return self._tree(m.group(1), m.group(2), m.group(3) or "",
-                                  query.get("recursive", ["false"])[0].lower() == "true", head)
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+                return self._tree(m.group(2), m.group(3), m.group(4) or "",
+                                  query.get("recursive", ["false"])[0].lower() == "true", head, m.group(1)[:-1])
+            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m:
-                return self._info(m.group(1), m.group(2) or "main", head)
-            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+                blobs = query.get("blobs", ["false"])[0].lower() == "true"
+                return self._info(m.group(2), m.group(3) or "main", head, m.group(1)[:-1], blobs)
+            m = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if m:
-                return self._resolve(m.group(1), m.group(2), m.group(3), head)
+                return self._resolve(m.group(2), m.group(3), m.group(4), head, "dataset" if m.group(1) else "model")
             return self._error(404, None, "Not Found", head=head)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _repo_commit(self, repo_id: str, rev: str, head: bool):
-        if repo_id not in self.hub.repos:
+    def _repo_commit(self, repo_id: str, rev: str, head: bool, repo_type: str = "model"):
+        if repo_id not in self.hub.repos or self.hub.repo_type(repo_id) != repo_type:
             self._error(404, "RepoNotFound", "Repository not found", head=head)
             return None
         commit = self.hub.commit(repo_id, rev)
@@ -145,11 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head=head)
         return commit
 
-    def _tree(self, repo_id, rev, sub, recursive, head):
-        commit = self._repo_commit(repo_id, rev, head)
+    def _tree(self, repo_id, rev, sub, recursive, head, repo_type):
+        commit = self._repo_commit(repo_id, rev, head, repo_type)
         if commit is None:
             return
-        r = self.hub.repos[repo_id]
+        _, r = self.hub.entry(repo_id, commit)
         prefix = sub.strip("/") + "/" if sub.strip("/") else ""
         if prefix and prefix[:-1] not in r["dirs"]:
             return self._error(404, "EntryNotFound", f"{sub} does not exist on \"{rev}\"",
@@ -168,22 +194,34 @@ class _Handler(BaseHTTPRequestHandler):
                 out.append(item)
         self._json(out, headers={"X-Repo-Commit": commit}, head=head)
 
-    def _info(self, repo_id, rev, head):
-        commit = self._repo_commit(repo_id, rev, head)
+    def _info(self, repo_id, rev, head, repo_type, blobs):
+        """``model_info`` / ``dataset_info``; with ``?blobs=true`` (``files_metadata=True``) each sibling's
+        size, blob id and, for LFS files, ``lfs: {sha256, size, pointerSize}``."""
+        commit = self._repo_commit(repo_id, rev, head, repo_type)
         if commit is None:
             return
-        r = self.hub.repos[repo_id]
-        self._json({"_id": commit[:24], "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
+        _, r = self.hub.entry(repo_id, commit)
+
+        def sibling(f, e):
+            if not blobs:
+                return {"rfilename": f}
+            out = {"rfilename": f, "size": e["size"], "blobId": e["blob"]}
+            if e["lfs"]:
+                out["lfs"] = {"sha256": e["sha256"], "size": e["size"], "pointerSize": e["pointer_size"]}
+            return out
+        self._json({"_id": commit[:24], "id": repo_id, "author": repo_id.split("/")[0],
+                    **({"modelId": repo_id} if repo_type == "model" else {}),
                     "sha": commit, "lastModified": DATE, "createdAt": DATE, "private": False, "disabled": False,
                     "gated": False, "downloads": 0, "likes": 0, "tags": ["marpipe-fixture"],
-                    "siblings": [{"rfilename": f} for f in sorted(r["files"])],
+                    "siblings": [sibling(f, e) for f, e in sorted(r["files"].items())],
                     "usedStorage": sum(e["size"] for e in r["files"].values())}, head=head)
 
-    def _resolve(self, repo_id, rev, fname, head):
-        commit = self._repo_commit(repo_id, rev, head)
+    def _resolve(self, repo_id, rev, fname, head, repo_type):
+        commit = self._repo_commit(repo_id, rev, head, repo_type)
         if commit is None:
             return
-        e = self.hub.repos[repo_id]["files"].get(fname)
+        root, r = self.hub.entry(repo_id, commit)
+        e = r["files"].get(fname)
         if e is None:
             return self._error(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": commit}, head)
         common = {"X-Repo-Commit": commit, "Content-Disposition": f'inline; filename="{fname.rsplit("/", 1)[-1]}"'}
@@ -192,16 +230,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(302, body, {**common, "Location": f"{self.hub.cdn_base}/lfs/{e['sha256']}",
                                           "X-Linked-Etag": f'"{e["sha256"]}"', "X-Linked-Size": str(e["size"]),
                                           "ETag": f'"{e["sha256"]}"'}, head, "text/plain; charset=utf-8")
-        self._file(self.hub.root / "repos" / repo_id / fname, {**common, "ETag": f'"{e["blob"]}"'}, head)
+        self._file(root / "repos" / repo_id / fname, {**common, "ETag": f'"{e["blob"]}"'}, head)
 
 
 class HubServer:
-    """The hub on ``host:port`` (0 = a free port) and its "CDN" on a second free port.
+    """The hub on ``host:port`` (0 = a free port) and its "CDN" on a second free port; ``root``: a hub
+    folder, or a list of them (the last one's commits are ``main``, the others' stay addressable).
 
     ``with HubServer(root) as hub: os.environ["HF_ENDPOINT"] = hub.endpoint``."""
 
-    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
-        self.hub = _Hub(Path(root))
+    def __init__(self, root, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
+        self.hub = _Hub(root)
         mk = lambda cdn: type("H", (_Handler,), {"hub": self.hub, "cdn": cdn, "verbose": verbose})  # noqa: E731
         self._hub_srv = ThreadingHTTPServer((host, port), mk(False))
         self._cdn_srv = ThreadingHTTPServer((host, 0), mk(True))

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -48,6 +48,7 @@ class ModelSource:
     revision: str | None         # 40-hex commit hash (required)
     allow_patterns: tuple[str, ...] | None = None
     ignore_patterns: tuple[str, ...] | None = None
+    key: str = ""                # its config key (models.<name>.source, weights.<name>), for messages
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> "ModelSource":
@@ -66,13 +67,15 @@ BASE_MODELS: dict[str, dict] = {
 }
 
 
-def check_revision(revision: str | None, repo_id: str = "") -> str:
-    """Return ``revision`` if it is a full 40-hex commit hash, else raise :class:`DownloadError`."""
+def check_revision(revision: str | None, repo_id: str = "", key: str = "") -> str:
+    """Return ``revision`` if it is a full 40-hex commit hash, else raise :class:`DownloadError`
+    (``key``: the config key of the source, named in the message)."""
     where = f" for {repo_id}" if repo_id else ""
     if revision is None or str(revision).strip() == "":
         raise DownloadError(
-            f"no revision pinned{where}: set models.<name>.revision to the 40-hex commit hash "
-            f"shown at https://huggingface.co/{repo_id or '<repo>'}/commits/main")
+            f"no revision pinned{where}: run `marpipe lock` (it records the commit in the config's lock "
+            f"file) or set {key or '<source>'}.revision to the 40-hex commit hash shown at "
+            f"https://huggingface.co/{repo_id or '<repo>'}/commits/main")
     rev = str(revision).strip()
     if re.fullmatch(r"[0-9a-fA-F]{40}", rev):
         rev = rev.lower()
@@ -166,21 +169,48 @@ def _is_network_error(exc: BaseException) -> bool:
                          "ReadTimeout", "OfflineModeIsEnabled", "ProxyError"})
 
 
+def check_locked(target: Path, locked: dict, source: ModelSource, lock: str = "the lock file") -> None:
+    """Every file of the lock is in ``target``'s manifest with the locked sha256 (and size), and no other
+    file is; else :class:`DownloadError` naming the file."""
+    entries = read_manifest(target)
+    where = f"{source.repo_id}@{(source.revision or '')[:12]}"
+    for rel, want in sorted(locked.items()):
+        got = entries.get(rel)
+        if got is None:
+            raise DownloadError(f"{where}: {rel} is in {lock} ({source.key}) but was not downloaded")
+        size = (target / rel).stat().st_size
+        if got != want["sha256"] or size != want["size"]:
+            raise DownloadError(f"{where}: {rel} has sha256 {got[:12]}... ({size} bytes) but {lock} records "
+                                f"{want['sha256'][:12]}... ({want['size']} bytes) for {source.key}: the hub served other "
+                                f"bytes than were locked. Delete {target} and download again; run `marpipe lock` "
+                                f"again only if the repository was meant to change")
+    extra = sorted(set(entries) - set(locked))
+    if extra:
+        raise DownloadError(f"{where}: {extra[0]} was downloaded but is not in {lock} ({source.key}); delete {target} "
+                            f"and download again")
+
+
 def download_model(source: ModelSource, root: str | Path = "resources/models",
-                   snapshot_download: Callable | None = None, max_workers: int = 8) -> Path:
+                   snapshot_download: Callable | None = None, max_workers: int = 8,
+                   locked: dict | None = None) -> Path:
     """Download ``source`` into ``root/<name>/`` at its pinned commit and write the manifest.
 
     An existing complete folder (manifest present and matching, same repo and revision) is
-    verified and returned without touching the network. ``snapshot_download`` can be
-    injected (tests); default: ``huggingface_hub.snapshot_download``.
+    verified and returned without touching the network. ``locked`` ({file: {size, sha256}}, from
+    the config's lock file): exactly those files are fetched and each is verified against it.
+    ``snapshot_download`` can be injected (tests); default: ``huggingface_hub.snapshot_download``.
     """
-    rev = check_revision(source.revision, source.repo_id)
+    rev = check_revision(source.revision, source.repo_id, source.key)
     target = Path(root) / source.name
     pin = {"repo_id": source.repo_id, "revision": rev}
+    if locked:
+        source = replace(source, revision=rev, allow_patterns=tuple(sorted(locked)), ignore_patterns=None)
     if (target / MANIFEST).exists():
         old = json.loads((target / PIN_FILE).read_text()) if (target / PIN_FILE).exists() else None
         if old == pin:
             verify_manifest(target)
+            if locked:
+                check_locked(target, locked, source)
             return target
         # a different pin: the manifest no longer describes what we want
         (target / MANIFEST).unlink()
@@ -190,8 +220,10 @@ def download_model(source: ModelSource, root: str | Path = "resources/models",
     token = os.environ.get("HF_TOKEN") or None
     target.mkdir(parents=True, exist_ok=True)
     repo = source.repo_id
+    endpoint = os.environ.get("HF_ENDPOINT")          # a mirror, or the rehearsal's local hub
     try:
         snapshot_download(repo_id=repo, revision=rev, local_dir=str(target), token=token,
+                          **({"endpoint": endpoint} if endpoint else {}),
                           allow_patterns=list(source.allow_patterns) if source.allow_patterns else None,
                           ignore_patterns=list(source.ignore_patterns) if source.ignore_patterns else None,
                           max_workers=max_workers)
@@ -228,6 +260,8 @@ def download_model(source: ModelSource, root: str | Path = "resources/models",
                             f"filter against https://huggingface.co/{repo}/tree/{rev} (e.g. the other weight format)")
     (target / PIN_FILE).write_text(json.dumps(pin, indent=1) + "\n")
     write_manifest(target)
+    if locked:
+        check_locked(target, locked, source)
     return target
 
 

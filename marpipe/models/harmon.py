@@ -52,7 +52,7 @@ HARMON_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 3.0}
 CHAT_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GENERATION_TEMPLATE = "Generate an image: {text}"
 NEGATIVE_PROMPT = "Generate an image."
-HARMON_GITHUB_COMMIT = "4eb608765629a1d1b1ce28a85f4c3d126d98b690"   # wusize/Harmon, for reference (envs/harmon.yaml)
+HARMON_GITHUB_COMMIT = "4eb608765629a1d1b1ce28a85f4c3d126d98b690"   # wusize/Harmon, for reference (envs/harmon-requirements.txt)
 
 
 def space_timesteps(num_timesteps: int, count: int) -> list[int]:
@@ -167,7 +167,7 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
 
     # --- head --------------------------------------------------------------------------------
     def head(self, x_t: torch.Tensor, step: torch.Tensor, z: torch.Tensor):
-        tt = self.schedule.timesteps.to(step.device)[step]
+        tt = self.schedule.table("timesteps", step.device)[step]
         out = self.mar.diffloss.net(x_t.to(self.dtype), tt, z.to(self.dtype))
         eps, v = out.float().split(self.token_dim, dim=-1)
         return eps, v
@@ -239,7 +239,7 @@ def _build_official_harmon(folder: Path):
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
     except ImportError as exc:
         raise ImportError("loading real Harmon weights needs Harmon's remote-code dependencies (einops, timm, "
-                          "scipy); run inside the conda env envs/harmon.yaml") from exc
+                          "scipy); run in .venv-harmon (make official-venvs), the deployment of Harmon's jobs") from exc
     return model, tokenizer
 
 

@@ -1,7 +1,7 @@
 """NOVA (``BAAI/nova-d48w1024-sd512``, 0.6B, 512x512) behind the MAR protocol.
 
 The official modules (package ``diffnext``, github baaivision/NOVA, installed in
-``envs/nova.yaml`` at a pinned commit) do the computing; :class:`NovaMAR` only maps
+``.venv-nova`` at a pinned commit, make official-venvs) do the computing; :class:`NovaMAR` only maps
 their methods onto the protocol primitives (facts from ``diffnext`` at commit
 2cd254a and AMAP-ML/mar-grpo at fcb7969):
 
@@ -68,7 +68,7 @@ from marpipe.diffusion import Schedule
 from marpipe.models.protocol import Prompts, SamplingSpec
 
 NOVA_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 5.0}
-DIFFNEXT_COMMIT = "2cd254afdedae8670ccb492c28c53caa08f7b5a0"   # baaivision/NOVA, pinned in envs/nova.yaml
+DIFFNEXT_COMMIT = "2cd254afdedae8670ccb492c28c53caa08f7b5a0"   # baaivision/NOVA, pinned in the Makefile (DIFFNEXT)
 
 
 # ============================================================ helpers shared with harmon.py
@@ -380,7 +380,7 @@ class NovaMAR(FrozenPartsMixin, nn.Module):
     # --- head --------------------------------------------------------------------------------
     def head(self, x_t: torch.Tensor, step: torch.Tensor, z: torch.Tensor):
         m, p, c = x_t.shape[0], self.patch, self.latent_channels
-        tt = self.schedule.timesteps.to(step.device)[step]
+        tt = self.schedule.table("timesteps", step.device)[step]
         x = x_t.to(self.dtype).reshape(m, p, p, c).permute(0, 3, 1, 2)         # one token as a p x p latent patch
         eps = self.transformer.image_decoder(x, tt, z.to(self.dtype).unsqueeze(1))
         return to_float(eps.reshape(m, self.token_dim)), None
@@ -432,7 +432,7 @@ def _load_official_nova(folder: Path, dtype) -> dict:
         from diffnext.pipelines import NOVAPipeline
     except ImportError as exc:
         raise ImportError("loading real NOVA weights needs the 'diffnext' package (github baaivision/NOVA at "
-                          f"{DIFFNEXT_COMMIT[:12]}); run inside the conda env envs/nova.yaml") from exc
+                          f"{DIFFNEXT_COMMIT[:12]}); run in .venv-nova (make official-venvs installs it), the deployment of NOVA's jobs") from exc
     pipe = NOVAPipeline.from_pretrained(str(folder), torch_dtype=dtype, trust_remote_code=True)
     return dict(transformer=pipe.transformer, vae=pipe.vae, text_encoder=pipe.text_encoder,
                 tokenizer=pipe.tokenizer, scheduler=pipe.scheduler)

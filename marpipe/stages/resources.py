@@ -30,7 +30,8 @@ def fetch_base_model(exp: Experiment, model: str, root: str | Path = "resources/
                      progress: bool = True) -> Path:
     src = exp.cfg["models"][model]["source"]
     if src["kind"] == "hub":
-        return download_model(ModelSource(model, src["repo_id"], src.get("revision")), root)
+        return download_model(ModelSource(model, src["repo_id"], src.get("revision"), key=f"models.{model}.source"),
+                              root, locked=src.get("locked_files"))
     return pretrain_base_model(exp, model, Path(root) / model, progress=progress)
 
 
@@ -98,7 +99,8 @@ def fetch_weights(exp: Experiment, name: str, root: str | Path = "resources/metr
     if spec["kind"] == "hub":
         files = spec.get("files")
         return download_model(ModelSource(name, spec["repo_id"], spec.get("revision"),
-                                          allow_patterns=tuple(files) if files else None), root)
+                                          allow_patterns=tuple(files) if files else None, key=f"weights.{name}"),
+                              root, locked=spec.get("locked_files"))
     if spec["kind"] == "url":
         return fetch_url_weights(spec, name, out)
     from marpipe.world.learned import train_scorers
@@ -135,10 +137,10 @@ def fetch_url_weights(spec: dict, name: str, out: Path) -> Path:
 def fetch_prompts(exp: Experiment, name: str, out: str | Path) -> Path:
     """Write prompt set ``name`` of ``config.prompts`` to ``out`` (JSON lines).
 
-    ``kind: url`` sets are downloaded and checked against their pinned ``sha256`` (a
-    mismatch is an error naming the set, both hashes and the config key to re-pin); a
-    ``null`` pin is trusted on first use and the hash recorded beside ``out``
-    (``<out>.sha256``; ``<out>.<style>.sha256`` for the per-style ``hps_benchmark`` files).
+    ``kind: url`` sets are downloaded and checked against their ``sha256`` (pinned in the config
+    or recorded by ``marpipe lock``; a mismatch is an error naming the set, both hashes and the
+    config key to re-pin, and a file with neither is refused); the verified hash is written beside
+    ``out`` (``<out>.sha256``; ``<out>.<style>.sha256`` for the per-style ``hps_benchmark`` files).
     """
     spec = exp.cfg["prompts"][name]
     if spec["kind"] == "world":
@@ -163,9 +165,12 @@ def fetch_prompts(exp: Experiment, name: str, out: str | Path) -> Path:
 
 
 def _download(pinned: dict, record: Path | None, name: str, key: str, what: str = "prompt set") -> bytes:
-    """The bytes at ``pinned["url"]``, checked against ``pinned["sha256"]`` (config key ``key``);
-    their sha256 is written to ``record`` (unless None)."""
+    """The bytes at ``pinned["url"]``, checked against ``pinned["sha256"]`` (config key ``key``, or the
+    config's lock file); their sha256 is written to ``record`` (unless None)."""
     url, sha256 = pinned["url"], pinned.get("sha256")
+    if not sha256:
+        raise RuntimeError(f"{what} {name!r}: {url} is not pinned: run `marpipe lock` (it records the file's "
+                           f"sha256 in the config's lock file) or set {key}")
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
@@ -174,13 +179,13 @@ def _download(pinned: dict, record: Path | None, name: str, key: str, what: str 
                            f"config.yaml {key.rsplit('.', 1)[0]}.url") from None
     import hashlib
     got = hashlib.sha256(data).hexdigest()
-    if sha256 and got != sha256:
+    if got != sha256:
         raise RuntimeError(f"{what} {name!r}: {url} has sha256 {got} but the pinned sha256 is {sha256}: "
                            f"the source changed. Check it, then pin the URL to a commit and set config.yaml "
-                           f"{key} (or restore the pinned source)")
+                           f"{key} (or run `marpipe lock` again, or restore the pinned source)")
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(got + "\n")      # trust on first use: pin this value in the config
+        record.write_text(got + "\n")      # the verified hash, beside the prompt set
     return data
 
 

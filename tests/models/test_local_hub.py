@@ -32,7 +32,7 @@ from marpipe.hub.server import HubServer
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = yaml.safe_load((ROOT / "config.yaml").read_text())
 REHEARSAL = ROOT / "config" / "rehearsal.yaml"
-SCORER_KEYS = [k for k, r in REPOS.items() if r.builder is not None]
+SCORER_KEYS = [k for k, r in REPOS.items() if r.builder is not None and r.repo_type == "model"]
 OFFICIAL_KEYS = [k for k, r in REPOS.items() if r.side_venv]
 
 # the child process: download every (name, repo_id, revision[, allow_patterns]) with marpipe's
@@ -69,7 +69,7 @@ def run_client(endpoint: str, jobs: list, dest: Path, python: str = sys.executab
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
-    index = build_hub(root, SCORER_KEYS, log=lambda s: None)
+    index = build_hub(root, SCORER_KEYS + ["preference"], log=lambda s: None)   # + the HPS benchmark's dataset
     with HubServer(root) as srv:
         yield types.SimpleNamespace(root=root, index=index, server=srv)
 
@@ -79,7 +79,7 @@ def downloads(hub, tmp_path_factory):
     """Every scorer repository at its revision, the full snapshot (no filter)."""
     dest = tmp_path_factory.mktemp("downloads")
     jobs = [[REPOS[k].key, rid, r["revision"], None] for rid, r in hub.index["repos"].items()
-            for k in [r["key"]]]
+            for k in [r["key"]] if r["type"] == "model"]
     return run_client(hub.server.endpoint, jobs, dest)
 
 
@@ -87,6 +87,9 @@ def downloads(hub, tmp_path_factory):
 def test_every_hub_entry_of_the_paper_config_has_a_fixture():
     hub_ids = {s["source"]["repo_id"] for s in PAPER["models"].values() if s["source"]["kind"] == "hub"}
     hub_ids |= {s["repo_id"] for s in PAPER["weights"].values() if s["kind"] == "hub"}
+    from marpipe.lock import parse_hub_url, sources
+    hub_ids |= {parse_hub_url(s["url"])[1] for s in sources(PAPER).values()       # the HPS benchmark's dataset
+                if "url" in s and parse_hub_url(s["url"])}
     assert hub_ids == {r.repo_id for r in REPOS.values()}
     for r in REPOS.values():
         assert r.source.split(":")[0] in ("listing", "inferred"), r.key
@@ -368,12 +371,10 @@ def test_the_rehearsals_base_model_check_passes_on_the_official_fixtures(key, tm
     """``marpipe check-model`` (the rehearsal's verify_base_model) on the hub's NOVA / Harmon fixture, in
     the family's side venv: its log-prob check holds on any CPU (run under both capabilities by
     ``make test-kernels``)."""
-    from marpipe.hub.rehearse import FamilyError, family_env
     from marpipe.models.download import write_manifest
-    try:
-        py, env = family_env(REPOS[key].side_venv, dict(os.environ))
-    except FamilyError as e:
-        pytest.skip(str(e))
+    py, env = ROOT / f".venv-{REPOS[key].side_venv}" / "bin" / "python", dict(os.environ)   # the deployment's venv
+    if not py.exists():
+        pytest.skip(f"{py.parent.parent.name} not built (make official-venvs)")
     if official_root() is None:
         pytest.skip("needs the official code (../shared/official or $MARPIPE_OFFICIAL_CODE)")
     index = build_hub(tmp_path / "hub", [key], log=lambda s: None)

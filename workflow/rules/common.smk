@@ -1,22 +1,53 @@
 # Config validation, wildcard constraints and the input functions: every "which files
 # does this job need" question is answered here.
+import os
 import re
+import sys
 import yaml
 from pathlib import Path
 from snakemake.utils import Paramspace, update_config
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from marpipe import experiment as E
+from marpipe import lock as L
 from marpipe.stages import session
 
 session.ensure_cli_on_path()
 
+#: model families with their own environment (the profile's `config: deployment:` overrides): the venvs
+#: `make install official-venvs` builds beside the Snakefile, with the official NOVA / Harmon packages
+DEFAULT_DEPLOYMENT = {"nova": ".venv-nova", "harmon": ".venv-harmon"}
+
 # --configfile replaces config.yaml instead of being merged into it (two worlds never mix); several
 # files are merged in order, key by key (config/small.yaml config/study.yaml: the study's changes);
 # each file is read again strictly (duplicate keys are an error, naming the file and line)
+CONFIGFILES = [str(p) for p in workflow.overwrite_configfiles or ["config.yaml"]]
 config.clear()
-for _path in workflow.overwrite_configfiles or ["config.yaml"]:
+for _path in CONFIGFILES:
     update_config(config, E.read_config(_path))
 update_config(config, workflow.config_settings.overwrite_config)
+# where each model family's jobs run: the profile's `config: deployment:` (not experiment metadata); or
+# conda envs (envs/*.yaml) where the profile sets `software-deployment-method: conda`: Snakemake builds
+# them from copies in .snakemake/conda/, so their paths go through MARPIPE_ROOT (this checkout)
+DEPLOYMENT = {**DEFAULT_DEPLOYMENT, **(config.pop("deployment", None) or {})}
+CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+os.environ.setdefault("MARPIPE_ROOT", str(Path(workflow.basedir).absolute()))
+
+# The downloads at the commits and hashes of the config's lock file (`marpipe lock` writes it beside the
+# first config file); a real run refuses to start while one is neither pinned nor locked (onstart).
+LOCKFILE = L.lock_path(CONFIGFILES[0])
+_locked = L.apply(config, L.read(LOCKFILE))
+config.clear()
+config.update(_locked)
+UNLOCKED = L.refusal(config, L.read(LOCKFILE), CONFIGFILES[0])
+if UNLOCKED and workflow.is_main_process:
+    print(f"marpipe: a real run will not start: {UNLOCKED}", file=sys.stderr)
+
+
+def refuse_unlocked():
+    """onstart (never in a dry run): stop before any job is submitted while a download is unlocked."""
+    if UNLOCKED:
+        raise SystemExit(f"marpipe: {UNLOCKED}")
 
 EXP = E.load(config, cache=".marpipe/validated")  # ConfigError naming the key: nothing is submitted
 # The validated config every job reads (content-addressed, so re-parsing in a job writes the same file)
@@ -61,15 +92,45 @@ wildcard_constraints:
 
 
 def env_for(wildcards):
-    """The conda env of a model's rule family (the official NOVA/Harmon code for the paper)."""
+    """The conda env of a model's rule family, where the profile deploys with conda instead."""
     adapter = EXP.cfg["models"][wildcards.model].get("adapter", "tiny")
-    return f"../../envs/{'train' if adapter == 'tiny' else adapter}.yaml"
+    return f"../../envs/{adapter if adapter in DEFAULT_DEPLOYMENT else 'pipeline'}.yaml"
 
 
-def launcher(resources):
-    """``marpipe`` for one device; ``torchrun`` over the job's GPUs when the profile asks for several."""
+def family_python(model):
+    """The interpreter of a model's jobs: the deployment's venv of its adapter (the official NOVA / Harmon
+    code), else the environment Snakemake runs in (the project's .venv, with ``marpipe`` on PATH); with
+    conda, the family's conda env (``env_for``)."""
+    venv = DEPLOYMENT.get(EXP.cfg["models"][model].get("adapter", "tiny"))
+    if CONDA:
+        return "python"
+    if venv is None:
+        return sys.executable
+    return str(Path(workflow.basedir, venv, "bin", "python").absolute())
+
+
+def marpipe(wildcards):
+    """``marpipe`` in the model family's environment."""
+    return f"{family_python(wildcards.model)} -m marpipe"
+
+
+def launcher(wildcards, resources):
+    """:func:`marpipe` on one device; through torchrun (one DDP rank per GPU) when the profile books several."""
     gpus = int(resources.get("gpu", 0) or 0)
-    return f"torchrun --standalone --nproc_per_node={gpus} -m marpipe" if gpus > 1 else "marpipe"
+    if gpus > 1:
+        return f"{family_python(wildcards.model)} -m torch.distributed.run --standalone --nproc_per_node={gpus} -m marpipe"
+    return marpipe(wildcards)
+
+
+def refuse_undeployed():
+    """onstart: every model family's interpreter exists (on the shared filesystem the nodes see)."""
+    for model in MODELS:
+        adapter = EXP.cfg["models"][model].get("adapter", "tiny")
+        if not CONDA and DEPLOYMENT.get(adapter) and not Path(family_python(model)).exists():
+            raise SystemExit(f"marpipe: deployment.{adapter} = {DEPLOYMENT[adapter]}: {family_python(model)} not found; "
+                             f"build it with `make install official-venvs` in {workflow.basedir} (on the filesystem the "
+                             f"compute nodes share), or point the profile's config.deployment.{adapter} at that "
+                             f"environment. Nothing was submitted.")
 
 
 def base_model(model):
@@ -174,6 +235,7 @@ def model_spec(wildcards):
     adapter = EXP.cfg["models"][wildcards.model].get("adapter", "tiny")
     folder = f"resources/models/{wildcards.model}"
     return f"--weights {folder}/model.safetensors" if adapter == "tiny" else f"--model {adapter}:{folder}"
+
 
 
 # the scorer check (rules/scorers.smk)

@@ -11,6 +11,7 @@ rule generate:
     params:
         config=CONFIG,
         weights=weights_args,
+        marpipe=marpipe,
     log:
         "logs/generate/{model}/{row}/{suite}.log",
     benchmark:
@@ -18,7 +19,7 @@ rule generate:
     conda:
         env_for
     shell:
-        "marpipe generate --config {params.config} --model {wildcards.model} --row {wildcards.row}"
+        "{params.marpipe} generate --config {params.config} --model {wildcards.model} --row {wildcards.row}"
         " --suite {wildcards.suite} --prompt-dir resources/prompts {params.weights} --out {output} > {log} 2>&1"
 
 
@@ -39,7 +40,7 @@ rule evaluate:
     benchmark:
         "benchmarks/evaluate/{model}/{row}/{suite}.tsv"
     conda:
-        "../../envs/eval.yaml"
+        "../../envs/pipeline.yaml"
     shell:
         "marpipe evaluate --config {params.config} --model {wildcards.model} {params.row}"
         " --suite {wildcards.suite} --images {input.images} {params.selection} --out {output} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule download_base_model:
         f"resources/models/{{model}}/{MANIFEST}",
     params:
         config=CONFIG,
+        marpipe=marpipe,
     log:
         "logs/download_base_model/{model}.log",
     benchmark:
@@ -13,7 +14,7 @@ rule download_base_model:
     conda:
         env_for
     shell:
-        "marpipe fetch-model {wildcards.model} --config {params.config} --no-progress > {log} 2>&1"
+        "{params.marpipe} fetch-model {wildcards.model} --config {params.config} --no-progress > {log} 2>&1"
 
 
 rule verify_base_model:
@@ -24,6 +25,7 @@ rule verify_base_model:
         grid=report("results/verify/{model}.png", caption="../report/verify.rst", category="Base models"),
     params:
         config=CONFIG,
+        marpipe=marpipe,
     log:
         "logs/verify_base_model/{model}.log",
     benchmark:
@@ -31,7 +33,7 @@ rule verify_base_model:
     conda:
         env_for
     shell:
-        "marpipe verify-model {wildcards.model} --config {params.config} --out {output.json} --grid {output.grid} > {log} 2>&1"
+        "{params.marpipe} verify-model {wildcards.model} --config {params.config} --out {output.json} --grid {output.grid} > {log} 2>&1"
 
 
 rule download_weights:
@@ -44,7 +46,7 @@ rule download_weights:
     benchmark:
         "benchmarks/download_weights/{weights}.tsv"
     conda:
-        "../../envs/eval.yaml"
+        "../../envs/pipeline.yaml"
     shell:
         "marpipe fetch-weights {wildcards.weights} --config {params.config} > {log} 2>&1"
 

@@ -15,7 +15,7 @@ rule check_scorer:
     benchmark:
         "benchmarks/check_scorer/{weights}.tsv"
     conda:
-        "../../envs/eval.yaml"
+        "../../envs/pipeline.yaml"
     shell:
         "marpipe check-scorer {wildcards.weights} --config {params.config} --out {output.json}"
         " --table {output.table} > {log} 2>&1"

@@ -12,6 +12,7 @@ rule warmup_head:
     params:
         config=CONFIG,
         run=lambda w, output: str(Path(output[0]).parent),
+        marpipe=marpipe,
     log:
         "logs/warmup_head/{model}.log",
     benchmark:
@@ -19,7 +20,7 @@ rule warmup_head:
     conda:
         env_for
     shell:
-        "marpipe warmup --config {params.config} --model {wildcards.model} --prompts {input.prompts}"
+        "{params.marpipe} warmup --config {params.config} --model {wildcards.model} --prompts {input.prompts}"
         " --out {params.run} --no-progress > {log} 2>&1"
 
 
@@ -36,7 +37,7 @@ rule train:
         config=CONFIG,
         run=lambda w, output: str(Path(output[0]).parent),
         start=lambda w, input: f"--base-weights {input.warm}" if "warm" in input.keys() else "",
-        launch=lambda w, resources: launcher(resources),
+        launch=launcher,
     log:
         "logs/train/{model}/{reward}/{variant}/seed{seed}.log",
     benchmark:
