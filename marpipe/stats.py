@@ -276,10 +276,18 @@ def simultaneous(estimate: float, se: float, df: float, n_claims: int, level: fl
     that ANY of the claims' intervals misses its true value is at most ``1 - level``. A study decides
     some forty claims at once: at 95% each, two of them would be decided by chance in every run, and
     differently in the next. ``(nan, nan)`` without a standard error."""
+    half = decidable(se, df, n_claims, level)
+    return estimate - half, estimate + half
+
+
+def decidable(se: float, df: float, n_claims: int, level: float = LEVEL) -> float:
+    """The smallest difference a run can decide: the half-width of :func:`simultaneous`'s interval.
+    A claim is decided (holds or contradicted) exactly when ``|estimate| > decidable(...)``; beside
+    the paper's difference it says whether a run of this size could see an effect of the paper's
+    size at all. ``nan`` without a standard error."""
     if se is None or math.isnan(se) or n_claims < 1:
-        return math.nan, math.nan
-    q = _t_quantile(1.0 - (1.0 - level) / (2.0 * n_claims), df)
-    return estimate - q * se, estimate + q * se
+        return math.nan
+    return _t_quantile(1.0 - (1.0 - level) / (2.0 * n_claims), df) * se
 
 
 def direction(paper_diff: float) -> int:

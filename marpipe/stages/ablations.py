@@ -9,7 +9,8 @@ preference suite generated and scored, like any row of Table 2. Outputs, in ``re
   and its 95% interval over prompts and seeds (:mod:`marpipe.stats`), and the paired difference
   from the variant's own point (the centre of the sweep) with its interval and verdict (``higher``
   / ``lower`` / ``inconclusive``). The sweep's ``n_claims`` differences are decided together:
-  their intervals are simultaneous at 95% (:func:`marpipe.stats.simultaneous`).
+  their intervals are simultaneous at 95% (:func:`marpipe.stats.simultaneous`); ``diff_decidable``
+  is the half-width, the smallest difference from the centre the sweep can decide.
 * ``fig7_knobs.png``: the paper's Fig. 7c, the final metric against each knob (one panel per
   knob), the interval as an error bar, the centre point marked.
 * ``fig7_curves.png``: the paper's Fig. 7b, the training reward against the step for each
@@ -27,7 +28,7 @@ from marpipe.experiment import ABLATION_KNOBS, Experiment, split_variant
 from marpipe.io.tracking import read_jsonl
 
 COLUMNS = ["knob", "value", "variant", "metric", "mean", "lo", "hi", "n_prompts", "n_seeds",
-           "diff_vs_centre", "diff_lo", "diff_hi", "verdict", "n_claims"]
+           "diff_vs_centre", "diff_lo", "diff_hi", "diff_decidable", "verdict", "n_claims"]
 KNOB_LABELS = {"top_k": "top-k ratio k", "tau": "similarity threshold τ", "S": "diffusion trajectories S"}
 
 
@@ -81,8 +82,9 @@ def ablation_table(exp: Experiment, records: list[dict]) -> pd.DataFrame:
     # the sweep's comparisons are decided together, like the tables' claims (stats.simultaneous)
     n_claims = sum(1 for x in lines if x["verdict"] == "" and not np.isnan(x["diff_se"]))
     for x in lines:
-        x["diff_lo"], x["diff_hi"] = stats.simultaneous(x["diff_vs_centre"], x.pop("diff_se"), x.pop("diff_df"),
-                                                        n_claims)
+        se, df = x.pop("diff_se"), x.pop("diff_df")
+        x["diff_lo"], x["diff_hi"] = stats.simultaneous(x["diff_vs_centre"], se, df, n_claims)
+        x["diff_decidable"] = stats.decidable(se, df, n_claims)      # the smallest difference it can decide
         if x["verdict"] == "":
             x["verdict"] = ("higher" if x["diff_lo"] > 0 else "lower" if x["diff_hi"] < 0 else "inconclusive")
         x["n_claims"] = n_claims

@@ -522,8 +522,8 @@ def compare_with_paper(tables: dict[str, pd.DataFrame], paper_dir: str | Path = 
             "ordering": ordering_df}
 
 
-VERDICT_COLUMNS = ["table", "base", "claim", "a", "b", "column", "paper_diff", "ours_diff", "lo", "hi", "verdict",
-                   "n_prompts", "n_claims", "note"]
+VERDICT_COLUMNS = ["table", "base", "claim", "a", "b", "column", "paper_diff", "ours_diff", "lo", "hi", "decidable",
+                   "verdict", "n_prompts", "n_claims", "note"]
 
 
 OPERATOR = {1: ">", -1: "<", 0: "vs"}
@@ -539,7 +539,9 @@ def _verdicts(differences: pd.DataFrame | None, p1: pd.DataFrame, p2: pd.DataFra
 
     The claims (the differences with a direction in the paper and a standard error) are decided
     together: ``lo``/``hi`` are each claim's simultaneous 95% interval over all ``n_claims``
-    (:func:`marpipe.stats.simultaneous`), wider than the 95% interval of one difference alone."""
+    (:func:`marpipe.stats.simultaneous`), wider than the 95% interval of one difference alone;
+    ``decidable``: its half-width, the smallest difference this run can decide for the claim
+    (:func:`marpipe.stats.decidable`), to read beside ``paper_diff``."""
     lines = []
     for _, d in (differences if differences is not None else pd.DataFrame(columns=DIFFERENCE_COLUMNS)).iterrows():
         if d["table"] == "table1":
@@ -557,6 +559,7 @@ def _verdicts(differences: pd.DataFrame | None, p1: pd.DataFrame, p2: pd.DataFra
     claims = [x for x in lines if stats.direction(x["paper_diff"]) and not math.isnan(x["se"])]
     for x in lines:
         x["lo"], x["hi"] = stats.simultaneous(x["ours_diff"], x["se"], x["df"], len(claims))
+        x["decidable"] = stats.decidable(x["se"], x["df"], len(claims))
         x["verdict"] = stats.verdict(x["lo"], x["hi"], x["paper_diff"])
         x["n_claims"] = len(claims)
     return _counts_as_int(pd.DataFrame(lines, columns=VERDICT_COLUMNS), ["n_prompts", "n_claims"])
@@ -691,16 +694,21 @@ def _table_with_intervals(df: pd.DataFrame, intervals: pd.DataFrame | None, tabl
     return out
 
 
+DECIDABLE = "smallest decidable Δ"
+
+
 def _verdict_table(verdicts: pd.DataFrame, decimals=lambda col: 4) -> pd.DataFrame:
-    """The verdicts as text: claim, the paper's difference, ours with its interval, the verdict."""
+    """The verdicts as text: claim, the paper's difference, the smallest difference the run can
+    decide, ours with its interval, the verdict."""
     rows = []
     for _, v in verdicts.iterrows():
         d = decimals(v["column"])
         rows.append({"table": v["table"], "base": v["base"], "claim": v["claim"], "column": v["column"],
                      "paper Δ": "–" if _is_nan(v["paper_diff"]) else f"{v['paper_diff']:+.{d}f}",
+                     DECIDABLE: "–" if _is_nan(v.get("decidable")) else f"{v['decidable']:.{d}f}",
                      "ours Δ [simultaneous 95%]": _with_interval(v["ours_diff"], v["lo"], v["hi"], d, signed=True),
                      "verdict": v["verdict"], "note": v["note"]})
-    return pd.DataFrame(rows, columns=["table", "base", "claim", "column", "paper Δ", "ours Δ [simultaneous 95%]",
+    return pd.DataFrame(rows, columns=["table", "base", "claim", "column", "paper Δ", DECIDABLE, "ours Δ [simultaneous 95%]",
                                        "verdict", "note"])
 
 
@@ -752,7 +760,8 @@ VERDICTS_TEXT = ("Each comparison the paper makes, as a paired difference: Table
                  "bootstrap (one set of prompts drawn for both rows: they were sampled on the same prompts with the "
                  "same seeds) and, with several training seeds, the spread of the per-seed differences (runs of the "
                  "same seed paired). The claims are decided together: each interval is simultaneous over all of them "
-                 "(Bonferroni: 95% that none misses), so no verdict is a run's luck. Verdict against the sign of the "
+                 "(Bonferroni: 95% that none misses), so no verdict is a run's luck; its half-width (`smallest decidable Δ`) "
+                 "is the smallest difference this run can decide, to read beside the paper's. Verdict against the sign of the "
                  "paper's own difference: holds (our interval excludes 0 on the paper's side), contradicted (it "
                  "excludes 0 on the other side), inconclusive (it contains 0); no verdict: no interval (score files "
                  "without per-image values, tables rebuilt from MLflow) or no direction in the paper.")
@@ -800,7 +809,7 @@ def tables_markdown(tables: dict[str, pd.DataFrame], comparison: dict[str, pd.Da
         "### Table 2", "", markdown_table(_wide_comparison(comparison["table2"], ["row"])), "",
         "### Orderings: verdicts", "", VERDICTS_TEXT, "",
         *[f"- {line}" for line in _verdict_summary(verdicts)], "",
-        markdown_table(_verdict_table(verdicts), right=["paper Δ", "ours Δ [simultaneous 95%]"]), "",
+        markdown_table(_verdict_table(verdicts), right=["paper Δ", DECIDABLE, "ours Δ [simultaneous 95%]"]), "",
         "## Stand-ins", "",
         f"World: {world}. Scorer behind each column:", "",
         *[f"- {col}: `{scorer}`" for col, scorer in scorers.items()], "",
@@ -905,7 +914,7 @@ def _verdicts_table_html(verdicts: pd.DataFrame, table_id: str) -> str:
     """One row per comparison: claim, column, the paper's difference, ours with its interval under
     it, the verdict (coloured) and why there is none."""
     from html import escape as e
-    heads = ["table", "model", "claim", "column", "paper Δ", "ours Δ (simultaneous 95%)", "verdict", "note"]
+    heads = ["table", "model", "claim", "column", "paper Δ", DECIDABLE, "ours Δ (simultaneous 95%)", "verdict", "note"]
     body = []
     for _, v in verdicts.iterrows():
         col = v["column"]
@@ -915,6 +924,7 @@ def _verdicts_table_html(verdicts: pd.DataFrame, table_id: str) -> str:
         body.append("<tr>" + "".join([
             f"<td>{e(v['table'])}</td>", f"<td>{e(str(v['base']))}</td>", f"<td>{e(v['claim'])}</td>",
             f"<td>{e(col)}</td>", f'<td class="num">{_num_html(v["paper_diff"], col, signed=True)}</td>',
+            f'<td class="num">{_num_html(v.get("decidable", np.nan), col)}</td>',
             f'<td class="num">{ours}</td>', f'<td class="{cls}">{e(v["verdict"])}</td>',
             f"<td>{e(v['note'])}</td>"]) + "</tr>")
     return (f'<div class="wrap"><table id="{table_id}"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in heads)
