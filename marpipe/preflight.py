@@ -223,7 +223,8 @@ def reach(name: str, what: str, code: str, partition: str | None, fix: str) -> C
     where = f"a node of partition {partition}" if partition else "this machine"
     if "HTTP 200" in r.stdout:
         return Check(name, True, f"{what} answers from {where}")
-    return Check(name, False, f"{what} does not answer from {where}: {(r.stderr or r.stdout).strip()[-200:]}", fix)
+    why = ((r.stderr or r.stdout).strip().splitlines() or ["no output"])[-1][-200:]
+    return Check(name, False, f"{what} does not answer from {where}: {why}", fix)
 
 
 def check_mlflow(cfg: dict, state: Path, partition: str | None) -> Check:
@@ -356,7 +357,8 @@ def preflight(profile: str, configfiles: list[str], directory: str, extra: list[
     for rule, n, g, booked, meas in rows:
         out(f"  {rule:<20} {n:>5} {g:>9} {booked:>13,.1f} {'-' if meas is None else f'{meas:,.2f}':>15}")
     out(f"  {'total':<20} {sum(r[1] for r in rows):>5} {'':>9} {sum(r[3] for r in rows):>13,.1f}")
-    out("  disk: " + ", ".join(f"{k} {v:,.1f} GB" for k, v in disk.items()) + f"; total {need:,.1f} GB")
+    out("  disk: " + ", ".join(f"{k} {v:,.1f} GB" for k, v in disk.items()) + f"; total {need:,.1f} GB"
+        + ("" if lock else " (downloads and checkpoints unknown until `marpipe lock` records the files' sizes)"))
     failed = [c for c in checks if not c.ok and not c.accepted]
     accepted = [c for c in checks if not c.ok and c.accepted]
     out(f"\n{len(checks) - len(failed) - len(accepted)} of {len(checks)} checks passed"

@@ -63,22 +63,36 @@ def ci_overrides(mem_mb: int = 2000, gpu_mem_mb: int = 4000) -> list[str]:
             "--set-resources", *res]
 
 
-def preflight_args(profile: str) -> list[str]:
-    """The rehearsal's snakemake arguments beyond the profile, for ``marpipe preflight -- ...``."""
-    return ["--", *ci_overrides()] if Path(profile).name.startswith("slurm") else ["--", "--cores", "2"]
+#: The README's cluster section, in its order (tests/models/test_rehearse.py holds the README to it). The
+#: rehearsal runs every command after the install as written, with its own config for {config} and its
+#: profile for `slurm`, adding only what the one-node cluster and its working folder need (:func:`steps`).
+CLUSTER_COMMANDS = (
+    "make install official-venvs",
+    ".venv/bin/marpipe lock --config {config}",
+    ".venv/bin/marpipe preflight --profile slurm --configfile {config}",
+    ".venv/bin/snakemake --profile slurm all --configfile {config}",
+    ".venv/bin/snakemake --report report.html --configfile {config}",
+)
 
 
-def snakemake_command(profile: str, directory: str, config: str = CONFIG, extra: list[str] | None = None,
-                      snakemake: str | None = None) -> list[str]:
-    """The rehearsal's snakemake call (``--configfile`` last but the extra args: it takes every following word)."""
-    exe = snakemake or shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
-    prof = str(REPO_ROOT / profile) if (REPO_ROOT / profile).is_dir() else profile
-    cmd = [exe, "all", "--profile", prof, "--directory", directory]
-    if Path(prof).name.startswith("slurm"):
-        cmd += ci_overrides()
-    else:
-        cmd += ["--cores", "2"]
-    return cmd + ["--configfile", str(REPO_ROOT / config), *(extra or [])]
+def steps(profile: str, directory: str, config: str = CONFIG, extra: list[str] | None = None) -> list[list[str]]:
+    """The rehearsal's commands: :data:`CLUSTER_COMMANDS` after the install, ``.venv/bin`` being this
+    interpreter's folder, with ``--directory`` and the one-node cluster's overrides (:func:`ci_overrides`;
+    ``--cores 2`` without SLURM) before the trailing ``--configfile`` (it takes every following word)."""
+    slurm = Path(profile).name.startswith("slurm")
+    site = ci_overrides() if slurm else ["--cores", "2"]
+    out = []
+    for template in CLUSTER_COMMANDS[1:]:
+        argv = [str(Path(sys.executable).with_name(w.rsplit("/", 1)[1])) if w.startswith(".venv/bin/") else
+                profile if w == "slurm" else w for w in template.format(config=config).split()]
+        if argv[1] == "preflight":
+            argv += ["--directory", directory, *(["--accept-no-gpu"] if slurm else []), "--", *site]
+        elif "--profile" in argv:
+            argv = argv[:-2] + ["--directory", directory, *site] + argv[-2:] + list(extra or [])
+        elif "--report" in argv:
+            argv = argv[:-2] + ["--directory", directory] + argv[-2:]
+        out.append(argv)
+    return out
 
 
 # --- the hub ------------------------------------------------------------------------------------------
@@ -169,19 +183,18 @@ def rehearse(profile: str, directory: str, config: str = CONFIG, extra: list[str
     check_disk(work)
     endpoint, server = ensure_hub(REPO_ROOT / hub_dir, REPO_ROOT / config, port)
     env = dict(os.environ, HF_ENDPOINT=endpoint)
-    marpipe = str(Path(sys.executable).with_name("marpipe"))
-    steps = [[marpipe, "lock", "--config", config],
-             [marpipe, "preflight", "--profile", profile, "--configfile", config, "--directory", str(work),
-              *(["--accept-no-gpu"] if profile.startswith("slurm") else []), *preflight_args(profile)]]
+    lock, preflight, run, report = steps(profile, str(work), config, extra)
     t0 = time.monotonic()
     try:
-        for step in steps:
+        for step in (lock, preflight):
             print("[rehearse] HF_ENDPOINT=" + endpoint + " " + " ".join(shlex.quote(c) for c in step), flush=True)
             if subprocess.call(step, env=env, cwd=REPO_ROOT) != 0:
-                raise SystemExit(f"[rehearse] `{' '.join(step[1:3])}` failed (above): nothing was submitted")
-        cmd = snakemake_command(profile, str(work), config, extra)
-        print("[rehearse] HF_ENDPOINT=" + endpoint + " " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-        rc = subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+                raise SystemExit(f"[rehearse] `marpipe {step[1]}` failed (above): nothing was submitted")
+        print("[rehearse] HF_ENDPOINT=" + endpoint + " " + " ".join(shlex.quote(c) for c in run), flush=True)
+        rc = subprocess.call(run, env=env, cwd=REPO_ROOT)
+        if rc == 0:
+            print("[rehearse] " + " ".join(shlex.quote(c) for c in report), flush=True)
+            rc = subprocess.call(report, env=env, cwd=REPO_ROOT)
     finally:
         if server is not None:
             server.terminate()

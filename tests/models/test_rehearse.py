@@ -39,12 +39,24 @@ def test_ci_overrides_fit_every_sized_rule_of_the_paper_profile_onto_the_ci_node
     assert args[args.index("--slurm-status-command") + 1] == "squeue"        # no slurmdbd on the CI cluster
 
 
-def test_snakemake_command_keeps_the_profile_and_puts_configfile_last():
-    cmd = R.snakemake_command("slurm", "rehearsal", extra=["-n"])
-    assert cmd[cmd.index("--profile") + 1] == str(ROOT / "slurm")
-    assert cmd[cmd.index("--directory") + 1] == "rehearsal"
-    assert cmd[-3:] == ["--configfile", str(REHEARSAL), "-n"]
-    local = R.snakemake_command("local", "rehearsal")
+def test_the_rehearsal_runs_the_readmes_cluster_commands_as_written():
+    """The README's cluster section is CLUSTER_COMMANDS with config.yaml; the rehearsal runs the same
+    commands with its config, adding only the working folder and the one-node cluster's overrides."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## On a SLURM cluster")[1].split("```bash\n")[1].split("```")[0]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    assert lines == [c.format(config="config.yaml") for c in R.CLUSTER_COMMANDS]
+    lock, preflight, run, report = R.steps("slurm", "rehearsal", "config/rehearsal.yaml", extra=["-n"])
+    bindir = str(Path(R.sys.executable).parent)
+    assert lock == [f"{bindir}/marpipe", "lock", "--config", "config/rehearsal.yaml"]
+    assert preflight[:6] == [f"{bindir}/marpipe", "preflight", "--profile", "slurm", "--configfile",
+                             "config/rehearsal.yaml"]
+    assert preflight[6:10] == ["--directory", "rehearsal", "--accept-no-gpu", "--"] and preflight[10:] == R.ci_overrides()
+    assert run[:4] == [f"{bindir}/snakemake", "--profile", "slurm", "all"]
+    assert run[-3:] == ["--configfile", "config/rehearsal.yaml", "-n"] and R.ci_overrides()[0] in run
+    assert report == [f"{bindir}/snakemake", "--report", "report.html", "--directory", "rehearsal", "--configfile",
+                      "config/rehearsal.yaml"]
+    local = R.steps("local", "rehearsal")[2]
     assert "--slurm-status-command" not in local and local[local.index("--cores") + 1] == "2"
 
 
