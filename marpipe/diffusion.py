@@ -14,7 +14,7 @@ model is trained on ``T_train`` steps (1000 for NOVA and Harmon) and sampled on
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,6 +53,7 @@ class Schedule:
     coef_xt: torch.Tensor        # [T] posterior mean coefficient on x_t
     clip_x0: float | None = None # clamp x0_hat to [-clip_x0, clip_x0] before the posterior mean
                                  # (diffusers' DDPMScheduler ``clip_sample``); None: no clamp
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_steps(self) -> int:
@@ -81,9 +82,26 @@ class Schedule:
         ts = torch.arange(sample_steps - 1, -1, -1, dtype=torch.long) * (train_steps // sample_steps)
         return cls.from_abar(abar_all, ts)
 
+    @property
+    def learned_min_var(self) -> torch.Tensor:
+        """The learned range's lower end: the posterior variance, its last step's clipped to the one
+        before (ADM's ``posterior_log_variance_clipped``)."""
+        post = self.post_var.clone()
+        if post.numel() > 1:
+            post[-1] = post[-2]
+        return post
+
+    def table(self, name: str, device) -> torch.Tensor:
+        """Per-step constant ``name`` (a field or ``learned_min_var``) on ``device``, copied there once."""
+        key = (name, str(torch.device(device)))
+        v = self._on_device.get(key)
+        if v is None:
+            v = self._on_device[key] = getattr(self, name).to(device)
+        return v
+
     def at(self, name: str, step: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Gather per-step constant ``name`` for integer ``step`` and broadcast to ``like``'s rank."""
-        v = getattr(self, name).to(like.device)[step].to(like.dtype)
+        v = self.table(name, like.device)[step].to(like.dtype)
         return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
 
 
@@ -108,10 +126,7 @@ def posterior_log_var(sched: Schedule, step: torch.Tensor, like: torch.Tensor,
     if v is None:
         return fixed
     # Harmon/ADM: interpolate between log(posterior variance, clipped at step 1) and log(beta)
-    post = sched.post_var.clone()
-    if post.numel() > 1:
-        post[-1] = post[-2]
-    min_log = post.to(like.device)[step].to(like.dtype).log()
+    min_log = sched.table("learned_min_var", like.device)[step].to(like.dtype).log()
     max_log = sched.at("beta", step, like).log()
     min_log = min_log.reshape(min_log.shape + (1,) * (like.dim() - min_log.dim()))
     frac = (v + 1) / 2

@@ -219,7 +219,7 @@ def record(model, prompts: Sequence[str], cfg: GRPOConfig, reward, seed: int, de
     model.eval()
     with _autocast(device):
         ro = rollout(model, list(prompts), cfg.group_size, plan, seed=seed, step=STEP, device=device,
-                     **_sampling_kwargs(cfg))
+                     sim=True, **_sampling_kwargs(cfg))
     with torch.no_grad():
         rewards = reward(ro.images.float(), ro.prompts, [{} for _ in ro.prompts]).float().to(device)
     return Recorded(ro, list(prompts), cfg.group_size, seed, rewards, grpo.group_advantages(rewards, cfg.group_size))
@@ -235,7 +235,7 @@ def replay(model, rec: Recorded, cfg: GRPOConfig, trajectories: int, noise_draw:
     model.eval()
     with _autocast(device):
         new = rollout(model, rec.prompts, rec.group_size, plan, seed=rec.seed, step=STEP, device=device,
-                      forced_latents=ro.latents, noise_draw=noise_draw, **_sampling_kwargs(cfg))
+                      forced_latents=ro.latents, noise_draw=noise_draw, sim=False, **_sampling_kwargs(cfg))
     return replace(new, x0=ro.x0, x0_before=ro.x0_before, has_before=ro.has_before)
 
 

@@ -24,6 +24,16 @@ Either way their transitions at the trained head steps are what Eq. 10 averages 
 ``mte_guided`` samples them with the rollout's CFG (Harmon reference, paper), else with the
 conditional branch only (NOVA reference).
 
+The head runs on what the loss reads (:func:`head_tokens`): every still-masked token at the
+trained AR steps (their chains, their ``x0``) and, for Sim, at the step before each (``x0`` at
+``m - 1``); elsewhere only the tokens the step accepts, as the official samplers do. The noise
+is drawn as if every still-masked token ran (one ``randn`` per prompt and head step) and the
+accepted tokens' part is kept, so every value is the one the full computation gives
+(``full_head=True``, a test mode). On a CPU a reduced head batch is padded to a multiple of
+:data:`CPU_ROW_MULTIPLE` rows per CFG branch: PyTorch's vectorised CPU kernels compute the last
+``numel % 32`` elements of an elementwise op (SiLU's) with the scalar code, which rounds
+differently, so a token must not land there in one batch shape and not in the other.
+
 All randomness comes from per-prompt generators seeded by ``(seed, step,
 prompt index)``, so a rollout does not depend on how prompts are split across
 batches or ranks.
@@ -45,6 +55,20 @@ def mask_schedule(model: MARModel) -> list[int]:
     """Tokens made known at each AR step when ``model`` samples with its ``sampling.ar_steps``:
     the model's own (official) schedule; its length is the number of AR steps that run."""
     return list(model.mask_counts(model.sampling.ar_steps))
+
+
+CPU_ROW_MULTIPLE = 32
+
+
+def head_tokens(counts: Sequence[int], trained: Sequence[int], sim: bool = True) -> list[int]:
+    """Tokens per image whose head chain a rollout runs at each AR step (one CFG branch): every
+    still-masked token at a trained step and, with ``sim``, at the step before one; elsewhere the
+    ones the step accepts."""
+    trained, out, masked = set(trained), [], sum(counts)
+    for k, c in enumerate(counts):
+        out.append(masked if k in trained or (sim and k + 1 in trained) else c)
+        masked -= c
+    return out
 
 
 def derive_seed(*parts: int) -> int:
@@ -108,38 +132,51 @@ class Rollout:
         return ~self.known
 
 
+def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    extra = -t.shape[0] % multiple
+    return t if not extra else torch.cat([t, t.new_zeros(extra, *t.shape[1:])])
+
+
 def _head_step(model: MARModel, x, step: int, z_cond, z_uncond=None, cfg_scale: float = 1.0,
-               guided_logp: bool = False):
-    """One head transition for ``x [..., C]``, with CFG when ``z_uncond`` is given.
+               guided_logp: bool = False, pad: int = 1):
+    """One head transition for ``x [..., C]``, with CFG when ``z_uncond`` is given; the head's
+    batch padded with zero rows to a multiple of ``pad`` rows per branch.
 
     Returns mean, log_var and the mean used for log-probs.
     """
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
+    M = flat.shape[0]
     zc = z_cond.reshape(-1, z_cond.shape[-1])
-    st = torch.full((flat.shape[0],), step, dtype=torch.long, device=x.device)
+    xp, zc = _pad_rows(flat, pad), _pad_rows(zc, pad)
+    st = torch.full((xp.shape[0],), step, dtype=torch.long, device=x.device)
     if z_uncond is None:
-        eps_c, v = model.head(flat, st, zc)
-        eps_g = eps_c
+        eps_c, v = model.head(xp, st, zc)
+        eps_g = eps_c = eps_c[:M]
+        v = None if v is None else v[:M]
     else:
-        zu = z_uncond.reshape(-1, z_uncond.shape[-1])
-        eps, v = model.head(torch.cat([flat, flat]), torch.cat([st, st]), torch.cat([zc, zu]))
-        eps_c, eps_u = eps.chunk(2)
+        zu = _pad_rows(z_uncond.reshape(-1, z_uncond.shape[-1]), pad)
+        eps, v = model.head(torch.cat([xp, xp]), torch.cat([st, st]), torch.cat([zc, zu]))
+        eps_c, eps_u = (e[:M] for e in eps.chunk(2))
         eps_g = eps_u + cfg_scale * (eps_c - eps_u)
-        v = None if v is None else v.chunk(2)[0]
+        v = None if v is None else v.chunk(2)[0][:M]
+    st = st[:M]
     mean = D.posterior_mean(model.schedule, st, flat, eps_g)
     log_var = D.posterior_log_var(model.schedule, st, flat, v)
     logp_mean = mean if guided_logp or z_uncond is None else D.posterior_mean(model.schedule, st, flat, eps_c)
     return mean.reshape(shape), log_var.reshape(shape), logp_mean.reshape(shape)
 
 
-def _sample_chain(model: MARModel, x, z_cond, z_uncond, cfg_scale: float, guided_logp: bool, noise, record):
-    """Run the head's ``T`` transitions from ``x``; ``record(t, x_t, x_prev, log_var, logp_mean)``."""
+def _sample_chain(model: MARModel, noise: torch.Tensor, z_cond, z_uncond, cfg_scale: float, guided_logp: bool,
+                  record, pad: int = 1):
+    """Run the head's ``T`` transitions from ``noise[0]``, adding ``noise[t + 1]`` after transition
+    ``t``; ``record(t, x_t, x_prev, log_var, logp_mean)``."""
     T = model.sampling.diffusion_steps
+    x = noise[0]
     for t in range(T):
-        mean, log_var, logp_mean = _head_step(model, x, t, z_cond, z_uncond, cfg_scale, guided_logp)
+        mean, log_var, logp_mean = _head_step(model, x, t, z_cond, z_uncond, cfg_scale, guided_logp, pad)
         # the last transition adds no noise (DDPM / MAR p_sample at t = 0)
-        x_next = mean + torch.exp(0.5 * log_var) * noise() if t < T - 1 else mean
+        x_next = mean + torch.exp(0.5 * log_var) * noise[t + 1] if t < T - 1 else mean
         record(t, x, x_next, log_var, logp_mean)
         x = x_next
     return x
@@ -150,29 +187,40 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
             seed: int, step: int = 0, prompt_ids: Sequence[int] | None = None,
             cfg_scale: float | None = None, guided_logp: bool = False, mte_guided: bool = False,
             device: torch.device | str = "cpu", forced_latents: torch.Tensor | None = None,
-            noise_draw: int | None = None) -> Rollout:
+            noise_draw: int | None = None, sim: bool = True, full_head: bool = False) -> Rollout:
     """Sample ``group_size`` images for each prompt and record the trained steps.
 
     ``prompt_ids`` are the prompts' global indices (they seed the per-prompt noise);
     defaults to ``0..P-1``. ``mte_guided``: the extra trajectories use the rollout's CFG.
+    ``sim``: record ``x0_before`` (Sim's ``x0`` at ``m - 1``; without it, only where step
+    ``m - 1`` is trained too, ``has_before`` says where). ``full_head``: run the head on every
+    still-masked token at every step (the same results, at the cost of the reference trainers).
 
     Replaying a recorded rollout with its AR decisions held (:mod:`marpipe.gradnoise`):
     ``forced_latents [B,N,C]`` (its final tokens): every step accepts these values instead of
     the head's output, so the canvases and the final image are the recorded ones (the token
-    order is drawn as always, from the same seed); ``noise_draw``: the head's noise (the
-    rollout's chains and MTE's extra ones) comes from a fresh stream with that number instead.
+    order is drawn as always, from the same seed), and the head only runs at the trained steps;
+    ``noise_draw``: the head's noise (the rollout's chains and MTE's extra ones) comes from a
+    fresh stream with that number instead.
     """
     cfg_scale = model.sampling.cfg_scale if cfg_scale is None else cfg_scale
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
     G, P = group_size, len(prompts)
     B, N, C = P * G, model.num_tokens, model.token_dim
     counts = mask_schedule(model)
-    K, S = len(counts), plan.trajectories
+    K, S, T = len(counts), plan.trajectories, model.sampling.diffusion_steps
     gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid)) for pid in prompt_ids]
     mte_gens = [torch.Generator().manual_seed(derive_seed(seed, step, pid, 1)) for pid in prompt_ids]
+    pad = CPU_ROW_MULTIPLE if torch.device(device).type == "cpu" else 1
 
-    def noise(generators, lead: tuple, tokens: int) -> torch.Tensor:  # [*lead, B, tokens, C]
-        return torch.cat([torch.randn(*lead, G, tokens, C, generator=g) for g in generators], dim=-3).to(device)
+    def noise(generators, lead: tuple, tokens: int, keep: int | None = None) -> torch.Tensor:
+        """``[T, *lead, B, keep, C]``: ``T`` draws over ``tokens`` tokens, the first ``keep`` kept."""
+        keep = tokens if keep is None else keep
+        draws = torch.stack([torch.cat([torch.randn(*lead, G, tokens, C, generator=g) for g in generators],
+                                       dim=-3)[..., :keep, :] for _ in range(T)])
+        if torch.device(device).type == "cuda":
+            return draws.pin_memory().to(device, non_blocking=True)
+        return draws.to(device)
 
     flat_prompts = [p for p in prompts for _ in range(G)]
     cond = model.encode_prompts(prompts).repeat_interleave(G)
@@ -193,17 +241,23 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
     if per_step:
         rec["x0_step"], rec["x0_final"] = zeros(J, S, B, N, C), zeros(1, B, N, C)
     slot = {m: j for j, m in enumerate(plan.ar_steps)}
+    # tokens per image whose chain runs at each step: all still-masked ones, the accepted ones, or
+    # none (a replay accepts the recorded values)
+    run = [N - sum(counts[:k]) if full_head else n for k, n in enumerate(head_tokens(counts, plan.ar_steps, sim))]
+    if forced_latents is not None:
+        run = [n if k in slot or n == N - sum(counts[:k]) else 0 for k, n in enumerate(run)]
 
     canvas = torch.zeros(B, N, C, device=device)
     known = torch.zeros(B, N, dtype=torch.bool, device=device)
     z_accepted = z_accepted_u = None                              # [B,N,Dz] each token's condition
     rows = torch.arange(B, device=device)[:, None]
     done, prev_x0 = 0, None
+    draws = noise(gens, (), N, run[0])    # drawn a step ahead: on a GPU, while the last step's head runs
     for k in range(K):
         z = model.ar_forward(torch.cat([canvas, canvas]), torch.cat([known, known]), both)
         pos = orders[:, done:]                                    # [B,P_k] tokens predicted now
         z_c, z_u = z[:B][rows, pos], z[B:][rows, pos]             # [B,P_k,Dz]
-        j = slot.get(k)
+        j, n, every = slot.get(k), run[k], run[k] == pos.shape[1]
 
         def record(t, x_t, x_prev, log_var, logp_mean, j=j, pos=pos):
             if j is None or not (plan.diffusion_steps[j] == t).any():
@@ -213,8 +267,10 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
                 rec[name][j, 0, i][rows, pos] = val
             rec["old_log_prob"][j, 0, i][rows, pos] = gaussian_log_prob(x_prev, logp_mean, log_var)
 
-        x = _sample_chain(model, noise(gens, (), pos.shape[1]), z_c, z_u, cfg_scale, guided_logp,
-                          lambda pos=pos: noise(gens, (), pos.shape[1]), record)
+        x = _sample_chain(model, draws, z_c[:, :n], z_u[:, :n], cfg_scale, guided_logp, record,
+                          1 if every else pad) if n else None
+        if k + 1 < K:
+            draws = noise(gens, (), pos.shape[1] - counts[k], run[k + 1])
         new = pos[:, : counts[k]]
         if j is not None:
             rec["canvas"][j], rec["known"][j] = canvas, known
@@ -225,10 +281,11 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
             if per_step:
                 rec["x0_step"][j, 0][rows, pos] = x
                 _step_trajectories(model, plan, j, rows, pos, z_c, z_u if mte_guided else None, cfg_scale,
-                                   guided_logp, rec, lambda pos=pos: noise(mte_gens, (S - 1,), pos.shape[1]))
-        step_x0 = torch.zeros(B, N, C, device=device)
-        step_x0[rows, pos] = x
-        prev_x0 = step_x0
+                                   guided_logp, rec, noise(mte_gens, (S - 1,), pos.shape[1]))
+        prev_x0 = None
+        if every and k + 1 in slot:                               # x0 at m - 1 of a trained step m
+            prev_x0 = torch.zeros(B, N, C, device=device)
+            prev_x0[rows, pos] = x
         if S > 1 and not per_step:
             z_accepted = z_c.new_zeros(B, N, z_c.shape[-1]) if z_accepted is None else z_accepted
             z_accepted[rows, new] = z_c[:, : counts[k]]
@@ -243,7 +300,7 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
     rec["x0_final"][0] = canvas
     if S > 1 and not per_step:
         rec["x0_final"][1:] = _extra_trajectories(model, plan, z_accepted, z_accepted_u, cfg_scale, rec,
-                                                  lambda: noise(mte_gens, (S - 1,), N))
+                                                  noise(mte_gens, (S - 1,), N))
     images = model.decode(canvas)
     return Rollout(prompts=flat_prompts, images=images, latents=canvas, plan=plan, **rec)
 
@@ -267,7 +324,7 @@ def _extra_trajectories(model: MARModel, plan: RolloutPlan, z_accepted: torch.Te
 
     z = z_accepted.expand(S1, *z_accepted.shape)
     z_u = None if z_accepted_u is None else z_accepted_u.expand(S1, *z_accepted_u.shape)
-    return _sample_chain(model, noise(), z, z_u, cfg_scale, False, noise, record)
+    return _sample_chain(model, noise, z, z_u, cfg_scale, False, record)
 
 
 def _step_trajectories(model: MARModel, plan: RolloutPlan, j: int, rows, pos, z_c, z_u, cfg_scale: float,
@@ -286,7 +343,7 @@ def _step_trajectories(model: MARModel, plan: RolloutPlan, j: int, rows, pos, z_
             rec[name][j, 1:, i][:, rows, pos] = val
         rec["old_log_prob"][j, 1:, i][:, rows, pos] = gaussian_log_prob(x_prev, logp_mean, log_var)
 
-    rec["x0_step"][j, 1:][:, rows, pos] = _sample_chain(model, noise(), zc, zu, cfg_scale, guided_logp, noise, record)
+    rec["x0_step"][j, 1:][:, rows, pos] = _sample_chain(model, noise, zc, zu, cfg_scale, guided_logp, record)
 
 
 @torch.no_grad()

@@ -185,7 +185,7 @@ class Trainer:
         with self.autocast():
             ro = rollout(model, [it.prompt for it in items], cfg.group_size, plan, seed=cfg.seed, step=step,
                          prompt_ids=ids, cfg_scale=cfg.cfg_scale, guided_logp=cfg.guided_logp,
-                         mte_guided=cfg.mte_guided, device=self.device)
+                         mte_guided=cfg.mte_guided, device=self.device, sim=cfg.sim)
         t1 = time.perf_counter()
         meta = [it.metadata for it in items for _ in range(cfg.group_size)]
         with torch.no_grad():

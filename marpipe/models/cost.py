@@ -10,8 +10,10 @@ left out. Architectures, from the official code and configs:
 * NOVA ``BAAI/nova-d48w1024-sd512`` (baaivision/NOVA@2cd254a,
   ``diffnext/models/transformers/transformer_nova.py``): video encoder ``vit_d16w1024`` (once
   per prompt, over the 256 prompt-slot tokens), image encoder ``vit_d32w1024`` whose first 16
-  blocks see only the known tokens and the last 16 all 1,024 (plus the 256 prompt tokens as
-  keys), head ``mlp_d6w1024`` (6 AdaLN blocks: modulation ``3 w^2`` + MLP ``2 w^2``), tokens of
+  blocks see only the known tokens and the last 16 all 1,024, the 256 prompt tokens
+  concatenated in front in every block, as queries and keys (``VisionTransformer.forward`` in
+  ``diffnext/models/vision_transformer.py``: ``torch.cat([c, x], dim=1)`` before both halves),
+  head ``mlp_d6w1024`` (6 AdaLN blocks: modulation ``3 w^2`` + MLP ``2 w^2``), tokens of
   16 dims, text encoder Phi-2 (2.7B) once per prompt.
 * Harmon ``wusize/Harmon-1_5B`` (wusize/Harmon@4eb6087, ``src/models/mar.py`` ``mar_huge`` and
   the Qwen2.5-1.5B config): MAE encoder 20 blocks of width 1280 over the known tokens + 64
@@ -20,8 +22,19 @@ left out. Architectures, from the official code and configs:
   ``SimpleMLPAdaLN`` (12 res-blocks of width 1536), tokens of 16 dims.
 
 Every AR step runs with CFG ([cond; uncond], a batch of two).
+
+Head token-steps (one token through one head step, both CFG branches) per image, under four
+rules (:func:`head_rows`): the official samplers run the accepted tokens only (``N T`` per
+branch); marpipe's rollout (:func:`marpipe.rollout.head_tokens`) every still-masked token at
+the trained AR steps and, for Sim, at the step before each, the accepted ones elsewhere; the
+NOVA reference trainer every token at every step; the Harmon reference trainer
+(AMAP-ML/mar-grpo@fcb7969:src/grpo/src/harmon/harmon_generate_image_with_logp.py,
+``sample_with_logp``: ``keep_this_step``) every token at the trained steps, the step before each
+and the last, the accepted ones elsewhere.
 """
 from __future__ import annotations
+
+from math import comb
 
 PROMPT_TOKENS = {"nova": 256, "harmon": 32}   # NOVA: fixed 256 slots; Harmon: a typical templated prompt
 
@@ -55,8 +68,8 @@ def ar_step_macs(name: str, known: int, tokens: int = 1024) -> float:
     p = PROMPT_TOKENS[name]
     if name == "nova":
         d = 1024
-        enc = 16 * block(d, known, known + p)          # MAE half: known tokens (+ prompt keys)
-        dec = 16 * block(d, tokens, tokens + p)        # second half: every position
+        enc = 16 * block(d, known + p, known + p)      # MAE half: the prompt and the known tokens
+        dec = 16 * block(d, tokens + p, tokens + p)    # second half: the prompt and every position
         return enc + dec
     if name == "harmon":
         d, buf = 1280, 64
@@ -75,24 +88,81 @@ def prompt_macs(name: str) -> float:
     return 0.0   # Harmon's prompt runs through the LLM inside every AR step (counted there)
 
 
-def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int = 1, guided: bool = False) -> dict:
+RULES = ("official_sampler", "marpipe", "marpipe_sim", "full", "nova_reference", "harmon_reference")
+
+
+def _runs_every_token(rule: str, k: int, K: int, trained: set) -> bool:
+    """Whether AR step ``k`` runs the head on more than its accepted tokens under ``rule``."""
+    if rule == "official_sampler":
+        return False
+    if rule in ("full", "nova_reference"):
+        return True
+    return k in trained or (rule in ("marpipe_sim", "harmon_reference") and k + 1 in trained) or \
+        (rule == "harmon_reference" and k == K - 1)
+
+
+def head_rows(counts: list[int], diffusion_steps: int, trained, rule: str = "marpipe", images: int = 1,
+              guided: bool = True, row_multiple: int = 1) -> int:
+    """Head token-steps of one rollout of ``images`` images whose trained AR steps are ``trained``:
+    ``rule`` (:data:`RULES`) says which tokens run; a step that runs fewer than all still-masked
+    tokens pads its batch to a multiple of ``row_multiple`` rows per CFG branch (marpipe on a CPU)."""
+    N, K, trained = sum(counts), len(counts), set(trained)
+    rows, masked = 0, N
+    for k, c in enumerate(counts):
+        every = N if rule.endswith("_reference") else masked       # the reference trainers: all N tokens
+        n = every if _runs_every_token(rule, k, K, trained) else c
+        per_branch = images * n
+        if n < every:
+            per_branch = -(-per_branch // row_multiple) * row_multiple
+        rows += per_branch
+        masked -= c
+    return rows * diffusion_steps * (2 if guided else 1)
+
+
+def expected_head_rows(counts: list[int], diffusion_steps: int, trained_ar: int, rule: str) -> float:
+    """:func:`head_rows` of one image with CFG, averaged over the ``trained_ar`` AR steps drawn
+    uniformly from the ``K`` (:meth:`marpipe.rollout.RolloutPlan.sample`)."""
+    N, K = sum(counts), len(counts)
+    J = min(trained_ar, K)
+    miss1 = comb(K - 1, J) / comb(K, J)                   # P(k not trained)
+    miss2 = comb(K - 2, J) / comb(K, J) if K > 1 else 1.0  # P(k and k + 1 not trained)
+    total, masked = 0.0, N
+    for k, c in enumerate(counts):
+        if rule == "official_sampler":
+            p = 0.0
+        elif rule in ("full", "nova_reference"):
+            p = 1.0
+        elif rule == "marpipe":
+            p = 1 - miss1
+        elif k == K - 1:
+            p = 1.0 if rule == "harmon_reference" else 1 - miss1
+        else:
+            p = 1 - miss2
+        every = N if rule.endswith("_reference") else masked
+        total += p * every + (1 - p) * c
+        masked -= c
+    return 2 * diffusion_steps * total
+
+
+def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int = 1, guided: bool = False,
+                 sim: bool = False, trained_ar: int = 12, full_head: bool = False) -> dict:
     """Multiply-adds of one image's rollout (CFG, both branches) with the mask schedule ``counts``.
 
-    ``head_passes``: token-steps of the head under three schedules: the official sampler (only the
-    tokens accepted at each step: ``N T``), marpipe's rollout (every still-masked token at every AR
-    step, whose x0 the loss and Sim need: ``T sum_k P_k``), and the reference trainers (all
-    ``N`` tokens at every AR step: ``K N T``). MTE's ``S - 1`` extra trajectories add ``(S-1) N T``
-    head passes once per image, twice that with CFG (``guided``).
+    ``head_passes``: expected head token-steps (:func:`expected_head_rows`) under each rule with
+    ``trained_ar`` trained AR steps; the rollout's head costs ``marpipe`` (``marpipe_sim`` with
+    ``sim``; ``full`` with ``full_head``: every still-masked token at every step). MTE's ``S - 1``
+    extra trajectories add ``(S-1) N T`` head passes once per image, twice that with CFG (``guided``).
     """
     N, T, K = sum(counts), diffusion_steps, len(counts)
     head_tok = head_macs_per_token_step(name)
-    known, ar, masked = 0, 0.0, []
+    known, ar = 0, 0.0
     for c in counts:
         ar += 2 * ar_step_macs(name, known, N)
-        masked.append(N - known)
         known += c
-    passes = {"official_sampler": 2 * N * T, "marpipe": 2 * T * sum(masked), "reference": 2 * K * N * T}
-    head = passes["marpipe"] * head_tok
+    passes = {r: round(expected_head_rows(counts, T, trained_ar, r)) for r in RULES}
+    passes["reference"] = passes[f"{name}_reference"]
+    rule = "full" if full_head else "marpipe_sim" if sim else "marpipe"
+    head = passes[rule] * head_tok
     mte = (S - 1) * N * T * head_tok * (2 if guided else 1)
     total = ar + head + 2 * prompt_macs(name)
     return {"ar_steps": K, "transformer_macs": ar + 2 * prompt_macs(name), "head_macs": head,
@@ -103,10 +173,12 @@ def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int
 def train_step_cost(name: str, counts: list[int], variant: str, S: int = 1, guided: bool = False,
                     scope: str = "image", top_k: float = 0.3, loss_tokens: str = "unknown",
                     diffusion_steps: int = 25, trained_ar: int = 12, trained_head: int = 10,
-                    beta: float = 0.01, units_per_token: int = 1) -> float:
+                    beta: float = 0.01, units_per_token: int = 1, full_head: bool = False) -> float:
     """Expected multiply-adds of one image's training step: rollout, MTE's extra trajectories, loss.
 
-    ``variant``: ``grpo`` (AR and head trained), ``fix_decoder`` (head frozen), ``mte``. The
+    ``variant``: ``grpo`` (AR and head trained), ``fix_decoder`` (head frozen), ``mte``, ``sim``
+    (MTE whose rollout also runs every masked token at the step before each trained step). The
+    rollout's head runs as :func:`rollout_cost` says (``full_head``: on every masked token). The
     ``trained_ar`` AR steps are drawn uniformly from the ``K`` of ``counts``, so a step's loss
     enters with weight ``trained_ar / K``. At a trained step with ``P`` tokens still masked (``P``
     less the step's accepted ones under ``loss_tokens: after_step``) the loss runs the AR part on
@@ -121,17 +193,18 @@ def train_step_cost(name: str, counts: list[int], variant: str, S: int = 1, guid
     """
     N, T, K = sum(counts), diffusion_steps, len(counts)
     head_tok = head_macs_per_token_step(name)
-    base = rollout_cost(name, counts, T)
+    mte_on = variant in ("mte", "sim")
+    base = rollout_cost(name, counts, T, sim=variant == "sim", trained_ar=trained_ar, full_head=full_head)
     total = base["transformer_macs"] + base["head_macs"] + 2 * prompt_macs(name) * (1 + (beta > 0))
     head_bwd = 2 if variant == "grpo" else 1          # weight + input gradients, or the input's only
-    extras = (S - 1) * (2 if guided else 1) if variant == "mte" else 0
+    extras = (S - 1) * (2 if guided else 1) if mte_on else 0
     known = 0
     for c in counts:
         P = N - known - (c if loss_tokens == "after_step" else 0)
         rows = P * trained_head
         step = 3 * ar_step_macs(name, known, N) + (1 + head_bwd) * rows * head_tok
         step += (ar_step_macs(name, known, N) + rows * head_tok) if beta > 0 else 0
-        if variant == "mte":
+        if mte_on:
             step += (S - 1) * (1 - (1 - top_k) ** units_per_token) * (1 + head_bwd) * rows * head_tok
             if scope == "step":
                 step += extras * (N - known) * T * head_tok

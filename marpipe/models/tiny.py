@@ -290,7 +290,7 @@ class TinyMAR(nn.Module):
 
     # --- diffusion head -----------------------------------------------------------
     def head(self, x_t, step, z):
-        t = self.schedule.timesteps.to(step.device)[step]
+        t = self.schedule.table("timesteps", step.device)[step]
         out = self.head_net(x_t, t, z)
         velocity, v = out.chunk(2, dim=-1) if self.learned_variance else (out, None)
         abar = self.schedule.at("abar", step, x_t)
