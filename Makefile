@@ -76,10 +76,11 @@ study: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH MARPIPE_TORCH_THREADS=$(THREADS) $(BIN)/marpipe demo --cores $(CORES) \
 		--config config/small.yaml config/study.yaml $(STUDY_EXTRA) --directory $(STUDY_DIR)
 
-# the rehearsal (issue 14): the PAPER DAG (config/rehearsal.yaml: config.yaml at tiny sizes) end to end on
-# CPU against the local hub of tiny random-weight models in the real repositories' layouts (.marpipe/hub,
-# built on first use), through --profile slurm on the one-node cluster (.ci/cluster.sh up) with the
-# overrides that node needs, in rehearsal/; NOVA/Harmon jobs run in .venv-nova/.venv-harmon. Without SLURM:
+# the rehearsal: the README's cluster commands (lock, preflight, run, report) on the PAPER DAG
+# (config/rehearsal.yaml: config.yaml at tiny sizes, the same null pins) on CPU against the local hub of tiny
+# random-weight models in the real repositories' layouts (.marpipe/hub, built on first use), through
+# --profile slurm on the one-node cluster (.ci/cluster.sh up) with the overrides that node needs, in
+# rehearsal/; model jobs run in .venv-nova/.venv-harmon as the profile deploys them. Without SLURM:
 # make rehearse REHEARSE_PROFILE=local. Prints each rule's job count and summed wall time.
 REHEARSE_PROFILE ?= slurm
 REHEARSE_DIR     ?= rehearsal

@@ -64,17 +64,42 @@ def sources(cfg: dict) -> dict[str, dict]:
         for group in ("styles", "complex_kinds"):
             for sub, f in (p.get(group) or {}).items():
                 out[f"prompts.{name}.{group}.{sub}"] = f
+    bench = (cfg.get("scorer_check") or {}).get("benchmark") or {}
+    for task, t in bench.items():     # clip-benchmark's webdatasets: a hub dataset folder (`root`, .../tree/<rev>)
+        if isinstance(t, dict) and parse_tree_root(dataset_root(t)):
+            out[f"scorer_check.benchmark.{task}"] = t
     return out
+
+
+def dataset_root(task: dict) -> str:
+    """A clip-benchmark task's ``root`` with its dataset name filled in, as clip-benchmark's CLI does."""
+    clean = task.get("dataset", "").replace("wds/", "", 1)
+    return str(task.get("root", "")).format(dataset=clean, dataset_cleaned=clean.replace("/", "-"))
+
+
+def parse_tree_root(root: str) -> tuple[str, str] | None:
+    """(dataset repo id, revision) of a hub ``.../datasets/<repo>/tree/<rev>`` folder URL."""
+    for base in dict.fromkeys([endpoint(), HUB]):
+        m = re.fullmatch(re.escape(base) + r"/datasets/([^/]+/[^/]+)/tree/([^/]+)/?", root)
+        if m:
+            return m.group(1), m.group(2)
+    return None
 
 
 def _is_hub(spec: dict) -> bool:
     return "repo_id" in spec
 
 
+def _is_tree(spec: dict) -> bool:
+    return "root" in spec
+
+
 def asked(spec: dict) -> dict:
     """The part of a spec a lock entry answers (an entry is valid while these are unchanged)."""
     if _is_hub(spec):
         return {"repo_id": spec["repo_id"], "revision": spec.get("revision"), "files": spec.get("files")}
+    if _is_tree(spec):
+        return {"dataset": spec.get("dataset"), "root": spec["root"]}
     return {"url": spec["url"], "sha256": spec.get("sha256")}
 
 
@@ -82,12 +107,14 @@ def pinned(spec: dict) -> bool:
     """The config alone fixes what is downloaded: a 40-hex revision, or a url file's sha256."""
     if _is_hub(spec):
         return bool(_HEX40.match(str(spec.get("revision") or "")))
+    if _is_tree(spec):
+        return bool(_HEX40.match(parse_tree_root(dataset_root(spec))[1]))
     return bool(_SHA256.match(str(spec.get("sha256") or "")))
 
 
 def _key_of(key: str, spec: dict) -> str:
     """The config key a user sets to pin ``spec`` by hand."""
-    return f"{key}.revision" if _is_hub(spec) else f"{key}.sha256"
+    return f"{key}.revision" if _is_hub(spec) else f"{key}.root" if _is_tree(spec) else f"{key}.sha256"
 
 
 # --- reading and applying a lock -----------------------------------------------------------------------
@@ -121,6 +148,8 @@ def apply(cfg: dict, lock: dict | None) -> dict:
         if _is_hub(spec):
             spec["revision"] = e["revision"]
             spec["locked_files"] = e["files"]
+        elif _is_tree(spec):
+            spec["root"] = e["root"]
         else:
             spec["url"], spec["sha256"] = e["url"], e["sha256"]
     return cfg
@@ -133,7 +162,7 @@ def unlocked(cfg: dict, lock: dict | None) -> list[str]:
         if pinned(spec) or entry_for(lock, key, spec) is not None:
             continue
         stale = (lock or {}).get("sources", {}).get(key) is not None
-        what = spec["repo_id"] if _is_hub(spec) else spec["url"]
+        what = spec["repo_id"] if _is_hub(spec) else dataset_root(spec) if _is_tree(spec) else spec["url"]
         out.append(f"{_key_of(key, spec)} is not pinned ({what})"
                    + ("; its lock entry was written for another value of this entry" if stale else ""))
     return out
@@ -238,6 +267,14 @@ def lock_url(key: str, spec: dict, api) -> dict:
     return {"config": asked(spec), "url": locked_url, **rec}
 
 
+def lock_tree(key: str, spec: dict, api) -> dict:
+    """A clip-benchmark webdataset folder at its commit (clip-benchmark fetches its shards itself)."""
+    repo_id, rev = parse_tree_root(dataset_root(spec))
+    info = _info(api, "dataset", repo_id, rev, key)
+    root = dataset_root(spec).replace(f"/tree/{rev}", f"/tree/{info.sha}")
+    return {"config": asked(spec), "repo_id": repo_id, "revision": info.sha, "root": root}
+
+
 def resolve(cfg: dict, api=None, log=print) -> dict:
     """The lock of ``cfg``: every download resolved against the hub (``api``: a ``HfApi``)."""
     if api is None:
@@ -245,11 +282,11 @@ def resolve(cfg: dict, api=None, log=print) -> dict:
         api = HfApi(endpoint=endpoint())
     out = {}
     for key, spec in sources(cfg).items():
-        out[key] = lock_hub(key, spec, api) if _is_hub(spec) else lock_url(key, spec, api)
-        e = out[key]
+        lock = lock_hub if _is_hub(spec) else lock_tree if _is_tree(spec) else lock_url
+        e = out[key] = lock(key, spec, api)
         log(f"[lock] {key}: " + (f"{e['repo_id']}@{e['revision']} ({len(e['files'])} files, "
-                                 f"{sum(f['size'] for f in e['files'].values()) / 1e6:.1f} MB)"
-                                 if "repo_id" in e else f"{e['url']} ({e['size']} bytes)"))
+                                 f"{sum(f['size'] for f in e['files'].values()) / 1e6:.1f} MB)" if "files" in e
+                                 else e["root"] if "root" in e else f"{e['url']} ({e['size']} bytes)"))
     return {"version": LOCK_VERSION, "sources": out}
 
 

@@ -169,3 +169,19 @@ def test_the_dry_run_shows_the_plan_and_what_is_unlocked(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "a real run will not start" in r.stderr and "weights.depth.revision is not pinned" in r.stderr
     assert "download_base_model" in r.stdout + r.stderr
+
+
+def test_clip_benchmarks_dataset_folder_is_locked_to_a_commit(hub_root, monkeypatch):
+    """The scorer check's webdataset (clip-benchmark fetches its shards from a hub dataset folder at
+    `tree/<rev>`): the lock records the folder at its commit, and the run reads that root."""
+    with HubServer(hub_root) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.endpoint)
+        cfg = {"scorer_check": {"benchmark": {"kind": "clip_benchmark", "retrieval": {
+            "dataset": "wds/hpdv2", "root": srv.endpoint + "/datasets/zhwang/HPDv2/tree/main"}}}}
+        assert L.unlocked(cfg, None) == [f"scorer_check.benchmark.retrieval.root is not pinned "
+                                         f"({srv.endpoint}/datasets/zhwang/HPDv2/tree/main)"]
+        lock = L.resolve(cfg, log=lambda s: None)
+    commit = json.loads((hub_root / "index.json").read_text())["repos"]["zhwang/HPDv2"]["revision"]
+    locked = L.apply(cfg, lock)
+    assert locked["scorer_check"]["benchmark"]["retrieval"]["root"] == f"{srv.endpoint}/datasets/zhwang/HPDv2/tree/{commit}"
+    assert L.unlocked(locked, lock) == []
