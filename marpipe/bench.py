@@ -163,6 +163,16 @@ def real_config_costs(preset: str = "reference") -> dict:
                               units_per_token=4 if cfg.granularity == "pixel" else 1, **kw)
         out[name] = {k: (round(v, 4) if isinstance(v, float) and v < 10 else v) for k, v in r.items()}
         out[name]["ratio_mte_over_fix_decoder"] = round(mte / fd, 3)
+        # one training step per variant, the rollout's head on every masked token (before) or on what
+        # the loss reads (after)
+        steps = {}
+        for v in VARIANTS:
+            vc = GRPOConfig(preset=preset, model_family=name, **VARIANTS[v])
+            vkw = dict(kw, S=S, guided=vc.mte_guided, scope=vc.mte_scope, top_k=vc.top_k,
+                       units_per_token=4 if vc.granularity == "pixel" else 1) if vc.mte else kw
+            before, after = (train_step_cost(name, counts, v, full_head=f, **vkw) for f in (True, False))
+            steps[v] = {"before": before, "after": after, "ratio": round(before / after, 3)}
+        out[name]["train_step_macs"] = steps
     return out
 
 
@@ -176,6 +186,11 @@ def print_real_config_costs(costs: dict, preset: str) -> None:
         print(f"  {name:<7} {r['ar_steps']:>8} {r['transformer_macs']:>12.3g} {r['head_macs']:>10.3g} "
               f"{r['head_share']:>10.1%} {r['mte_extra_share']:>9.1%} {r['ratio_mte_over_fix_decoder']:>15.3f}   "
               f"{p['official_sampler']:,} / {p['marpipe']:,} / {p['reference']:,}")
+    print("  one training step, multiply-adds per image with the rollout's head on every masked token -> on "
+          "what the loss reads:")
+    for name, r in costs.items():
+        print(f"  {name:<7} " + "   ".join(f"{v} {x['before']:.3g} -> {x['after']:.3g} ({x['ratio']:.2f}x)"
+                                         for v, x in r["train_step_macs"].items()))
 
 
 def _held_out(n: int):
@@ -390,4 +405,74 @@ def bench_memory(images: int = 256, factor: int = 8, image_size: int = 64, as_js
         for n in counts:
             print(f"  {stage:<10} {n:>7} {r[n]['start_mb']:>9.1f} {r[n]['peak_mb']:>9.1f}")
         print(f"  {stage:<10} growth from {counts[0]} to {counts[1]} images: {r['growth_mb']:+.1f} MiB")
+    return report
+
+
+# --- marpipe bench rollout --------------------------------------------------------------------
+def _timed_rollout(model, plan, device, **kw) -> tuple[float, int]:
+    """Seconds of one rollout of the bench's batch, and the head rows it ran (counted at the head)."""
+    import time
+
+    from marpipe.rollout import rollout
+    rows, head = [0], model.head
+
+    def counted(x_t, step, z):
+        rows[0] += x_t.shape[0]
+        return head(x_t, step, z)
+    model.head = counted
+    try:
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        rollout(model, PROMPTS, BENCH["group_size"], plan, seed=0, device=device, **kw)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, rows[0]
+    finally:
+        del model.head
+
+
+def bench_rollout(model_names=("tiny-nova", "tiny-harmon"), device: str | None = None, as_json: bool = False,
+                  seed: int = 0) -> dict:
+    """``marpipe bench rollout``: head token-steps per image and wall time of one rollout (3 prompts x 4,
+    12 of the AR steps trained) with the head on what the loss reads (``seconds``) and on every
+    still-masked token (``seconds_full``, the test mode), in one process, one after the other. The
+    tiny presets run at the paper's 64 AR x 25 head steps; a model spec (``nova:DIR``) at its own."""
+    from marpipe.models.cost import head_rows
+    from marpipe.rollout import RolloutPlan, mask_schedule
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    report = {"device": device, "threads": torch.get_num_threads(), "images": BENCH["group_size"] * len(PROMPTS),
+              "models": {}}
+    B = report["images"]
+    for name in model_names:
+        model = _model(name, device).eval()
+        counts, T = mask_schedule(model), model.sampling.diffusion_steps
+        plan = RolloutPlan.sample(len(counts), T, BENCH["train_ar_steps"], BENCH["train_diffusion_steps"], 1,
+                                  seed=seed)
+        _timed_rollout(model, plan, device)                     # warm-up: lazy inits, allocator
+        s_full, rows_full = _timed_rollout(model, plan, device, full_head=True, sim=False)
+        s_red, rows_red = _timed_rollout(model, plan, device, sim=False)
+        s_sim, rows_sim = _timed_rollout(model, plan, device, sim=True)
+        N = sum(counts)
+        report["models"][name] = {
+            "tokens": N, "ar_steps": len(counts), "diffusion_steps": T, "trained_ar_steps": list(plan.ar_steps),
+            "head_token_steps": rows_red / B, "head_token_steps_sim": rows_sim / B,
+            "head_token_steps_full": rows_full / B,
+            "floor_token_steps": head_rows(counts, T, plan.ar_steps, "marpipe"),
+            "floor_token_steps_sim": head_rows(counts, T, plan.ar_steps, "marpipe_sim"),
+            "official_token_steps": 2 * N * T,
+            "seconds_full": round(s_full, 3), "seconds": round(s_red, 3), "seconds_sim": round(s_sim, 3),
+            "ratio_full_over_reduced": round(s_full / s_red, 3)}
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return report
+    print(f"rollout of {B} images ({len(PROMPTS)} prompts x {BENCH['group_size']}), {device}, "
+          f"{report['threads']} threads; head token-steps per image (CFG)")
+    print(f"  {'model':<14} {'full':>10} {'reduced':>10} {'floor':>10} {'+Sim':>10} {'official':>9} "
+          f"{'s full':>8} {'s':>7} {'ratio':>6}")
+    for name, r in report["models"].items():
+        print(f"  {name:<14} {r['head_token_steps_full']:>10,.0f} {r['head_token_steps']:>10,.0f} "
+              f"{r['floor_token_steps']:>10,} {r['head_token_steps_sim']:>10,.0f} {r['official_token_steps']:>9,} "
+              f"{r['seconds_full']:>8.2f} {r['seconds']:>7.2f} {r['ratio_full_over_reduced']:>6.2f}")
     return report

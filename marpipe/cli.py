@@ -230,6 +230,9 @@ def cmd_bench(args):
         from marpipe.bench import bench_memory
         bench_memory(images=args.images, factor=args.factor, image_size=args.image_size, as_json=args.json,
                      config=args.config or "config/small.yaml")
+    elif args.what == "rollout":
+        from marpipe.bench import bench_rollout
+        bench_rollout(model_names=args.models or ("tiny-nova", "tiny-harmon"), device=args.device, as_json=args.json)
     elif args.what == "gpu":
         from marpipe.bench_gpu import bench_gpu
         bench_gpu(size=args.size, device=args.device, dtype=args.dtype, models=args.models, variants=args.variants,
@@ -396,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
 
     s = add("bench", cmd_bench, "benchmarks that print figures", config=False)
-    s.add_argument("what", choices=["train-step", "reward-rise", "warmup", "metrics", "grad-noise", "memory", "gpu"])
+    s.add_argument("what", choices=["train-step", "reward-rise", "warmup", "metrics", "grad-noise", "memory", "gpu",
+                                          "rollout"])
     s.add_argument("--config", default=None,
                    help="experiment config (warmup, memory: default config/small.yaml; metrics: default config.yaml)")
     s.add_argument("--json", action="store_true")
