@@ -142,7 +142,7 @@ def cmd_check_scorer(args):
 
 
 def cmd_tables(args):
-    from marpipe.stages import tables as T
+    from marpipe import tables as T
     exp = experiment(args)
     files = [f for s in args.scores for f in (sorted(Path(s).rglob("*.json")) if Path(s).is_dir() else [s])]
     records = (T.score_records_from_mlflow(exp, args.tracking_uri) if args.from_mlflow
@@ -154,7 +154,7 @@ def cmd_tables(args):
 
 
 def cmd_verdicts(args):
-    from marpipe.stages.tables import compare_verdicts, markdown_table
+    from marpipe.tables import compare_verdicts, markdown_table
     runs = dict(r.split("=", 1) if "=" in r else (r, r) for r in args.runs)
     df = compare_verdicts({name: Path(path) / "results" / "tables" if (Path(path) / "results").is_dir() else path
                            for name, path in runs.items()})
@@ -166,7 +166,7 @@ def cmd_verdicts(args):
 
 def cmd_ablations(args):
     from marpipe.stages.ablations import make_ablations
-    from marpipe.stages.tables import score_records_from_files
+    from marpipe.tables import score_records_from_files
     print(make_ablations(experiment(args), score_records_from_files(args.scores), args.out_dir, args.results))
 
 

@@ -24,7 +24,7 @@ SCHEMA_PATH = Path(__file__).parent / "data" / "config.schema.yaml"
 BASE = "base"                       # the untrained row of each model
 SUITES = ("preference", "compbench")
 ABLATION_KNOBS = ("top_k", "tau", "S")   # Fig. 7's three panels
-# The variants the paper's tables report (marpipe.stages.tables labels them: TABLE1_ROWS, TABLE2_ROWS).
+# The variants the paper's tables report (marpipe.tables labels them: TABLE1_ROWS, TABLE2_ROWS).
 # Table 1 compares +GRPO with Ours on every model; Table 2, the ablation, has all four variants, on the
 # first model only (NOVA in the paper). So the first model trains every variant of `variants`, the
 # others only Table 1's (Experiment.model_variants).

@@ -75,7 +75,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 LIVE_TIMEOUT_S = max(1, round(float(os.environ.get("MARPIPE_MLFLOW_TIMEOUT", "3"))))   # s per live request
 RETRY_EVERY_S = float(os.environ.get("MARPIPE_MLFLOW_RETRY_S", "30"))   # after a failure, try again this often
@@ -391,6 +391,59 @@ def held_points_of(client, pairs: list[tuple[str, str]]) -> dict[tuple[str, str]
     the pipeline's server; a study's sync asks for ~1,000), 4 at a time."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(zip(pairs, pool.map(lambda pair: held_points(client, *pair), pairs)))
+
+
+def evaluation_scores(experiment: str, lineage: dict[str, str], suites: Sequence[str],
+                      tracking_uri: str | None = None) -> list[dict]:
+    """The evaluate stage's scores as MLflow holds them: a score file's fields (``model``, ``row``,
+    ``suite``, ``scores``, ``checkpoint``, ...) per run and suite, from the run's tags and its
+    ``eval.{suite}.{column}`` metrics at its ``checkpoint_step`` (each the newest point there,
+    :func:`held_points`). ``lineage``: run key -> ``train_hash`` of the rows to read; a run with another
+    key or hash is passed over. Where one key has several runs, the most recently started one that
+    holds the suite's metrics wins. No per-image values: MLflow holds only the means."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"MLflow experiment {experiment!r} not found at {client.tracking_uri}: "
+                          f"run the evaluate stage first, or read the score files instead")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], filter_string="tags.`marpipe.run_key` != ''",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    runs.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
+    chosen, seen = [], set()
+    for run in runs:
+        tags = run.data.tags
+        row_key = tags.get("marpipe.run_key")
+        if row_key not in lineage or tags.get("train_hash", "") != lineage[row_key]:
+            continue
+        for suite in suites:
+            keys = [k for k in run.data.metrics if k.startswith(f"eval.{suite}.")]
+            if keys and (row_key, suite) not in seen:
+                seen.add((row_key, suite))
+                chosen.append((run, suite, keys))
+    points = held_points_of(client, [(run.info.run_id, k) for run, _, keys in chosen for k in keys])
+    scores = []
+    for run, suite, keys in chosen:
+        tags, prefix = run.data.tags, f"eval.{suite}."
+        step = int(tags.get("checkpoint_step") or 0)
+        scores.append({
+            "model": tags["model"], "label": tags.get("label"), "row": tags["row"],
+            "reward": tags.get("reward") or None, "variant": tags.get("variant"), "suite": suite,
+            "seed": tags.get("seed") or None,
+            "scores": {k[len(prefix):]: points[run.info.run_id, k][step] for k in keys
+                       if step in points[run.info.run_id, k]},
+            "world": tags.get("world") or None,
+            "checkpoint": {"rule": tags.get("checkpoint_rule"), "step": tags.get("checkpoint_step")},
+        })
+    return scores
 
 
 def _shows(held: dict[int, float], key: str, step: int, value) -> bool:

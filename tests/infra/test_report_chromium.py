@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from marpipe.stages import tables as T
+from marpipe import tables as T
 from tests.infra.conftest import unavailable
 from tests.stages.test_report import build_report, report_data, table_cells
 

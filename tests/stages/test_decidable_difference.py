@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from marpipe import stats
-from marpipe.stages import tables as T
+from marpipe import tables as T
 from tests.stages.test_tables import exp, write_scores   # noqa: F401  (the fixture and its fake scores)
 
 

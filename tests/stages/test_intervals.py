@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from marpipe import experiment, stats
-from marpipe.stages import tables as T
+from marpipe import tables as T
 from tests.stages.test_tables import write_scores
 
 ROOT = Path(__file__).resolve().parents[2]

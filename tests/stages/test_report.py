@@ -28,7 +28,7 @@ import yaml
 
 from marpipe import experiment
 from marpipe.io.files import save_images
-from marpipe.stages import tables as T
+from marpipe import tables as T
 from marpipe.stages import figures as F
 from tests.stages.test_tables import write_scores
 

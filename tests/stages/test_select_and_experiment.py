@@ -100,7 +100,7 @@ def test_variant_configs_resolve_from_config_model_and_variant():
 def test_only_the_first_model_trains_every_variant():
     """Table 2 (the ablation) is on the first model (NOVA in the paper): it trains every variant; the
     others train Table 1's +GRPO and Ours (grpo, sim), nothing the tables or figures do not use."""
-    from marpipe.stages.tables import TABLE1_ROWS, TABLE2_ROWS
+    from marpipe.tables import TABLE1_ROWS, TABLE2_ROWS
     assert tuple(TABLE1_ROWS.values()) == E.TABLE1_VARIANTS == ("grpo", "sim")
     assert tuple(TABLE2_ROWS.values()) == E.TABLE2_VARIANTS == ("grpo", "fix_decoder", "mte", "sim")
     for path, first, other in ((ROOT / "config.yaml", "nova", "harmon"),

@@ -16,7 +16,7 @@ import pytest
 import numpy as np
 
 from marpipe import experiment, stats
-from marpipe.stages import tables as T
+from marpipe import tables as T
 
 ROOT = Path(__file__).resolve().parents[2]
 PREF = ["HPS", "ImageReward", "PickScore", "Aesthetic"]
@@ -266,7 +266,7 @@ def test_mlflow_follows_the_score_files_when_a_row_is_evaluated_again(exp, tmp_p
         assert run.created
         run.log_step(STEP["sim"], {f"eval.preference.{c}": -1.0 for c in PREF})
     from_mlflow = T.build_tables(exp, T.score_records_from_mlflow(exp, tracking_uri=uri))
-    from_files = T.build_tables(exp, [T._record(d) for d in new])
+    from_files = T.build_tables(exp, [T.score_record(d) for d in new])
     for name in ("table1", "table2", "stand_ins"):
         pd.testing.assert_frame_equal(from_files[name], from_mlflow[name])
     assert from_mlflow["table2"].set_index("row").loc["+Fix Decoder", "checkpoint"] == "best* (steps 10, 20)"
