@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from marpipe import stats
+from marpipe import layout, stats
 from marpipe.experiment import ABLATION_KNOBS, Experiment, split_variant
 from marpipe.io.tracking import read_jsonl
 
@@ -147,8 +147,7 @@ def reward_curves(exp: Experiment, results: str | Path = "results") -> dict[floa
             continue
         per_step: dict[int, list[float]] = {}
         for seed in exp.seeds:
-            path = Path(results) / "runs" / a["model"] / a["reward"] / name / f"seed{seed}" / "metrics.jsonl"
-            for row in read_jsonl(path):
+            for row in read_jsonl(layout.run_metrics(a["model"], a["reward"], name, seed, results)):
                 per_step.setdefault(int(row["step"]), []).append(float(row["reward_mean"]))
         out[float(knobs["top_k"])] = {s: float(np.mean(v)) for s, v in per_step.items()}
     return out

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from marpipe import layout
 from marpipe.experiment import BASE, row_id
 from marpipe.io.files import open_images, to_uint8
 from marpipe.io.tracking import read_jsonl
@@ -56,8 +57,7 @@ def metrics_paths(exp, model: str, reward: str, results: str | Path = "results")
     """variant -> ``{results}/runs/{model}/{reward}/{variant}/seed{N}/metrics.jsonl`` of the first
     training seed, for each variant the model trains (:meth:`Experiment.model_variants`), in config order."""
     seed = exp.seeds[0]
-    return {v: Path(results) / "runs" / model / reward / v / f"seed{seed}" / "metrics.jsonl"
-            for v in exp.model_variants(model)}
+    return {v: Path(layout.run_metrics(model, reward, v, seed, results)) for v in exp.model_variants(model)}
 
 
 def plot_dynamics(metrics_by_variant: dict[str, str | Path], title: str, out_png: str | Path) -> Path:
@@ -103,7 +103,7 @@ def grid_bundles(exp, model: str, suite: str, results: str | Path = "results") -
     seed), in config order (base, grpo, ...)."""
     reward = exp.cfg["evaluation"][suite]["reward"]
     rows = {BASE: BASE} | {f"{reward}-{v}": row_id(reward, v, exp.seeds[0]) for v in exp.model_variants(model)}
-    return {name: Path(results) / "images" / model / rid / f"{suite}.npz" for name, rid in rows.items()}
+    return {name: Path(layout.images(model, rid, suite, results)) for name, rid in rows.items()}
 
 
 GRID_MIN_CELL = 128      # images are upscaled (nearest) by an integer factor to at least this many pixels

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from marpipe import layout
 from marpipe.experiment import Experiment, row_id
 from marpipe.io.files import read_json, write_json
 
@@ -65,10 +66,8 @@ def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_
                     if recorded and recorded != uri else "")
     results = Path(results)
     sent = {"runs": 0, "scores": 0, "finished": 0}
-    for metrics in sorted(results.glob("runs/*/*/**/seed*/metrics.jsonl")):
-        # runs/{model}/{reward}/{variant}/seed{N}/ (an ablation point's variant has folders of its own)
-        model, reward, *variant, seed = metrics.relative_to(results / "runs").parts[:-1]
-        variant, seed = "/".join(variant), int(seed.removeprefix("seed"))
+    for metrics in sorted(results.glob(layout.RUN_METRICS_GLOB)):
+        model, reward, variant, seed = layout.run_of(metrics, results)
         summary = metrics.with_name("summary.json")
         params = read_json(summary)["config"] if summary.exists() else {}
         sync_to_mlflow(metrics, run_key(model, row_id(reward, variant, seed)), exp.cfg["experiment"],

@@ -5,12 +5,12 @@ files the tables stage writes (:mod:`.write`). The names below are what the CLI,
 tests use."""
 from marpipe.tables.build import TABLE1_ROWS, TABLE2_ROWS, build_tables
 from marpipe.tables.compare import VERDICT_COLUMNS, compare_verdicts, compare_with_paper, kendall_tau, read_paper_tables
-from marpipe.tables.records import score_paths, score_record, score_records_from_files, score_records_from_mlflow
+from marpipe.tables.records import score_record, score_records_from_files, score_records_from_mlflow
 from marpipe.tables.render_html import TWO_DECIMALS, tables_html, tables_summary_html
 from marpipe.tables.render_markdown import format_for_terminal, markdown_table, tables_markdown
 from marpipe.tables.write import write_tables
 
 __all__ = ["TABLE1_ROWS", "TABLE2_ROWS", "TWO_DECIMALS", "VERDICT_COLUMNS", "build_tables", "compare_verdicts",
            "compare_with_paper", "format_for_terminal", "kendall_tau", "markdown_table", "read_paper_tables",
-           "score_paths", "score_record", "score_records_from_files", "score_records_from_mlflow", "tables_html",
+           "score_record", "score_records_from_files", "score_records_from_mlflow", "tables_html",
            "tables_markdown", "tables_summary_html", "write_tables"]

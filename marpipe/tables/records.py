@@ -13,12 +13,6 @@ from marpipe import stats
 from marpipe.experiment import BASE, SUITES, row_id
 
 
-def score_paths(exp, results: str | Path = "results") -> list[Path]:
-    """The score files the tables read: every run of each suite, ``{results}/scores/{model}/{row id}/{suite}.json``."""
-    return [Path(results) / "scores" / row.model / row.id / f"{suite}.json"
-            for suite in SUITES for row in exp.suite_rows(suite)]
-
-
 def score_record(d: dict) -> dict:
     missing = [k for k in ("model", "row", "suite", "scores") if k not in d]
     if missing:

@@ -15,7 +15,7 @@ import pytest
 
 import numpy as np
 
-from marpipe import experiment, stats
+from marpipe import experiment, layout, stats
 from marpipe import tables as T
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +172,7 @@ def test_the_rows_the_dag_makes_fill_both_tables(exp, tmp_path):
     rows = {(r.model, r.variant) for s in experiment.SUITES for r in exp.suite_rows(s)}
     assert {("tiny-nova", "fix_decoder"), ("tiny-nova", "mte")} <= rows
     assert not {("tiny-harmon", "fix_decoder"), ("tiny-harmon", "mte")} & rows
-    assert sorted(files) == sorted(T.score_paths(exp, tmp_path))
+    assert sorted(files) == sorted(Path(p) for p in layout.score_files(exp, tmp_path))
     tabs = T.build_tables(exp, T.score_records_from_files(files))
     assert not tabs["table1"][PREF + COMP].isna().any().any()
     assert not tabs["table2"].drop(columns=["row", "checkpoint"]).isna().any().any()
@@ -375,8 +375,8 @@ def test_kendall_tau():
     assert T.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
 
 
-def test_score_paths(exp, tmp_path):
-    paths = T.score_paths(exp, tmp_path)
+def test_score_files(exp, tmp_path):
+    paths = [Path(p) for p in layout.score_files(exp, tmp_path)]
     assert len(paths) == 2 * ((1 + 4) + (1 + 2))      # per suite: tiny-nova's 4 variants, tiny-harmon's grpo and sim
     assert tmp_path / "scores" / "tiny-nova" / "hps-sim" / "seed0" / "preference.json" in paths
     assert tmp_path / "scores" / "tiny-harmon" / "mixed-grpo" / "seed0" / "compbench.json" in paths

@@ -9,6 +9,7 @@ from snakemake.utils import Paramspace, update_config
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from marpipe import experiment as E
+from marpipe import layout
 from marpipe import lock as L
 from marpipe.stages import session
 
@@ -148,12 +149,8 @@ def reward_weights(reward):
 def start_weights(wildcards):
     """GRPO starts from the base model, or from the warmed-up head where the model has one."""
     if EXP.has_warmup(wildcards.model):
-        return {"warm": f"results/runs/{wildcards.model}/warmup/warm.safetensors"}
+        return {"warm": layout.warm_weights(wildcards.model)}
     return {}
-
-
-def run_dir(model, reward, variant, seed):
-    return f"results/runs/{model}/{reward}/{variant}/seed{seed}"
 
 
 def row_weights(wildcards):
@@ -162,7 +159,7 @@ def row_weights(wildcards):
     reward, variant, seed = E.parse_row_id(wildcards.row)
     if reward is None:
         return {}
-    selected = f"results/selected/{wildcards.model}/{reward}/{variant}/seed{seed}"
+    selected = layout.selected(wildcards.model, reward, variant, seed)
     return {**start_weights(wildcards), "weights": f"{selected}.safetensors", "selection": f"{selected}.json"}
 
 
@@ -182,18 +179,13 @@ def suite_prompts(wildcards):
     return [f"resources/prompts/{p}.jsonl" for p in sorted(set(EXP.suite_prompt_sets(wildcards.suite).values()))]
 
 
-def evaluated():
-    """Every (model, row id, suite) whose scores fill Tables 1-2 (each row once per seed)."""
-    return [(row.model, row.id, suite) for suite in SUITES for row in EXP.suite_rows(suite)]
-
-
 def score_files():
-    return [f"results/scores/{m}/{r}/{s}.json" for m, r, s in evaluated()]
+    return layout.score_files(EXP)
 
 
 def metrics_files():
     """Every training run of Tables 1-2 (the first model: every variant; the others: Table 1's)."""
-    return [f"{run_dir(run.model, run.reward, run.variant, run.seed)}/summary.json" for run in RUNS]
+    return [layout.run_summary(run.model, run.reward, run.variant, run.seed) for run in RUNS]
 
 
 def ablation_score_files():
@@ -201,18 +193,18 @@ def ablation_score_files():
     if not ABLATION:
         return []
     centre = [E.row_id(ABLATION["reward"], ABLATION["variant"], s) for s in SEEDS]   # its Table 2 runs
-    return [f"results/scores/{ABLATION['model']}/{r}/preference.json" for r in centre + ablation_rows()]
+    return [layout.scores(ABLATION["model"], r, "preference") for r in centre + ablation_rows()]
 
 
 def ablation_metrics_files():
     if not ABLATION:
         return []
-    return [f"{run_dir(ABLATION['model'], ABLATION['reward'], v, s)}/summary.json"
+    return [layout.run_summary(ABLATION["model"], ABLATION["reward"], v, s)
             for v in [ABLATION["variant"]] + ABLATION_VARIANTS for s in SEEDS]
 
 
 def image_bundles():
-    return [f"results/images/{m}/{r}/{s}.npz" for m, r, s in evaluated()]
+    return layout.image_bundles(EXP)
 
 
 def all_targets():
