@@ -307,6 +307,11 @@ class Experiment:
     def has_warmup(self, model: str) -> bool:
         return bool(self.cfg["models"][model].get("warmup"))
 
+    def adapter(self, model: str) -> str:
+        """How the model is loaded: ``nova`` or ``harmon`` (the official code, in its own environment),
+        or ``tiny`` (the package's own models; the default)."""
+        return self.cfg["models"][model].get("adapter", "tiny")
+
     def model_family(self, model: str) -> str | None:
         """``nova`` | ``harmon``: the model's adapter, or a tiny model's preset (``tiny-nova``); it
         picks the reference trainer that ``train.preset: reference`` follows."""

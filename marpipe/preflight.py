@@ -336,7 +336,7 @@ def preflight(profile: str, configfiles: list[str], directory: str, extra: list[
         checks += check_partitions(jobs, parse_sinfo(r.stdout))
     families = {"pipeline": sys.executable}
     for m in exp.models:
-        adapter = exp.cfg["models"][m].get("adapter", "tiny")
+        adapter = exp.adapter(m)
         if deployment.get(adapter):
             families[adapter] = str((REPO_ROOT / deployment[adapter] / "bin" / "python").absolute())
     for env, py in families.items():

@@ -74,7 +74,7 @@ def model_spec(exp: Experiment, model: str, root: str | Path = "resources/models
         raise FileNotFoundError(f"{folder}: base model {model!r} is not fetched "
                                 f"(run: snakemake --profile local resources/models/{model}/{MANIFEST})")
     verify_manifest(folder)
-    adapter = exp.cfg["models"][model].get("adapter", "tiny")
+    adapter = exp.adapter(model)
     return str(folder / MODEL_FILE) if adapter == "tiny" else f"{adapter}:{folder}"
 
 

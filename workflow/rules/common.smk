@@ -94,7 +94,7 @@ wildcard_constraints:
 
 def env_for(wildcards):
     """The conda env of a model's rule family, where the profile deploys with conda instead."""
-    adapter = EXP.cfg["models"][wildcards.model].get("adapter", "tiny")
+    adapter = EXP.adapter(wildcards.model)
     return f"../../envs/{adapter if adapter in DEFAULT_DEPLOYMENT else 'pipeline'}.yaml"
 
 
@@ -102,7 +102,7 @@ def family_python(model):
     """The interpreter of a model's jobs: the deployment's venv of its adapter (the official NOVA / Harmon
     code), else the environment Snakemake runs in (the project's .venv, with ``marpipe`` on PATH); with
     conda, the family's conda env (``env_for``)."""
-    venv = DEPLOYMENT.get(EXP.cfg["models"][model].get("adapter", "tiny"))
+    venv = DEPLOYMENT.get(EXP.adapter(model))
     if CONDA:
         return "python"
     if venv is None:
@@ -126,7 +126,7 @@ def launcher(wildcards, resources):
 def refuse_undeployed():
     """onstart: every model family's interpreter exists (on the shared filesystem the nodes see)."""
     for model in MODELS:
-        adapter = EXP.cfg["models"][model].get("adapter", "tiny")
+        adapter = EXP.adapter(model)
         if not CONDA and DEPLOYMENT.get(adapter) and not Path(family_python(model)).exists():
             raise SystemExit(f"marpipe: deployment.{adapter} = {DEPLOYMENT[adapter]}: {family_python(model)} not found; "
                              f"build it with `make install official-venvs` in {workflow.basedir} (on the filesystem the "
@@ -224,7 +224,7 @@ def grad_noise_files():
 
 def model_spec(wildcards):
     """The bench's model argument: a tiny model's weights file, or ``<adapter>:<folder>``."""
-    adapter = EXP.cfg["models"][wildcards.model].get("adapter", "tiny")
+    adapter = EXP.adapter(wildcards.model)
     folder = f"resources/models/{wildcards.model}"
     return f"--weights {folder}/model.safetensors" if adapter == "tiny" else f"--model {adapter}:{folder}"
 
