@@ -30,12 +30,12 @@ rule all:
 onstart:
     refuse_unlocked()
     refuse_undeployed()
-    session.ensure_tracking_server(config["mlflow"].get("tracking_uri"), host=config["mlflow"].get("host"))
+    tracking_server.ensure_tracking_server(config["mlflow"].get("tracking_uri"), host=config["mlflow"].get("host"))
 
 
 onsuccess:
-    session.stop_tracking_server()
+    tracking_server.stop_tracking_server()
 
 
 onerror:
-    session.stop_tracking_server()
+    tracking_server.stop_tracking_server()

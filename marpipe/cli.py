@@ -171,13 +171,13 @@ def cmd_ablations(args):
 
 
 def cmd_figures(args):
-    from marpipe.stages.report import make_figures
+    from marpipe.stages.figures import make_figures
     make_figures(experiment(args), args.out_dir, args.results)
 
 
 def cmd_mlflow_sync(args):
     from marpipe.io.tracking import MLflowUnreachable
-    from marpipe.stages.report import mlflow_sync
+    from marpipe.audit import mlflow_sync
     exp = experiment(args)
     try:
         mlflow_sync(exp, args.results, args.out, args.tracking_uri)
@@ -187,12 +187,12 @@ def cmd_mlflow_sync(args):
 
 
 def cmd_dvc_push(args):
-    from marpipe.stages.report import dvc_version
+    from marpipe.audit import dvc_version
     dvc_version(experiment(args), args.paths, args.out, remote=args.remote)
 
 
 def cmd_demo(args):
-    from marpipe.stages.report import run_demo
+    from marpipe.demo import run_demo
     return run_demo(args.config, args.profile, args.cores, extra=args.snakemake_args, directory=args.directory)
 
 

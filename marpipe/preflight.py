@@ -228,9 +228,9 @@ def reach(name: str, what: str, code: str, partition: str | None, fix: str) -> C
 
 
 def check_mlflow(cfg: dict, state: Path, partition: str | None) -> Check:
-    from marpipe.stages import session
-    uri = session.ensure_tracking_server((cfg.get("mlflow") or {}).get("tracking_uri"), state=state,
-                                         host=(cfg.get("mlflow") or {}).get("host"))
+    from marpipe.io import tracking_server
+    uri = tracking_server.ensure_tracking_server((cfg.get("mlflow") or {}).get("tracking_uri"), state=state,
+                                                 host=(cfg.get("mlflow") or {}).get("host"))
     try:
         if not uri.startswith("http"):
             return Check("mlflow", True, f"{uri}: a file store (no server to reach)")
@@ -241,7 +241,7 @@ def check_mlflow(cfg: dict, state: Path, partition: str | None) -> Check:
         return reach("mlflow", uri, code, partition, "set mlflow.host to an address of this host the nodes reach "
                      "(or mlflow.tracking_uri to a server they reach)")
     finally:
-        session.stop_tracking_server()
+        tracking_server.stop_tracking_server()
 
 
 # --- the estimate ----------------------------------------------------------------------------------------

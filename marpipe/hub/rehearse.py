@@ -13,7 +13,7 @@
    with the overrides the one-node CI cluster needs (:func:`ci_overrides`: no slurmdbd, one stand-in
    GPU per job, 2 CPUs, a few GB), the profile itself unchanged: its jobs run in the deployment the
    profile names (the project's venvs; NOVA's and Harmon's in ``.venv-nova`` / ``.venv-harmon``);
-5. prints each rule's job count and summed wall time (:func:`marpipe.stages.report.stage_times`).
+5. prints each rule's job count and summed wall time (:func:`marpipe.demo.stage_times`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from marpipe.stages.report import prepare_workdir    # the working folder, its own git repository
+from marpipe.demo import prepare_workdir    # the working folder, its own git repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "config/rehearsal.yaml"
@@ -175,7 +175,7 @@ def cluster_up() -> bool:
 
 def rehearse(profile: str, directory: str, config: str = CONFIG, extra: list[str] | None = None,
              hub_dir: str = HUB_DIR, port: int = PORT) -> int:
-    from marpipe.stages.report import stage_times
+    from marpipe.demo import stage_times
     if profile.startswith("slurm") and not cluster_up():
         raise SystemExit(f"[rehearse] --profile {profile} needs a SLURM cluster and sinfo does not answer: start "
                          "the one-node cluster (.ci/cluster.sh up) or rehearse with PROFILE=local")

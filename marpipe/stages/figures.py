@@ -203,3 +203,21 @@ def _first_image_of(bundle: dict, index: list[int], prompt: str, c: int) -> int 
     if p is None:
         return None
     return next((i for i, k in enumerate(index) if k == p), None)
+
+
+def make_figures(exp, out_dir: str | Path, results: str | Path = "results") -> list[Path]:
+    """The figures stage: per model, the training dynamics of each trained reward and the preference
+    suite's sample grid, of the runs and bundles below ``results`` that exist."""
+    out_dir, results = Path(out_dir), Path(results)
+    made = []
+    seed = f" (training seed {exp.seeds[0]})" if len(exp.seeds) > 1 else ""
+    for model in exp.models:
+        for reward in exp.trained_rewards:
+            runs = {v: p for v, p in metrics_paths(exp, model, reward, results).items() if p.exists()}
+            if runs:
+                made.append(plot_dynamics(runs, f"{exp.label(model)}, {reward} reward{seed}",
+                                          out_dir / f"dynamics_{model}_{reward}.png"))
+        rows = {k: p for k, p in grid_bundles(exp, model, "preference", results).items() if p.exists()}
+        if rows:
+            made.append(sample_grid(rows, out_dir / f"samples_{model}.png", n_prompts=exp.cfg["figures"]["grid_prompts"]))
+    return made

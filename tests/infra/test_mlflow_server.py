@@ -77,8 +77,8 @@ def test_the_pipelines_server_off_loopback_asks_for_its_password(tmp_path):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from marpipe.stages import session
-    script = session.SERVER_SCRIPT
+    from marpipe.io import tracking_server
+    script = tracking_server.SERVER_SCRIPT
     env = {**os.environ, "MARPIPE_STATE": str(tmp_path), "MARPIPE_MLFLOW_AUTH": "on",
            "MARPIPE_MLFLOW_HOST": socket.gethostname()}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -94,7 +94,7 @@ def test_readme_audit_is_pull_touch_and_a_dry_run_that_schedules_nothing():
 
 def test_pushed_pointers_restore_every_output_in_a_fresh_clone(tmp_path, monkeypatch):
     """dvc_version on a miniature of the layout, the README's publish step, then clone and pull."""
-    from marpipe.stages.report import dvc_version
+    from marpipe.audit import dvc_version
     repo, remote, clone = tmp_path / "repo", tmp_path / "remote", tmp_path / "clone"
     files = {"resources/models/m/MANIFEST.sha256": "a", "resources/prompts/train.jsonl": "{}\n",
              "results/verify/m.json": "{}", "results/tables/table1.csv": "x\n", "results/runs/m/r/v/summary.json": "{}",

@@ -262,7 +262,7 @@ def test_mlflow_sync_finds_every_seed_and_sweep_run(small, tmp_path):
     variant has folders of its own) and scores/<model>/<row>/seed<N>/: one MLflow run per run id."""
     from mlflow.tracking import MlflowClient
 
-    from marpipe.stages.report import mlflow_sync
+    from marpipe.audit import mlflow_sync
     exp = _exp(small, seeds=[0, 1], ablations={"grid": GRID})
     point = exp.ablation_variants()[0]
     results = tmp_path / "results"

@@ -11,9 +11,10 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from marpipe import experiment as E
 from marpipe import layout
 from marpipe import lock as L
-from marpipe.stages import session
+from marpipe import workflow_hooks
+from marpipe.io import tracking_server
 
-session.ensure_cli_on_path()
+workflow_hooks.ensure_cli_on_path()
 
 #: model families with their own environment (the profile's `config: deployment:` overrides): the venvs
 #: `make install official-venvs` builds beside the Snakefile, with the official NOVA / Harmon packages

@@ -1,5 +1,5 @@
 # Tables 1-2 beside the paper's, figures, MLflow sync and DVC versioning.
-from marpipe.stages.report import figure_labels, figure_subcategory
+from marpipe.workflow_hooks import figure_labels, figure_subcategory
 
 localrules:
     tables,

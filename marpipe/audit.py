@@ -1,47 +1,17 @@
-"""The pipeline's last boxes: figures, MLflow sync, DVC versioning, and the demo driver."""
+"""A finished run, auditable from elsewhere: every training metrics file and score file replayed into
+MLflow (:func:`mlflow_sync`), and every output of the DAG versioned with DVC and pushed to its remote
+(:func:`dvc_version`)."""
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from marpipe import layout
 from marpipe.experiment import Experiment, row_id
 from marpipe.io.files import read_json, write_json
-
-
-def make_figures(exp: Experiment, out_dir: str | Path, results: str | Path = "results") -> list[Path]:
-    from marpipe.stages.figures import grid_bundles, metrics_paths, plot_dynamics, sample_grid
-    out_dir, results = Path(out_dir), Path(results)
-    made = []
-    seed = f" (training seed {exp.seeds[0]})" if len(exp.seeds) > 1 else ""
-    for model in exp.models:
-        for reward in exp.trained_rewards:
-            runs = {v: p for v, p in metrics_paths(exp, model, reward, results).items() if p.exists()}
-            if runs:
-                made.append(plot_dynamics(runs, f"{exp.label(model)}, {reward} reward{seed}",
-                                          out_dir / f"dynamics_{model}_{reward}.png"))
-        rows = {k: p for k, p in grid_bundles(exp, model, "preference", results).items() if p.exists()}
-        if rows:
-            made.append(sample_grid(rows, out_dir / f"samples_{model}.png", n_prompts=exp.cfg["figures"]["grid_prompts"]))
-    return made
-
-
-def figure_subcategory(wildcards) -> str:
-    """The Snakemake report's subcategory of a file in ``results/figures``, from the wildcards of the
-    ``report(..., patterns=[...])`` pattern it matched (``dynamics_{model}_{reward}.png`` or
-    ``samples_{model}.png``)."""
-    return "Training dynamics" if "reward" in wildcards.keys() else "Samples"
-
-
-def figure_labels(wildcards) -> dict[str, str]:
-    """The report's columns for a figure (sample grids: the preference suite's rows)."""
-    return {"figure": figure_subcategory(wildcards), "model": wildcards.model,
-            "reward": wildcards.get("reward", "preference suite")}
 
 
 def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_uri: str | None = None,
@@ -55,7 +25,7 @@ def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_
     fails within a few seconds (:class:`marpipe.io.tracking.MLflowUnreachable`)."""
     from marpipe.io.tracking import MLflowUnreachable, check_reachable, finish_run, sync_to_mlflow
     from marpipe.stages.evaluate import log_scores
-    from marpipe.stages.session import recorded_uri
+    from marpipe.io.tracking_server import recorded_uri
     from marpipe.stages.train import run_key, run_tags
     recorded = recorded_uri(state)
     uri = tracking_uri or exp.cfg["mlflow"].get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or recorded
@@ -143,50 +113,3 @@ def read_pointer(path: Path) -> str:
     import yaml
     d = yaml.safe_load(path.read_text())
     return d["outs"][0]["md5"]
-
-
-def stage_times(benchmarks: str | Path) -> list[tuple[str, int, float]]:
-    """(rule, jobs, summed wall seconds) per rule from Snakemake's ``benchmarks/`` files (one
-    ``<rule>/...tsv`` or ``<rule>.tsv`` per job), in descending time."""
-    root, per_rule = Path(benchmarks), {}
-    for tsv in root.rglob("*.tsv"):
-        rule = tsv.relative_to(root).parts[0].removesuffix(".tsv")
-        lines = tsv.read_text().splitlines()
-        if len(lines) >= 2:
-            jobs, secs = per_rule.get(rule, (0, 0.0))
-            per_rule[rule] = (jobs + 1, secs + float(lines[1].split("\t")[0]))
-    return sorted(((r, j, t) for r, (j, t) in per_rule.items()), key=lambda x: -x[2])
-
-
-def prepare_workdir(work: Path) -> Path:
-    """A run's working folder (``--directory``: study/, rehearsal/), its own git repository: it lies
-    in this repository's ignored folders, where ``dvc init --subdir`` (the ``dvc_push`` rule) refuses
-    a ``.dvc`` that git ignores; in a repository of its own DVC keeps its pointers there, as in a clone."""
-    work.mkdir(parents=True, exist_ok=True)
-    if not (work / ".git").exists():
-        subprocess.run(["git", "init", "-q", str(work)], check=True)
-    return work
-
-
-def run_demo(config: str | list[str], profile: str, cores: int, extra: list[str] | None = None,
-             directory: str | None = None) -> int:
-    """``snakemake all`` on the small world (``config``: one file, or several merged in order; ``directory``:
-    the working folder of the run, default here), then print its tables and the time of each stage."""
-    exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
-    configs = [config] if isinstance(config, str) else list(config)
-    where = ["--directory", str(prepare_workdir(Path(directory)))] if directory else []
-    cmd = [exe, "--profile", profile, "--configfile", *configs, "--cores", str(cores), *where, "all", *(extra or [])]
-    print("[marpipe] " + " ".join(cmd), flush=True)
-    t0 = time.monotonic()
-    rc = subprocess.call(cmd)
-    wall = time.monotonic() - t0
-    run = Path(directory or ".")
-    md = run / "results/tables/tables.md"
-    if rc == 0 and md.exists():
-        print(md.read_text())
-    if rc == 0:
-        times = stage_times(run / "benchmarks")
-        print(f"[marpipe] wall time {wall / 60:.1f} min on {cores} cores; per stage (jobs, summed job time):")
-        for rule, jobs, secs in times:
-            print(f"  {rule:<20} {jobs:>4} jobs {secs:>8.0f} s")
-    return rc

@@ -1,22 +1,16 @@
-"""What the Snakefile needs at start-up, kept out of the workflow files: the CLI on PATH and an
-MLflow tracking server shared by every job (never one SQLite file written by many jobs)."""
+"""The pipeline's own MLflow tracking server, shared by every job (never one SQLite file written by many
+jobs): started by the Snakefile's ``onstart`` where no server is configured, stopped at the end. The
+server script, ``mlflow-server.sh`` beside this module, keeps its state and port in ``<state>/mlflow``."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "mlflow-server.sh"
+SERVER_SCRIPT = Path(__file__).resolve().with_name("mlflow-server.sh")
 _started: list[dict] = []
-
-
-def ensure_cli_on_path() -> None:
-    """Jobs call ``marpipe``: find it beside the Python running Snakemake when it is not on PATH."""
-    if shutil.which("marpipe") is None:
-        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def ensure_tracking_server(configured: str | None, state: str | Path = ".marpipe", host: str | None = None) -> str:
@@ -27,7 +21,7 @@ def ensure_tracking_server(configured: str | None, state: str | Path = ".marpipe
     credentials are exported as ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` with the URI.
     The URI is exported so that every job (local, or SLURM with ``--export=ALL``) logs to it. The
     started server keeps its port across restarts (``<state>/mlflow/port``, see
-    ``workflow/scripts/mlflow-server.sh``), so the URI that jobs and ``MLFLOW_TRACKING_URI`` hold
+    ``mlflow-server.sh``), so the URI that jobs and ``MLFLOW_TRACKING_URI`` hold
     stays valid. A given URI that does not answer is only warned about: live logging is best
     effort, and ``marpipe mlflow-sync`` (the ``mlflow_sync`` rule) sends everything later.
     """
