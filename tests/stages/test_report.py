@@ -291,12 +291,14 @@ def test_tables_html_has_ours_the_papers_values_and_deltas(tmp_path):
     assert ("table1 NOVA: Ours &gt; +GRPO: holds in 10, inconclusive in 0, contradicted in 0 of 10 columns; "
             "no verdict in 1 (no score)") in page
     verdicts = table_cells(page, "verdicts")
-    assert verdicts[0] == ["table", "model", "claim", "column", "paper Δ", "ours Δ (simultaneous 95%)", "verdict", "note"]
+    assert verdicts[0] == ["table", "model", "claim", "column", "paper Δ", "smallest decidable Δ",
+                           "ours Δ (simultaneous 95%)", "verdict", "note"]
     v = cmp_["verdicts"]
     assert len(verdicts) == 1 + len(v)
     line = next(r for r in verdicts[1:] if r[:4] == ["table2", "NOVA", "GRPO < NOVA", "Aesthetic"])
     row = v[(v["table"] == "table2") & (v["a"] == "GRPO") & (v["column"] == "Aesthetic")].iloc[0]
-    assert line[4:] == ["-0.01", f"{row['ours_diff']:+.2f} [{row['lo']:+.2f}, {row['hi']:+.2f}]", "contradicted", ""]
+    assert line[4:] == ["-0.01", f"{row['decidable']:.2f}", f"{row['ours_diff']:+.2f} [{row['lo']:+.2f}, {row['hi']:+.2f}]",
+                        "contradicted", ""]
 
 
 def test_landing_summary_has_both_tables(tmp_path):
