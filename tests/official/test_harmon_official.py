@@ -659,3 +659,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(model):
     print(f"[harmon official] gradients with vs without checkpointing: max |diff| = {worst:.2e}")
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a)
+
+
+# ------------------------------------------------------------------ the cost model, counted at the head
+@torch.no_grad()
+def test_head_rows_counted_through_hooks_equal_the_cost_model(official, tmp_path):
+    """marpipe's rollout of the tiny official Harmon (the hub fixture's architecture, ``tiny_arch``) at
+    128x128 (8 x 8 = 64 tokens) at the paper's step structure (64 AR steps, 25 head steps, 12 x 10
+    trained, CFG 3): the rows the official ``mar.diffloss.net`` (``SimpleMLPAdaLN``) sees, counted by a
+    forward hook, equal ``marpipe.models.cost.head_rows`` of the plan under each rule the rollout runs."""
+    from marpipe.models.registry import load_model
+
+    from .head_count import PAPER_SAMPLING, check_head_rows
+    folder, _ = harmon_tiny.build_tiny_harmon(official, tmp_path / "tiny", tiny_arch=True)
+    m = load_model(f"harmon:{folder}", device="cpu", dtype=torch.float32,
+                   sampling=dict(PAPER_SAMPLING, cfg_scale=CFG, image_size=128)).eval()
+    assert m.num_tokens == 64
+    check_head_rows(m, m.mar.diffloss.net, "harmon official")

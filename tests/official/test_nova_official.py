@@ -383,3 +383,17 @@ def test_real_nova_memory(diffnext):
     print(f"[nova official] bf16: transformer {2 * nt / 1e9:.2f} GB, Phi {2 * nphi / 1e9:.2f} GB, VAE "
           f"{2 * nvae / 1e9:.2f} GB; policy {policy / 1e9:.2f} GB + reference {ref / 1e9:.2f} GB = "
           f"{(policy + ref) / 1e9:.2f} GB (a reference copying Phi too: {(policy + ref + 2 * nphi) / 1e9:.2f} GB)")
+
+
+# ------------------------------------------------------------------ the cost model, counted at the head
+@torch.no_grad()
+def test_head_rows_counted_through_hooks_equal_the_cost_model(diffnext, tmp_path):
+    """marpipe's rollout of the tiny official NOVA (64 tokens) at the paper's step structure (64 AR
+    steps, of which the ``num_preds > 0`` ones run, 25 head steps, 12 x 10 trained): the rows the
+    official ``image_decoder`` (``DiffusionMLP``) sees, counted by a forward hook, equal
+    ``marpipe.models.cost.head_rows`` of the plan under each rule the rollout runs."""
+    from .head_count import PAPER_SAMPLING, check_head_rows
+    folder = nova_tiny.save_tiny_nova(tmp_path / "nova-64", image_size=128)
+    m = nova_tiny.load_adapter(folder, dict(PAPER_SAMPLING, cfg_scale=CFG)).eval()
+    assert m.num_tokens == 64
+    check_head_rows(m, m.transformer.image_decoder, "nova official")
