@@ -329,6 +329,10 @@ def preflight(profile: str, configfiles: list[str], directory: str, extra: list[
     out(f"marpipe preflight: profile {profile}, {', '.join(configfiles)}, {len(jobs) - 1} jobs planned, results in {work}")
 
     checks = [check_lock(cfg, configfiles[0])]
+    if "slurm" in Path(profile).name and not slurm:
+        checks.append(Check("partition", False, f"--profile {profile} submits to SLURM, but sinfo is not on this "
+                            "machine's PATH: nothing here can check the partitions or probe a node",
+                            "run marpipe preflight on the cluster's login node (where snakemake will run)"))
     gpu_part = next((j.resources.get("slurm_partition") for j in jobs if j.gpus), None) if slurm else None
     dl_part = next((j.resources.get("slurm_partition") for j in jobs if j.rule.startswith("download")), None) if slurm else None
     if slurm:
