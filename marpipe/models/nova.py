@@ -8,7 +8,9 @@ their methods onto the protocol primitives (facts from ``diffnext`` at commit
 * prompts: ``transformer.text_embed`` (Phi encoder, 256 tokens, padded with the learned
   ``weight`` rows; projection + norm) feeds ``transformer.video_encoder`` over 256
   ``bos_token`` tokens (+ time and 2-D sin-cos embeddings) -> ``Prompts.emb [B, 256, 1024]``,
-  the prefix that every image-encoder call attends to. Negative prompt: ``""``.
+  the prefix that every image-encoder call attends to. Negative prompt: ``""``. Each distinct
+  text is encoded once per call (Phi-2 and the video encoder) and its rows repeated: the negative
+  prompt once per rollout, a group's prompt once per loss.
 * one AR step: ``image_encoder.patch_embed`` of the known-token latent, ``mask_token`` on
   the unknown positions, ``image_encoder(z, c, prev_ids)`` with ``prev_ids`` = the known
   positions (its first half encodes only those, MAE style) -> ``z [B, 1024, 1024]``.
@@ -328,6 +330,16 @@ class NovaMAR(FrozenPartsMixin, nn.Module):
 
     # --- prompts -------------------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> Prompts:
+        """Each distinct text through Phi-2 and the video encoder once, its rows repeated."""
+        unique = list(dict.fromkeys(texts))
+        if len(unique) == len(texts):
+            return self._encode_rows(texts)
+        enc = self._encode_rows(unique)
+        where = torch.tensor([unique.index(t) for t in texts], device=enc.emb.device)
+        return enc.index(where)
+
+    def _encode_rows(self, texts: Sequence[str]) -> Prompts:
+        """Every text through Phi-2 and the video encoder, one row each."""
         t = self.transformer
         text = t.text_embed(list(texts))                                       # [B, 256, D]
         b = text.shape[0]

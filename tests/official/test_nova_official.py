@@ -397,3 +397,67 @@ def test_head_rows_counted_through_hooks_equal_the_cost_model(diffnext, tmp_path
     m = nova_tiny.load_adapter(folder, dict(PAPER_SAMPLING, cfg_scale=CFG)).eval()
     assert m.num_tokens == 64
     check_head_rows(m, m.transformer.image_decoder, "nova official")
+
+
+# ------------------------------------------------------------------ Phi-2: each distinct text once
+def _phi_rows(model):
+    """A forward hook on the official Phi encoder: ``seen[0]`` adds up the texts it encodes."""
+    seen = [0]
+
+    def hook(module, args, kwargs, out):
+        ids = args[0] if args else kwargs["input_ids"]
+        seen[0] += ids.shape[0]
+    return seen, model._frozen["text_encoder"].register_forward_hook(hook, with_kwargs=True)
+
+
+def test_each_distinct_prompt_goes_through_phi_once(model):
+    """Phi-2 (and the video encoder) encode each distinct text once per call, its rows then repeated:
+    a rollout of ``P`` prompts x ``G`` images runs ``P + 1`` texts through Phi (the negative once, not
+    ``P G`` times), the loss ``P`` (``P + 1`` with the guided log-prob). The encodings are bit-identical
+    to one row per image (CPU, float32: Phi and the video encoder compute each row alone). The loss's
+    gradients reach the video encoder and ``text_embed``'s projection through the repeated rows, whose
+    backward sums a prompt's ``G`` copies before the layer instead of inside its weight-gradient
+    reduction: the same terms in another order, so equal to float32 rounding relative to each
+    parameter's largest gradient entry (``64 eps``, measured printed)."""
+    import copy
+
+    from marpipe.config import GRPOConfig
+    from marpipe.loss import mar_grpo_loss
+    from marpipe.rollout import RolloutPlan, rollout
+    from marpipe.trainer import set_trainable
+    P, G = len(PROMPTS), 2
+    texts = [p for p in PROMPTS for _ in range(G)]
+    with torch.no_grad():
+        assert torch.equal(model.encode_prompts(texts).emb, model._encode_rows(texts).emb)
+        assert torch.equal(model.encode_negative(3).emb, model._encode_rows([model.negative_prompt] * 3).emb)
+    m = copy.deepcopy(model)
+    seen, handle = _phi_rows(m)
+    try:
+        ro = rollout(m, PROMPTS, G, RolloutPlan.sample(K_STEPS, T_STEPS, 2, 2, 1, seed=1), seed=0)
+        assert seen[0] == P + 1, f"the rollout encoded {seen[0]} texts"
+        cfg = GRPOConfig(group_size=G, prompts_per_step=P, train_ar_steps=2, train_diffusion_steps=2, beta=0.0,
+                         guided_logp=True)
+        adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+        grads = []
+        for per_row in (True, False):
+            if per_row:
+                m._encode = m._encode_rows          # one row per image: the former encoding
+            else:
+                del m._encode
+            params = set_trainable(m, "all")
+            m.zero_grad(set_to_none=True)
+            m.train()
+            seen[0] = 0
+            mar_grpo_loss(m, ro, adv, cfg).loss.backward()
+            assert seen[0] == (2 * P * G if per_row else P + 1), f"the loss encoded {seen[0]} texts"
+            grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    finally:
+        handle.remove()
+    eps = float(torch.finfo(torch.float32).eps)
+    rel = {n: float((grads[1][n] - g).abs().max() / g.abs().max().clamp_min(1e-30)) for n, g in grads[0].items()}
+    prompt_side = [n for n in rel if "video_encoder" in n or "text_embed" in n]
+    assert prompt_side and all(grads[0][n].abs().max() > 0 for n in prompt_side)
+    worst = max(rel.values())
+    print(f"[nova official] loss gradients, prompts once vs per image: worst max |diff| / max |grad| = "
+          f"{worst:.2e} ({worst / eps:.1f} eps; {sum(v == 0 for v in rel.values())}/{len(rel)} bit-identical)")
+    assert worst <= 64 * eps
