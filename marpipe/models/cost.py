@@ -17,8 +17,8 @@ left out. Architectures, from the official code and configs:
   16 dims, text encoder Phi-2 (2.7B) once per prompt.
 * Harmon ``wusize/Harmon-1_5B`` (wusize/Harmon@4eb6087, ``src/models/mar.py`` ``mar_huge`` and
   the Qwen2.5-1.5B config): MAE encoder 20 blocks of width 1280 over the known tokens + 64
-  buffer slots, the LLM (28 Qwen2 layers, hidden 1536, MLP 8960, 2 of 12 heads for K/V) over the
-  prompt and those tokens, MAE decoder 20 blocks of width 1280 over all 1,024 + 64, head
+  buffer slots, the LLM (28 Qwen2 layers, hidden 1536, MLP 8960, 2 of 12 heads for K/V) over
+  those tokens with the prompt's keys and values computed once per rollout (:func:`llm_tokens`), MAE decoder 20 blocks of width 1280 over all 1,024 + 64, head
   ``SimpleMLPAdaLN`` (12 res-blocks of width 1536), tokens of 16 dims.
 
 Every AR step runs with CFG ([cond; uncond], a batch of two).
@@ -74,7 +74,7 @@ def ar_step_macs(name: str, known: int, tokens: int = 1024) -> float:
     if name == "harmon":
         d, buf = 1280, 64
         enc = 20 * block(d, known + buf, known + buf)
-        llm = 28 * qwen2_layer(p + known + buf, p + known + buf)
+        llm = 28 * qwen2_layer(known + buf, p + known + buf)     # the prompt's K/V cached (prompt_macs)
         dec = 20 * block(d, tokens + buf, tokens + buf)
         proj = 2 * (known + buf) * 1280 * 1536
         return enc + llm + dec + proj
@@ -82,10 +82,35 @@ def ar_step_macs(name: str, known: int, tokens: int = 1024) -> float:
 
 
 def prompt_macs(name: str) -> float:
-    """Once per prompt and CFG branch: NOVA's Phi-2 text encoder and video encoder."""
+    """Once per prompt and CFG branch: NOVA's Phi-2 text encoder and video encoder; Harmon's prompt
+    through the LLM, whose keys and values every AR step then reads (:func:`llm_tokens`)."""
     if name == "nova":
         return 256 * 2.7e9 + 16 * block(1024, 256, 256 + 256)
-    return 0.0   # Harmon's prompt runs through the LLM inside every AR step (counted there)
+    p = PROMPT_TOKENS[name]
+    return 28 * qwen2_layer(p, p)
+
+
+def prompt_macs_per_image(name: str, group_size: int = 1, images: int | None = None) -> float:
+    """An image's share of a rollout's prompt encodings, ``images`` images in groups of ``group_size``
+    per prompt: NOVA's adapter encodes each distinct text once (the prompt once per group, the negative
+    once per rollout); Harmon's prefill runs every row of the CFG batch. ``group_size = images = 1``:
+    every image its prompt and the negative."""
+    images = group_size if images is None else images
+    if name == "nova":
+        return prompt_macs(name) * (1 / group_size + 1 / images)
+    return 2 * prompt_macs(name)
+
+
+def llm_tokens(counts: list[int], prompt_tokens: int, buffer: int = 64, cached: bool = True) -> int:
+    """Tokens Harmon's LLM runs (queries, each through every layer) in one rollout of one image, one
+    CFG branch: the prompt once and, at each AR step, the known tokens and the ``buffer`` slots
+    (``cached``, :class:`marpipe.models.harmon.HarmonMAR` and ``HarmonModel.sample``); without the
+    cache the prompt again at every step."""
+    known, total = 0, prompt_tokens if cached else 0
+    for c in counts:
+        total += known + buffer + (0 if cached else prompt_tokens)
+        known += c
+    return total
 
 
 RULES = ("official_sampler", "marpipe", "marpipe_sim", "full", "nova_reference", "harmon_reference")
@@ -145,13 +170,15 @@ def expected_head_rows(counts: list[int], diffusion_steps: int, trained_ar: int,
 
 
 def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int = 1, guided: bool = False,
-                 sim: bool = False, trained_ar: int = 12, full_head: bool = False) -> dict:
+                 sim: bool = False, trained_ar: int = 12, full_head: bool = False, group_size: int = 1,
+                 images: int | None = None) -> dict:
     """Multiply-adds of one image's rollout (CFG, both branches) with the mask schedule ``counts``.
 
     ``head_passes``: expected head token-steps (:func:`expected_head_rows`) under each rule with
     ``trained_ar`` trained AR steps; the rollout's head costs ``marpipe`` (``marpipe_sim`` with
     ``sim``; ``full`` with ``full_head``: every still-masked token at every step). MTE's ``S - 1``
     extra trajectories add ``(S-1) N T`` head passes once per image, twice that with CFG (``guided``).
+    The prompts: :func:`prompt_macs_per_image` of ``images`` images in groups of ``group_size``.
     """
     N, T, K = sum(counts), diffusion_steps, len(counts)
     head_tok = head_macs_per_token_step(name)
@@ -164,8 +191,9 @@ def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int
     rule = "full" if full_head else "marpipe_sim" if sim else "marpipe"
     head = passes[rule] * head_tok
     mte = (S - 1) * N * T * head_tok * (2 if guided else 1)
-    total = ar + head + 2 * prompt_macs(name)
-    return {"ar_steps": K, "transformer_macs": ar + 2 * prompt_macs(name), "head_macs": head,
+    prompt = prompt_macs_per_image(name, group_size, images)
+    total = ar + head + prompt
+    return {"ar_steps": K, "transformer_macs": ar + prompt, "head_macs": head,
             "head_share": head / total, "head_passes": passes, "mte_extra_head_macs": mte,
             "mte_extra_share": mte / total, "head_macs_per_token_step": head_tok}
 
@@ -173,7 +201,8 @@ def rollout_cost(name: str, counts: list[int], diffusion_steps: int = 25, S: int
 def train_step_cost(name: str, counts: list[int], variant: str, S: int = 1, guided: bool = False,
                     scope: str = "image", top_k: float = 0.3, loss_tokens: str = "unknown",
                     diffusion_steps: int = 25, trained_ar: int = 12, trained_head: int = 10,
-                    beta: float = 0.01, units_per_token: int = 1, full_head: bool = False) -> float:
+                    beta: float = 0.01, units_per_token: int = 1, full_head: bool = False, group_size: int = 1,
+                    images: int | None = None) -> float:
     """Expected multiply-adds of one image's training step: rollout, MTE's extra trajectories, loss.
 
     ``variant``: ``grpo`` (AR and head trained), ``fix_decoder`` (head frozen), ``mte``, ``sim``
@@ -194,8 +223,10 @@ def train_step_cost(name: str, counts: list[int], variant: str, S: int = 1, guid
     N, T, K = sum(counts), diffusion_steps, len(counts)
     head_tok = head_macs_per_token_step(name)
     mte_on = variant in ("mte", "sim")
-    base = rollout_cost(name, counts, T, sim=variant == "sim", trained_ar=trained_ar, full_head=full_head)
-    total = base["transformer_macs"] + base["head_macs"] + 2 * prompt_macs(name) * (1 + (beta > 0))
+    base = rollout_cost(name, counts, T, sim=variant == "sim", trained_ar=trained_ar, full_head=full_head,
+                        group_size=group_size, images=images)
+    # the loss encodes the prompts again (and the reference model with beta > 0), the negative counted too
+    total = base["transformer_macs"] + base["head_macs"] + prompt_macs_per_image(name, group_size, images) * (1 + (beta > 0))
     head_bwd = 2 if variant == "grpo" else 1          # weight + input gradients, or the input's only
     extras = (S - 1) * (2 if guided else 1) if mte_on else 0
     known = 0

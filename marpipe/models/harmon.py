@@ -14,8 +14,10 @@ AMAP-ML/mar-grpo at fcb7969):
   the 64 buffer slots), ``proj_in``, buffers moved to the end, the Qwen2 LLM over
   ``[prompt ; image]`` (attention mask from ``pad``, positions = cumsum - 1), buffers moved
   back, residual ``+ proj_out``, then ``mar.forward_mae_decoder(x, mask, image_shape)`` ->
-  ``z [B, 1024, 1280]``. The prompt goes through the LLM on every step (no KV cache), which
-  is what the training-time recomputation needs anyway.
+  ``z [B, 1024, 1280]``. The prompt's keys and values are computed once per prompt batch (the
+  LLM is frozen and the prompt is the same at every step) and each step runs the LLM on the image
+  tokens only, over those keys, as ``HarmonModel.sample`` does with its ``DynamicCache``
+  (``prompt_cache = False``: the prompt through the LLM at every step, a test mode).
 * head: ``mar.diffloss.net(x, t, z)`` -> ``[eps ; v]`` (learned-range variance), ``t`` the
   original timestep of a 25-step respacing (ADM ``space_timesteps``: 999, 957, ..., 0) of the
   1000-step cosine schedule.
@@ -65,11 +67,31 @@ def space_timesteps(num_timesteps: int, count: int) -> list[int]:
     return sorted({int(round(i * stride)) for i in range(count)})
 
 
+class PromptKV:
+    """The last prompt batch's LLM keys and values, held with the ``Prompts.emb`` they belong to (held,
+    so its ``id`` cannot be reused); a copy of the adapter (the KL reference) starts empty."""
+
+    def __init__(self):
+        self.emb, self.version, self.kv = None, None, None
+
+    def get(self, prompts: Prompts):
+        if self.emb is prompts.emb and self.version == prompts.emb._version:
+            return self.kv
+        return None
+
+    def put(self, prompts: Prompts, kv) -> None:
+        self.emb, self.version, self.kv = prompts.emb, prompts.emb._version, kv
+
+    def __deepcopy__(self, memo):
+        return PromptKV()
+
+
 class HarmonMAR(FrozenPartsMixin, nn.Module):
     """Harmon's modules driven through :class:`MARModel`."""
     TRAINED, HEAD = "mar", "diffloss"
 
     learned_variance = True
+    prompt_cache = True      # the prompt's K/V once per prompt batch; False: the prompt in every step
 
     def __init__(self, harmon: nn.Module, tokenizer, sampling: dict | None = None, image_size: int = 512,
                  gradient_checkpointing: bool = False, source: str = ""):
@@ -97,9 +119,14 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
         abar = torch.as_tensor(abar, dtype=torch.float64)
         ts = space_timesteps(len(abar), self.sampling.diffusion_steps)[::-1]
         self.schedule = schedule_from_alphas_cumprod(abar, ts)
+        self._kv_holder = PromptKV()
         disable_dropout(self.mar)
         disable_dropout(harmon.llm)
         self.set_gradient_checkpointing(gradient_checkpointing)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._kv_holder = PromptKV()          # keys and values of another device or dtype
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -143,7 +170,27 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
         return harmon_mask_counts(self.num_tokens, ar_steps)
 
     # --- AR step ---------------------------------------------------------------------------------
-    def _forward_rows(self, tokens, mask, prompts: Prompts):
+    def _prompt_kv(self, prompts: Prompts) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each LLM layer's ``(keys, values)`` of ``prompts`` (no gradient: the LLM and the prompt
+        embeddings are frozen), computed once and kept while the same ``Prompts.emb`` tensor comes back
+        (a rollout's CFG batch at every step, a loss's prompts at every trained step)."""
+        from transformers.cache_utils import DynamicCache
+        held = self._kv_holder.get(prompts)
+        if held is not None:
+            return held
+        valid = (~prompts.pad).long()
+        with torch.no_grad():
+            out = self._frozen["llm"].model(inputs_embeds=prompts.emb.to(self.dtype), attention_mask=valid,
+                                            position_ids=(valid.cumsum(1) - 1).clamp_min(0),
+                                            past_key_values=DynamicCache(), use_cache=True, return_dict=True)
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self._kv_holder.put(prompts, kv)
+        return kv
+
+    def _forward_rows(self, tokens, mask, prompts: Prompts, kv=None):
+        """One AR step of the rows ``tokens``; ``kv``: their prompt's per-layer keys and values
+        (:meth:`_prompt_kv`), else the prompt goes through the LLM with the image tokens."""
+        from transformers.cache_utils import DynamicCache
         mar, f = self.mar, self._frozen
         b, shape, buf = tokens.shape[0], self.grid, mar.buffer_size
         x_enc = mar.forward_mae_encoder(tokens, mask, mar.fake_latent.expand(b, -1), image_shape=shape)
@@ -151,8 +198,13 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
         z_enc = torch.cat([z_enc[:, buf:], z_enc[:, :buf]], 1)            # buffers to the end
         attn = torch.cat([~prompts.pad, prompts.pad.new_ones(b, z_enc.shape[1])], 1)
         pos = (attn.long().cumsum(1) - 1).clamp_min(0)
-        out = f["llm"].model(inputs_embeds=torch.cat([prompts.emb.to(z_enc.dtype), z_enc], 1),
-                             attention_mask=attn.long(), position_ids=pos, return_dict=True)
+        if kv is None:
+            out = f["llm"].model(inputs_embeds=torch.cat([prompts.emb.to(z_enc.dtype), z_enc], 1),
+                                 attention_mask=attn.long(), position_ids=pos, return_dict=True)
+        else:                   # the image tokens only, over the prompt's cached keys and values
+            out = f["llm"].model(inputs_embeds=z_enc, attention_mask=attn.long(),
+                                 position_ids=pos[:, -z_enc.shape[1]:], past_key_values=DynamicCache(kv),
+                                 use_cache=True, return_dict=True)
         z_llm = out.last_hidden_state[:, -z_enc.shape[1]:]
         z_llm = torch.cat([z_llm[:, -buf:], z_llm[:, :-buf]], 1)           # buffers back to the start
         x_enc = x_enc + f["proj_out"](z_llm)
@@ -160,9 +212,11 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
 
     def ar_forward(self, canvas: torch.Tensor, known: torch.Tensor, prompts: Prompts) -> torch.Tensor:
         parts = []
+        kv = self._prompt_kv(prompts) if self.prompt_cache else None
         for rows in rows_by_known_count(known):
             mask = (~known[rows]).to(self.dtype)                            # 1 = still unknown (official)
-            parts.append((rows, self._forward_rows(canvas[rows].to(self.dtype), mask, prompts.index(rows))))
+            kv_rows = None if kv is None else [(k[rows], v[rows]) for k, v in kv]
+            parts.append((rows, self._forward_rows(canvas[rows].to(self.dtype), mask, prompts.index(rows), kv_rows)))
         return to_float(merge_rows(parts, canvas.shape[0]))
 
     # --- head --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import math
 import statistics
 from pathlib import Path
 
+import pytest
 import torch
 
 from marpipe.bench import VARIANTS, _held_out, _train_prompts, bench_reward_rise, bench_warmup, total_variation
@@ -139,6 +140,33 @@ def test_nova_rollout_counts_the_prompt_tokens_as_queries_of_every_image_encoder
     tokens before both halves: queries and keys of all 32 blocks."""
     from marpipe.models.cost import ar_step_macs, block
     assert ar_step_macs("nova", 100) == 16 * block(1024, 356, 356) + 16 * block(1024, 1280, 1280)
+
+
+def test_harmon_rollout_runs_the_prompt_through_the_llm_once():
+    """The adapter (and ``HarmonModel.sample``) computes the prompt's keys and values once per rollout:
+    each AR step's LLM queries are the known tokens and the 64 buffer slots only, over the prompt's keys."""
+    from marpipe.models.cost import PROMPT_TOKENS, ar_step_macs, block, llm_tokens, prompt_macs, qwen2_layer
+    p = PROMPT_TOKENS["harmon"]
+    enc, dec = 20 * block(1280, 164, 164), 20 * block(1280, 1088, 1088)
+    assert ar_step_macs("harmon", 100) == enc + 28 * qwen2_layer(164, p + 164) + dec + 2 * 164 * 1280 * 1536
+    assert prompt_macs("harmon") == 28 * qwen2_layer(p, p)
+    counts = [1, 2, 3]
+    assert llm_tokens(counts, p, 64) == p + (0 + 64) + (1 + 64) + (3 + 64)
+    assert llm_tokens(counts, p, 64, cached=False) == 3 * p + (0 + 64) + (1 + 64) + (3 + 64)
+
+
+def test_nova_prompt_encodings_are_shared_by_a_group_and_the_negative_by_the_rollout():
+    """NOVA's adapter runs Phi-2 once per distinct text: an image's share of a rollout's encodings is
+    its prompt's over the group and the negative's over the rollout; Harmon's prefill runs every row."""
+    from marpipe.grpo import nova_mask_counts
+    from marpipe.models.cost import prompt_macs, prompt_macs_per_image, rollout_cost
+    assert prompt_macs_per_image("nova", 4, 12) == prompt_macs("nova") * (1 / 4 + 1 / 12)
+    assert prompt_macs_per_image("nova") == 2 * prompt_macs("nova")
+    assert prompt_macs_per_image("harmon", 4, 12) == 2 * prompt_macs("harmon")
+    counts = nova_mask_counts(1024, 64)
+    shared, alone = rollout_cost("nova", counts, group_size=4, images=12), rollout_cost("nova", counts)
+    saved = alone["transformer_macs"] - shared["transformer_macs"]
+    assert saved == pytest.approx(prompt_macs("nova") * (2 - 1 / 4 - 1 / 12), rel=1e-12)
 
 
 def test_train_step_bench_takes_a_model_spec(capsys):

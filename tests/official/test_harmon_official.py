@@ -676,3 +676,100 @@ def test_head_rows_counted_through_hooks_equal_the_cost_model(official, tmp_path
                    sampling=dict(PAPER_SAMPLING, cfg_scale=CFG, image_size=128)).eval()
     assert m.num_tokens == 64
     check_head_rows(m, m.mar.diffloss.net, "harmon official")
+
+
+# ------------------------------------------------------------------ the prompt's keys and values, cached
+EPS32 = float(torch.finfo(torch.float32).eps)
+CACHE_REL = 64 * EPS32      # z: measured ~5 eps on these models; see the tests' docstrings
+CACHE_GRAD_REL = 256 * EPS32   # loss gradients: measured ~20 eps
+
+
+def _rel(ours: torch.Tensor, other: torch.Tensor) -> float:
+    return float((ours - other).abs().max() / other.abs().max().clamp_min(1e-30))
+
+
+def _llm_queries(model):
+    """A forward hook on the LLM's first layer: ``seen[0]`` adds up the tokens it runs (queries)."""
+    seen = [0]
+
+    def hook(module, args, kwargs, out):
+        h = args[0] if args else kwargs["hidden_states"]
+        seen[0] += h.shape[0] * h.shape[1]
+    return seen, model._frozen["llm"].model.layers[0].register_forward_hook(hook, with_kwargs=True)
+
+
+@torch.no_grad()
+def test_prompt_kv_cache_runs_the_prompt_once_and_gives_the_uncached_z(model):
+    """``HarmonMAR`` computes the prompt's per-layer keys and values once per prompt batch and runs the
+    LLM on the image tokens only at every AR step (``HarmonModel.sample``'s ``DynamicCache``): the LLM's
+    tokens counted by a hook over a rollout equal ``cost.llm_tokens`` (the prompt once), and ``z`` equals
+    the uncached pass (``prompt_cache = False``: the prompt with the image tokens, every step) to float32
+    rounding, not bit for bit: the prompt's K/V projections and the attention run in other shapes (the
+    prompt alone, then the image queries alone), which round differently. The bound is relative to
+    ``max |z|``: ``64 eps`` (eps = 2^-23), an order above the ~4 eps measured on these models and two
+    orders below what rows reading another prompt's keys give here (the tiny LLM's share of ``z`` is small)."""
+    from marpipe.models.cost import llm_tokens
+    from marpipe.rollout import RolloutPlan, mask_schedule, rollout
+    B, N, C = 2 * len(PROMPTS), model.num_tokens, model.token_dim
+    both, _ = _cfg_prompts(model, PROMPTS)
+    g = torch.Generator().manual_seed(3)
+    canvas = torch.randn(B, N, C, generator=g)
+    worst = 0.0
+    for n_known in ([0] * B, [5] * B, [N - 1] * B, [0, 3, 3, N - 1]):      # the last: rows grouped by count
+        known = torch.zeros(B, N, dtype=torch.bool)
+        for r, n in enumerate(n_known):
+            known[r, torch.randperm(N, generator=g)[:n]] = True
+        try:
+            model.prompt_cache = False
+            plain = model.ar_forward(canvas, known, both)
+        finally:
+            model.prompt_cache = True
+        cached = model.ar_forward(canvas, known, both)
+        worst = max(worst, _rel(cached, plain))
+        assert _rel(cached, plain) <= CACHE_REL, f"{n_known}: {_rel(cached, plain):.2e} relative"
+        swapped = Prompts(both.emb.flip(0), both.pad.flip(0))                   # another prompt's keys
+        assert _rel(model.ar_forward(canvas, known, swapped), plain) > 10 * CACHE_REL
+    print(f"[harmon official] AR z with the prompt's K/V cached vs uncached: max |diff| / max |z| = "
+          f"{worst:.2e} ({worst / EPS32:.1f} eps)")
+    counts, width = mask_schedule(model), both.emb.shape[1]
+    seen, handle = _llm_queries(model)
+    try:
+        rollout(model, PROMPTS, 1, RolloutPlan.sample(len(counts), model.sampling.diffusion_steps, 1, 2, 1, seed=1),
+                seed=0)
+    finally:
+        handle.remove()
+    want = B * llm_tokens(counts, width, model.mar.buffer_size)
+    print(f"[harmon official] LLM tokens of a rollout: {seen[0]} (cached), the prompt at every step: "
+          f"{B * llm_tokens(counts, width, model.mar.buffer_size, cached=False)}")
+    assert seen[0] == want
+
+
+def test_prompt_kv_cache_gives_the_uncached_loss_gradients(model):
+    """The GRPO loss's gradients (the MAR encoder's reach the LLM's image tokens) with the prompt's keys
+    and values cached equal the uncached pass's to float32 rounding, per parameter relative to its
+    gradient's largest entry: ``256 eps``, an order above the ~20 eps measured (the backward pass runs the
+    LLM's attention over the cached keys too, so its rounding enters twice, and the sums over tokens
+    and rows add it up; their order is the same in both paths)."""
+    import copy
+
+    from marpipe.config import GRPOConfig
+    from marpipe.loss import mar_grpo_loss
+    from marpipe.rollout import RolloutPlan, rollout
+    from marpipe.trainer import set_trainable
+    m = copy.deepcopy(model)
+    ro = rollout(m, PROMPTS[:1], 2, RolloutPlan.sample(2, 5, 1, 2, 1, seed=1), seed=0)
+    cfg = GRPOConfig(group_size=2, prompts_per_step=1, train_ar_steps=1, train_diffusion_steps=2, beta=0.0)
+    grads = []
+    for cache in (False, True):
+        m.prompt_cache = cache
+        params = set_trainable(m, "all")
+        m.zero_grad(set_to_none=True)
+        m.train()
+        mar_grpo_loss(m, ro, torch.tensor([1.0, -1.0]), cfg).loss.backward()
+        grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
+    worst = max((_rel(b, a) for a, b in zip(*grads) if a.abs().max() > 0), default=0.0)
+    print(f"[harmon official] loss gradients, cached vs uncached prompt: worst max |diff| / max |grad| = "
+          f"{worst:.2e} ({worst / EPS32:.1f} eps)")
+    assert any(a.abs().max() > 0 for a in grads[0])
+    for a, b in zip(*grads):
+        assert float((b - a).abs().max()) <= CACHE_GRAD_REL * float(a.abs().max())
