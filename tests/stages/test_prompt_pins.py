@@ -13,22 +13,24 @@ import pytest
 import yaml
 
 from marpipe import experiment
+from marpipe import lock as L
 from marpipe.io.files import read_prompt_set
 from marpipe.stages import resources
 from marpipe.stages.resources import HPS_STYLES, fetch_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
-RAW = yaml.safe_load((ROOT / "config.yaml").read_text())
+#: config.yaml with its lock applied (config.lock.yaml, once `marpipe lock` has written it)
+RAW = L.apply(yaml.safe_load((ROOT / "config.yaml").read_text()), L.read(L.lock_path(ROOT / "config.yaml")))
 
 #: a file at a 40-hex commit: raw GitHub, or a HF hub ``resolve/<commit>``
 PINNED_URL = re.compile(r"^https://(raw\.githubusercontent\.com/[\w.-]+/[\w.-]+/(?P<c1>[0-9a-f]{40})/"
                         r"|huggingface\.co/(datasets/)?[\w.-]+/[\w.-]+/resolve/(?P<c2>[0-9a-f]{40})/)\S+$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-#: sets that cannot be pinned from here, with why (strict xfail: pinning them fails this list)
+#: sets that cannot be pinned from here, with why (strict xfail while neither pinned nor locked)
 UNPINNED = {"preference": "HPS v2 benchmark prompts exist only in the HF hub dataset zhwang/HPDv2 "
                           "(benchmark/<style>.json; no tgxs002/HPSv2 commit has them), which no machine "
-                          "of this project could reach to read a commit and the files' sha256"}
+                          "of this project could reach: `marpipe lock` on a machine with hub access pins them"}
 
 
 def _url_files():
@@ -48,7 +50,7 @@ def _url_files():
 
 def _params():
     return [pytest.param(*f, id=f[1], marks=[pytest.mark.xfail(strict=True, reason=UNPINNED[f[0]])]
-                         if f[0] in UNPINNED else []) for f in _url_files()]
+                         if f[0] in UNPINNED and not HEX64.match(str(f[3])) else []) for f in _url_files()]
 
 
 @pytest.mark.parametrize("name,key,url,sha256", _params())
@@ -100,13 +102,26 @@ def test_txt_set_downloads_and_a_changed_file_is_refused(tmp_path):
     assert not out2.exists() and not out2.with_suffix(".sha256").exists()
 
 
-def test_unpinned_set_is_trusted_once_and_recorded(tmp_path):
+def test_an_unpinned_set_is_refused_naming_the_key_and_marpipe_lock(tmp_path):
+    """No trust on first use: a set with neither a sha256 nor a lock entry is not downloaded."""
     src = tmp_path / "p.txt"
     src.write_text("a cat\n")
     out = tmp_path / "compbench_shape.jsonl"
-    fetch_prompts(_exp({"compbench_shape": {"kind": "url", "format": "txt", "url": src.as_uri(), "sha256": None}}),
+    with pytest.raises(RuntimeError, match=r"prompt set 'compbench_shape': .* is not pinned: run `marpipe lock`.*"
+                                           r"prompts\.compbench_shape\.sha256"):
+        fetch_prompts(_exp({"compbench_shape": {"kind": "url", "format": "txt", "url": src.as_uri(), "sha256": None}}),
+                      "compbench_shape", out)
+    assert not out.exists()
+
+
+def test_a_pinned_set_records_its_verified_hash(tmp_path):
+    src = tmp_path / "p.txt"
+    src.write_text("a cat\n")
+    out = tmp_path / "compbench_shape.jsonl"
+    sha = hashlib.sha256(b"a cat\n").hexdigest()
+    fetch_prompts(_exp({"compbench_shape": {"kind": "url", "format": "txt", "url": src.as_uri(), "sha256": sha}}),
                   "compbench_shape", out)
-    assert out.with_suffix(".sha256").read_text().strip() == hashlib.sha256(b"a cat\n").hexdigest()
+    assert out.with_suffix(".sha256").read_text().strip() == sha
 
 
 def test_hps_benchmark_one_pinned_file_per_style(tmp_path, monkeypatch):
@@ -142,7 +157,7 @@ def test_hps_benchmark_one_pinned_file_per_style(tmp_path, monkeypatch):
 
 
 def test_download_failure_names_the_set_and_key(tmp_path):
-    spec = {"kind": "url", "format": "txt", "url": (tmp_path / "absent.txt").as_uri(), "sha256": None}
+    spec = {"kind": "url", "format": "txt", "url": (tmp_path / "absent.txt").as_uri(), "sha256": "0" * 64}
     with pytest.raises(RuntimeError, match=r"prompt set 'compbench_numeracy': cannot download .*absent\.txt.*"
                                            r"prompts\.compbench_numeracy\.url"):
         fetch_prompts(_exp({"compbench_numeracy": spec}), "compbench_numeracy", tmp_path / "n.jsonl")
