@@ -435,6 +435,16 @@ class Experiment:
         ev = self.cfg["evaluation"][suite]
         return list(ev["metrics"] if suite == "preference" else ev["categories"])
 
+    def trained_columns(self, suite: str) -> list[str]:
+        """The suite's columns that score what its rows were trained for: the preference metrics
+        scored by a scorer of the suite's reward (HPS), every CompBench category (the mixed reward
+        trains compositional alignment, which CompBench scores)."""
+        if suite != "preference":
+            return self.columns(suite)
+        ev = self.cfg["evaluation"][suite]
+        parts = set(self.reward_scorers(ev["reward"]))
+        return [c for c, spec in ev["metrics"].items() if spec["scorer"] in parts]
+
     def _weights_kwargs(self, scorer: str) -> dict[str, str]:
         """``weights: NAME`` -> ``{weights_dir: NAME}``; ``weights: {kwarg: NAME}`` as given."""
         w = self.cfg["scorers"].get(scorer, {}).get("weights")

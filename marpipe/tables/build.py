@@ -27,6 +27,12 @@ TABLE2_ROWS = dict(zip(("GRPO", "+Fix Decoder", "+MTE", "+Sim (Ours)"), TABLE2_V
 TABLE2_COLUMNS = ("HPS", "Aesthetic", "Shape", "Texture", "2d-spatial")
 
 
+# not a table of the paper: every trained row − its base model in the columns of the reward it was
+# trained on (Experiment.trained_columns), the check that training moved that reward at all
+TRAINING = "training"
+ROW_LABELS = {**{v: k for k, v in TABLE1_ROWS.items()}, **{v: k for k, v in TABLE2_ROWS.items()}}
+
+
 CHECKPOINT_RULE_TEXT = {"best": "best*", "fixed": "fixed", "base": "base"}
 
 
@@ -39,7 +45,8 @@ def build_tables(exp, records: Sequence[dict]) -> dict[str, pd.DataFrame]:
     (``table``, ``base``, ``row``, ``column``) with its ``value`` and 95% bootstrap interval
     ``lo``/``hi`` (NaN without per-image values); ``differences``: the paired differences the
     paper's claims rest on (Table 1: ``Ours`` − ``+GRPO`` per model; Table 2: each row − the
-    row above), ``ours_diff`` = the difference of the two cells, with its interval and a
+    row above; ``training``: each trained row − its base model in the columns of the reward it
+    was trained on), ``ours_diff`` = the difference of the two cells, with its interval and a
     ``note`` where there is none."""
     idx = index_records(records)
     rewards = {s: exp.cfg["evaluation"][s]["reward"] for s in SUITES}
@@ -94,6 +101,10 @@ def build_tables(exp, records: Sequence[dict]) -> dict[str, pd.DataFrame]:
     for (b_label, b), (a_label, a) in zip(t2_rows, t2_rows[1:]):
         diffs += [difference("table2", exp.label(model), a_label, b_label, c, rec_of(model, a, s),
                               rec_of(model, b, s)) for c, s in t2_cols]
+    for m in exp.models:
+        label = exp.label(m)
+        diffs += [difference(TRAINING, label, ROW_LABELS.get(v, v), label, c, rec_of(m, v, s), rec_of(m, BASE, s))
+                  for v in exp.model_variants(m) for s in SUITES for c in exp.trained_columns(s)]
 
     world = world_of(records, exp)
     used = [r for r in records if (r["model"], r["row"], r["suite"]) in

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from marpipe import stats
-from marpipe.tables.build import TABLE1_ROWS
+from marpipe.tables.build import TABLE1_ROWS, TRAINING
 from marpipe.tables.intervals import DIFFERENCE_COLUMNS, INTERVAL_COLUMNS, counts_as_int
 from marpipe.tables.text import is_nan
 
@@ -164,9 +164,16 @@ def _verdicts(differences: pd.DataFrame | None, p1: pd.DataFrame, p2: pd.DataFra
     together: ``lo``/``hi`` are each claim's simultaneous 95% interval over all ``n_claims``
     (:func:`marpipe.stats.simultaneous`), wider than the 95% interval of one difference alone;
     ``decidable``: its half-width, the smallest difference this run can decide for the claim
-    (:func:`marpipe.stats.decidable`), to read beside ``paper_diff``."""
+    (:func:`marpipe.stats.decidable`), to read beside ``paper_diff``. The ``training`` lines are
+    not the paper's: each claims that a trained row beats its base model (no ``paper_diff``)."""
     lines = []
     for _, d in (differences if differences is not None else pd.DataFrame(columns=DIFFERENCE_COLUMNS)).iterrows():
+        if d["table"] == TRAINING:
+            lines.append({"table": d["table"], "base": d["base"], "claim": f"{d['a']} > {d['b']}", "a": d["a"],
+                          "b": d["b"], "column": d["column"], "paper_diff": math.nan, "expected": 1.0,
+                          "ours_diff": d["ours_diff"], "se": _float(d.get("se")), "df": _float(d.get("df")),
+                          "n_prompts": d["n_prompts"], "note": d["note"] or "not the paper's: the trained reward"})
+            continue
         if d["table"] == "table1":
             paper = p1[p1["base"] == d["base"]]
             pa, pb = _value(paper, "model", d["a"], d["column"]), _value(paper, "model", d["b"], d["column"])
@@ -178,12 +185,12 @@ def _verdicts(differences: pd.DataFrame | None, p1: pd.DataFrame, p2: pd.DataFra
         lines.append({"table": d["table"], "base": d["base"], "claim": _claim(d["a"], d["b"], paper_diff),
                       "a": d["a"], "b": d["b"], "column": d["column"], "paper_diff": paper_diff,
                       "ours_diff": d["ours_diff"], "se": _float(d.get("se")), "df": _float(d.get("df")),
-                      "n_prompts": d["n_prompts"], "note": note})
-    claims = [x for x in lines if stats.direction(x["paper_diff"]) and not math.isnan(x["se"])]
+                      "n_prompts": d["n_prompts"], "note": note, "expected": paper_diff})
+    claims = [x for x in lines if stats.direction(x["expected"]) and not math.isnan(x["se"])]
     for x in lines:
         x["lo"], x["hi"] = stats.simultaneous(x["ours_diff"], x["se"], x["df"], len(claims))
         x["decidable"] = stats.decidable(x["se"], x["df"], len(claims))
-        x["verdict"] = stats.verdict(x["lo"], x["hi"], x["paper_diff"])
+        x["verdict"] = stats.verdict(x["lo"], x["hi"], x["expected"])
         x["n_claims"] = len(claims)
     return counts_as_int(pd.DataFrame(lines, columns=VERDICT_COLUMNS), ["n_prompts", "n_claims"])
 
@@ -199,7 +206,7 @@ def verdict_summary(verdicts: pd.DataFrame) -> list[str]:
     if verdicts is None or not len(verdicts):
         return lines
     for (table, base, a, b), grp in verdicts.groupby(["table", "base", "a", "b"], sort=False):
-        signs = {stats.direction(x) for x in grp["paper_diff"]} - {0}
+        signs = {1} if table == TRAINING else {stats.direction(x) for x in grp["paper_diff"]} - {0}
         claim = (f"{a} > {b}" if signs == {1} else f"{a} < {b}" if signs == {-1}
                  else f"{a} vs {b} (the paper's direction per column)")
         counts = grp["verdict"].value_counts()

@@ -35,7 +35,8 @@ INTERVALS_TEXT = ("95% intervals of the very estimator the cell prints (the mean
 
 
 VERDICTS_TEXT = ("Each comparison the paper makes, as a paired difference: Table 1: Ours − +GRPO per model; Table 2: "
-                 "each row − the row above. Ours: the difference of the two cells, its standard error from the same "
+                 "each row − the row above; and one of our own, training: each trained row − its base model in the "
+                 "columns of the reward it trained on (HPS; every CompBench category), claimed > 0. Ours: the difference of the two cells, its standard error from the same "
                  "bootstrap (one set of prompts drawn for both rows: they were sampled on the same prompts with the "
                  "same seeds) and, with several training seeds, the spread of the per-seed differences (runs of the "
                  "same seed paired). The claims are decided together: each interval is simultaneous over all of them "

@@ -177,7 +177,8 @@ def test_the_rows_the_dag_makes_fill_both_tables(exp, tmp_path):
     assert not tabs["table1"][PREF + COMP].isna().any().any()
     assert not tabs["table2"].drop(columns=["row", "checkpoint"]).isna().any().any()
     assert tabs["intervals"][["value", "lo", "hi"]].notna().all().all()
-    assert len(tabs["differences"]) == 2 * len(PREF + COMP) + 4 * 5
+    # Table 1's and 2's pairs, then each trained row vs its base in HPS and the CompBench columns
+    assert len(tabs["differences"]) == 2 * len(PREF + COMP) + 4 * 5 + (4 + 2) * (1 + len(COMP))
     assert tabs["differences"][["ours_diff", "lo", "hi"]].notna().all().all()
 
 
@@ -348,7 +349,7 @@ def test_compare_with_paper(exp, tmp_path):
     assert (order["agrees"] == "yes").all()
     # verdicts: Table 1 Ours vs +GRPO per model and column, Table 2 each row vs the one above
     v = cmp_["verdicts"]
-    assert list(v.columns) == T.VERDICT_COLUMNS and len(v) == 2 * 11 + 4 * 5
+    assert list(v.columns) == T.VERDICT_COLUMNS and len(v[v["table"] != "training"]) == 2 * 11 + 4 * 5
     v1 = v[(v["table"] == "table1") & (v["base"] == "NOVA")].set_index("column")
     assert (v1["claim"] == "Ours > +GRPO").all() and (v1["verdict"] == "holds").all()
     assert v1.loc["HPS", "paper_diff"] == pytest.approx(29.35 - 27.57)
@@ -366,6 +367,27 @@ def test_compare_with_paper(exp, tmp_path):
     assert "table1 NOVA: Ours > +GRPO: holds in 11, inconclusive in 0, contradicted in 0 of 11 columns" in text
     assert ("table2 NOVA: GRPO vs NOVA (the paper's direction per column): holds in 2, inconclusive in 0, "
             "contradicted in 3 of 5 columns") in text
+
+
+def test_every_trained_row_is_claimed_to_beat_its_base_on_the_reward_it_trained_on(exp, tmp_path):
+    tabs = T.build_tables(exp, T.score_records_from_files(write_scores(exp, tmp_path)))
+    v = T.compare_with_paper(tabs)["verdicts"]
+    tr = v[v["table"] == "training"]
+    # NOVA trains all four variants, Harmon Table 1's two; HPS (the hps reward's scorer) and every
+    # CompBench category (the mixed reward's rows)
+    trained = ["HPS", "Color", "Shape", "Texture", "2d-spatial", "3d-spatial", "Numeracy", "Complex"]
+    assert exp.trained_columns("preference") == ["HPS"] and exp.trained_columns("compbench") == trained[1:]
+    assert len(tr) == (4 + 2) * len(trained)
+    nova = tr[tr["base"] == "NOVA"]
+    assert list(dict.fromkeys(nova["claim"])) == ["GRPO > NOVA", "+Fix Decoder > NOVA", "+MTE > NOVA",
+                                                   "+Sim (Ours) > NOVA"]
+    assert list(dict.fromkeys(tr[tr["base"] == "Harmon"]["claim"])) == ["GRPO > Harmon", "+Sim (Ours) > Harmon"]
+    assert tr["paper_diff"].isna().all()
+    # decided with the paper's claims: one simultaneous family; our fake scores rise above the base
+    assert (v["n_claims"] == len(v[v["verdict"] != "no verdict"])).all()
+    assert (tr["verdict"] == "holds").all() and (tr["lo"] > 0).all()
+    text = T.format_for_terminal(tabs, T.compare_with_paper(tabs))
+    assert "training NOVA: +MTE > NOVA: holds in 8, inconclusive in 0, contradicted in 0 of 8 columns" in text
 
 
 def test_kendall_tau():
