@@ -83,7 +83,7 @@ def test_jobs_went_through_slurm(pipeline_run):
     submitted = set(re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/",
                                pipeline_run["log"]))
     assert submitted == {"download_base_model", "verify_base_model", "download_weights", "prompts", "warmup_head",
-                         "train", "select_checkpoint", "generate", "evaluate"}
+                         "train", "select_checkpoint", "check_scorer", "generate", "evaluate"}
 
 
 def test_mlflow_alone_rebuilds_the_tables(pipeline_run, tmp_path):
