@@ -66,7 +66,7 @@ demo: $(STAMP)
 # gradient-noise tables, in study/. Its verdicts must not depend on the machine: THREADS=2 CORES=1 (two
 # torch threads per job, one job at a time: another summation order) and
 # STUDY_EXTRA=config/study-seeds.yaml (other training and sampling seeds), each in its own STUDY_DIR,
-# must give the same verdicts (README, "The study"). CORES: jobs at a time x THREADS must not exceed
+# must give the same verdicts (docs/results.md, "The study"). CORES: jobs at a time x THREADS must not exceed
 # the machine's cores: two 2-thread jobs on 2 cores made each tiny training job 8-20x slower.
 THREADS     ?=
 CORES       ?= 2

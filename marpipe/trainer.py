@@ -122,7 +122,7 @@ class Trainer:
         self.cfg, self.prompts, self.reward = cfg, list(prompts), reward
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        # the dtype policy (README, "Precision"): the model computes in the dtype it was loaded in
+        # the dtype policy (docs/cluster.md, "Precision"): the model computes in the dtype it was loaded in
         # (bf16 for the real adapters on CUDA) under autocast; the trained parameters are float32
         # master weights, which the optimizer updates and checkpoints hold (at lr 1e-6 an AdamW step
         # on bf16 weights is rounded away: 1.9 % of a 1024x1024 matrix moved in 10 steps); frozen

@@ -1,4 +1,4 @@
-"""The trainer's dtype policy (README, "Precision"): a model loaded in bf16 computes in bf16 under
+"""The trainer's dtype policy (docs/cluster.md, "Precision"): a model loaded in bf16 computes in bf16 under
 autocast, its trained parameters are float32 master weights. At the paper's lr (1e-6) an AdamW step on
 bf16 weights of ordinary size is below bf16's resolution and is rounded away."""
 import copy

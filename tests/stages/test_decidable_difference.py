@@ -22,7 +22,7 @@ def test_a_claim_is_decided_exactly_when_its_difference_exceeds_the_decidable_on
         lo, hi = stats.simultaneous(est, 0.3, df, n_claims)
         decided = stats.verdict(lo, hi, paper_diff=1.0) != stats.INCONCLUSIVE
         assert decided == (abs(est) > half)
-    # 2 degrees of freedom at 1 - 0.05/84 (42 claims): 28.96 standard errors (README, "The study")
+    # 2 degrees of freedom at 1 - 0.05/84 (42 claims): 28.96 standard errors (docs/results.md, "The study")
     assert stats.decidable(1.0, 2.0, 42) == pytest.approx(28.96, abs=0.01)
     assert stats.decidable(1.0, math.inf, 1) == pytest.approx(1.95996, abs=1e-4)
     assert math.isnan(stats.decidable(math.nan, df, n_claims))
