@@ -24,8 +24,8 @@ def mlflow_sync(exp: Experiment, results: str | Path, out: str | Path, tracking_
     else the pipeline's own server recorded in ``<state>/mlflow/uri``. One that does not answer
     fails within a few seconds (:class:`marpipe.io.tracking.MLflowUnreachable`)."""
     from marpipe.io.tracking import MLflowUnreachable, check_reachable, finish_run, sync_to_mlflow
-    from marpipe.stages.evaluate import log_scores
     from marpipe.io.tracking_server import recorded_uri
+    from marpipe.stages.evaluate import log_scores
     from marpipe.stages.train import run_key, run_tags
     recorded = recorded_uri(state)
     uri = tracking_uri or exp.cfg["mlflow"].get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or recorded

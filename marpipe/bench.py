@@ -108,7 +108,7 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
         with tempfile.TemporaryDirectory() as d:
             trainers = {v: _trainer(name, v, device, f"{d}/{v}", preset) for v in VARIANTS}
             times = {v: [] for v in VARIANTS}
-            for v, t in trainers.items():  # warm-up step, not timed
+            for t in trainers.values():  # warm-up step, not timed
                 t.train_step(0)
             for step in range(1, steps + 1):
                 order = list(trainers.items())
@@ -120,7 +120,7 @@ def bench_train_step(steps: int = 5, as_json: bool = False, model_names=("tiny-n
         med = {v: statistics.median(ts) for v, ts in times.items()}
 
         def ratio(a: str, b: str) -> float:
-            return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 3)
+            return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 3)  # noqa: B023
 
         report["models"][name] = {
             "head_to_ar_macs_per_token": (round(head_to_ar_ratio(TinyMARConfig.preset(name)), 4)
@@ -393,7 +393,7 @@ def bench_memory(images: int = 256, factor: int = 8, image_size: int = 64, as_js
         for n in counts:                              # generate writes the bundle evaluate reads
             for stage in ("generate", "evaluate"):
                 report["stages"].setdefault(stage, {})[n] = _stage_memory(stage, d, n)
-    for stage, r in report["stages"].items():
+    for r in report["stages"].values():
         r["growth_mb"] = r[counts[1]]["peak_mb"] - r[counts[0]]["peak_mb"]
     if as_json:
         print(json.dumps(report, indent=2))

@@ -520,7 +520,7 @@ def print_table(report: dict) -> None:
             print(f"  {p:<22}" + "".join(f"{c:>22}" for c in cells))
 
         def line(label, key, fmt):
-            vals = [m["variants"][v].get(key) for v in vs]
+            vals = [m["variants"][v].get(key) for v in vs]  # noqa: B023 (called within the loop)
             print(f"  {label:<22}" + "".join(f"{('-' if x is None else format(x, fmt)):>22}" for x in vals))
         line("rollout (s)", "rollout_seconds", ".4f")
         line("step (s)", "step_seconds", ".4f")

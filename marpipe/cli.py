@@ -176,8 +176,8 @@ def cmd_figures(args):
 
 
 def cmd_mlflow_sync(args):
-    from marpipe.io.tracking import MLflowUnreachable
     from marpipe.audit import mlflow_sync
+    from marpipe.io.tracking import MLflowUnreachable
     exp = experiment(args)
     try:
         mlflow_sync(exp, args.results, args.out, args.tracking_uri)
@@ -198,6 +198,7 @@ def cmd_demo(args):
 
 def cmd_init_model(args):
     import torch
+
     from marpipe.models.tiny import TinyMAR, TinyMARConfig
     torch.manual_seed(args.seed)
     model = TinyMAR(TinyMARConfig.preset(args.name, **parse_sets(args.set)))

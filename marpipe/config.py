@@ -242,7 +242,7 @@ class GRPOConfig:
                 bad(key, "must be >= 1")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GRPOConfig":
+    def from_dict(cls, d: dict) -> GRPOConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -60,7 +60,7 @@ class Schedule:
         return int(self.timesteps.numel())
 
     @classmethod
-    def from_abar(cls, abar_all, timesteps) -> "Schedule":
+    def from_abar(cls, abar_all, timesteps) -> Schedule:
         """Sampling at training ``timesteps`` (strictly decreasing) of a model trained with
         cumulative ``abar_all``; the step after the last has ``abar_prev = 1``."""
         abar_all = torch.as_tensor(abar_all, dtype=torch.float64).cpu()
@@ -76,7 +76,7 @@ class Schedule:
         return cls(ts, abar, abar_prev, beta, post_var, coef_x0, coef_xt)
 
     @classmethod
-    def respaced(cls, kind: str, train_steps: int, sample_steps: int) -> "Schedule":
+    def respaced(cls, kind: str, train_steps: int, sample_steps: int) -> Schedule:
         """``sample_steps`` evenly spaced timesteps (e.g. 1000 -> 25: 960, 920, ..., 0)."""
         abar_all = torch.cumprod(1.0 - betas_for(kind, train_steps), dim=0)
         ts = torch.arange(sample_steps - 1, -1, -1, dtype=torch.long) * (train_steps // sample_steps)

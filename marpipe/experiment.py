@@ -232,7 +232,7 @@ def _check_references(cfg: dict) -> None:
             raise ConfigError(f"config.ablations.grid: the point {name!r} is not a valid run: {e}") from None
 
 
-def load(path_or_dict: str | Path | dict, cache: str | Path | None = None) -> "Experiment":
+def load(path_or_dict: str | Path | dict, cache: str | Path | None = None) -> Experiment:
     """Validate a config (file or dict). With ``cache`` (a folder), a config already validated
     against the same schema and scorer registry is read back instead of validated again
     (the Snakefile parses the config on every invocation; validation is most of a dry run's

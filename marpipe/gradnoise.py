@@ -73,11 +73,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Sequence
+from pathlib import Path
 
 import torch
 

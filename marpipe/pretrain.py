@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
 from marpipe import diffusion as D
-from marpipe.models.protocol import Prompts
 
 Batch = Callable[[int, int], tuple[torch.Tensor, Sequence[str]]]  # (step, batch_size) -> images, prompts
 

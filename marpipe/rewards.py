@@ -15,10 +15,10 @@ name rewards (``reward: hps``), never import them.
 from __future__ import annotations
 
 import inspect
-
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch

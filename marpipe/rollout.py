@@ -40,8 +40,8 @@ batches or ranks.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -87,7 +87,7 @@ class RolloutPlan:
     @classmethod
     def sample(cls, ar_steps: int, diffusion_steps: int, train_ar: int, train_diffusion: int,
                trajectories: int, seed: int, final_step: bool = False, shared: bool = False,
-               mte_scope: str = "image") -> "RolloutPlan":
+               mte_scope: str = "image") -> RolloutPlan:
         """Random ``train_ar`` AR steps and, for each, ``train_diffusion`` head steps
         (the last head step only if ``final_step``; the same ones for every AR step if ``shared``)."""
         if mte_scope not in ("image", "step"):

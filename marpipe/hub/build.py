@@ -171,11 +171,12 @@ def _compbench_lines(name: str) -> list[str]:
 def url_bytes(entry: dict) -> bytes:
     fmt = entry["format"]
     if fmt == "weights":
-        from marpipe.metrics.clip_metrics import AestheticMLP
-        from marpipe.metrics.tiny import TINY_AESTHETIC_CLIP
         import io
 
         import torch
+
+        from marpipe.metrics.clip_metrics import AestheticMLP
+        from marpipe.metrics.tiny import TINY_AESTHETIC_CLIP
         torch.manual_seed(3)                       # make_aesthetic_dir's MLP
         from .defined import define
         buf = io.BytesIO()

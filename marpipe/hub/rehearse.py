@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from marpipe.demo import prepare_workdir    # the working folder, its own git repository
+from marpipe.demo import prepare_workdir  # the working folder, its own git repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "config/rehearsal.yaml"

@@ -25,9 +25,9 @@ import math
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -69,8 +69,8 @@ def _common(d: Path, repo_id: str) -> None:
 
 
 def _png(path: Path, seed: int = 0) -> None:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     arr = np.random.Generator(np.random.PCG64(seed)).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")

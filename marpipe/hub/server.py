@@ -258,7 +258,7 @@ class HubServer:
         from .build import url_path
         return f"{self.endpoint}/{urllib.parse.quote(url_path(url))}"
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         for srv in (self._hub_srv, self._cdn_srv):
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
             t.start()

@@ -19,8 +19,8 @@ import json
 import os
 import re
 import struct
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from safetensors import safe_open

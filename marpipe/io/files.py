@@ -20,8 +20,9 @@ import json
 import os
 import struct
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -255,7 +256,7 @@ class BundleImages:
             self._zip.close()
             self._zip = self._stream = None
 
-    def __enter__(self) -> "BundleImages":
+    def __enter__(self) -> BundleImages:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -72,10 +72,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 LIVE_TIMEOUT_S = max(1, round(float(os.environ.get("MARPIPE_MLFLOW_TIMEOUT", "3"))))   # s per live request
 RETRY_EVERY_S = float(os.environ.get("MARPIPE_MLFLOW_RETRY_S", "30"))   # after a failure, try again this often

@@ -46,8 +46,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -195,6 +195,7 @@ def build_real(model: str, toks: _Tokenizers, device="cpu", dtype=torch.float32,
             return _cls(model)(net, tok, **kw)
         if model == "imagereward":
             from transformers import BertTokenizer
+
             from .imagereward import ImageRewardModel, add_blip_special_tokens
             vision, text = real_config(model)
             tok = add_blip_special_tokens(BertTokenizer.from_pretrained(str(toks.bert())))
@@ -205,6 +206,7 @@ def build_real(model: str, toks: _Tokenizers, device="cpu", dtype=torch.float32,
                                size=spec["size"], crop=spec["crop"], **kw)
         if model == "blip_vqa":
             from transformers import BlipForQuestionAnswering
+
             from .imagereward import add_blip_special_tokens
             tok = add_blip_special_tokens(AutoTokenizer.from_pretrained(str(toks.bert())))
             return _cls(model)(BlipForQuestionAnswering(real_config(model)), tok, image_size=spec["image_size"], **kw)
@@ -213,8 +215,11 @@ def build_real(model: str, toks: _Tokenizers, device="cpu", dtype=torch.float32,
             return _cls(model)(GitForCausalLM(real_config(model)), AutoTokenizer.from_pretrained(str(toks.bert())),
                                size=spec["size"], crop=spec["crop"], **kw)
         if model == "detector":
-            from transformers import (GroundingDinoForObjectDetection, GroundingDinoImageProcessor,
-                                      GroundingDinoProcessor)
+            from transformers import (
+                GroundingDinoForObjectDetection,
+                GroundingDinoImageProcessor,
+                GroundingDinoProcessor,
+            )
             proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=dict(spec["processor"])),
                                           tokenizer=AutoTokenizer.from_pretrained(str(toks.bert())))
             net = GroundingDinoForObjectDetection(real_config(model))

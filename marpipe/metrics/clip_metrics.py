@@ -20,15 +20,21 @@ Weights folders (all offline; see :func:`marpipe.metrics.base.fix_hint` for the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from .base import (Metric, WeightsError, fix_hint, load_state_dict_strict, load_tensor_file,
-                   read_json, require_dir, require_file)
+from .base import (
+    Metric,
+    WeightsError,
+    fix_hint,
+    load_state_dict_strict,
+    load_tensor_file,
+    read_json,
+    require_dir,
+    require_file,
+)
 from .preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess, hf_clip_preprocess, hps_preprocess
-
 
 # --- open_clip helpers ----------------------------------------------------------
 

@@ -27,7 +27,7 @@ record ``detector`` so no number is mistaken for an official-UniDet one.
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

@@ -32,8 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import (WeightsError, autocast_ctx, fix_hint, load_state_dict_strict, quantize_uint8, read_json,
-                   require_file)
+from .base import WeightsError, autocast_ctx, fix_hint, load_state_dict_strict, quantize_uint8, read_json, require_file
 from .clip_metrics import _size_from_cfg, fill_tied, load_hf_state, load_hf_tokenizer, read_image_processor_cfg
 from .preprocess import OPENAI_MEAN, OPENAI_STD, normalize, resize_square
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -261,6 +261,7 @@ def check_scorer(cfg: dict, weights: str, resources: str | Path = "resources", d
     and compare it with its ranges; write the record and the table, then raise
     :class:`ScorerCheckError` if a value lies outside its range."""
     import torch
+
     from marpipe.io.files import write_json
     errors = config_errors(cfg)
     if errors:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-
 TINY_OPEN_CLIP = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
@@ -166,7 +165,7 @@ def make_imagereward_dir(tiny_root) -> Path:
     """The hub repo's layout: ``ImageReward.pt`` in the OFFICIAL checkpoint layout
     (``blip.visual_encoder...``, so the key mapping is exercised) and ``med_config.json``. The
     vision tower is TINY_IR_VISION (pass ``vision=TINY_IR_VISION``: the real one is hard-coded)."""
-    from marpipe.metrics.imagereward import ImageRewardModel, REAL_TEXT, REAL_VISION
+    from marpipe.metrics.imagereward import REAL_TEXT, REAL_VISION, ImageRewardModel
     d = tiny_root / "imagereward"
     d.mkdir(parents=True, exist_ok=True)
     (d / "med_config.json").write_text(json.dumps(TINY_MED_CONFIG, indent=2))
@@ -215,9 +214,9 @@ def to_official_imagereward(sd):
 
 def make_blip_vqa_dir(tiny_root) -> Path:
     """A tiny ``BlipForQuestionAnswering`` + BERT tokenizer with [DEC]/[ENC] appended."""
-    from transformers import BlipConfig, BlipForQuestionAnswering
+    from transformers import AutoTokenizer, BlipConfig, BlipForQuestionAnswering
+
     from .imagereward import add_blip_special_tokens
-    from transformers import AutoTokenizer
     d = tiny_root / "blip_vqa"
     write_bert_tokenizer(d)
     tok = add_blip_special_tokens(AutoTokenizer.from_pretrained(str(d)))
@@ -270,8 +269,13 @@ def make_gdino_dir(tiny_root) -> Path:
     """A tiny ``GroundingDinoForObjectDetection`` (Swin + BERT, 12 queries) with its
     processor (BERT tokenizer; ``GroundingDinoImageProcessor`` resizing the shortest side
     to 96, longest at most 128 -- the real config says 800 / 1333)."""
-    from transformers import (AutoTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessor, GroundingDinoProcessor)
+    from transformers import (
+        AutoTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
     d = tiny_root / "gdino"
     write_bert_tokenizer(d)
     tok = AutoTokenizer.from_pretrained(str(d))

@@ -9,7 +9,7 @@ per-prompt metadata is that of ``geneval_and_t2i_data_final.json``: ``task_type`
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

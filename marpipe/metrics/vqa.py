@@ -21,7 +21,7 @@ logits of the last position, ``P(yes)/(P(yes)+P(no))`` with the ids of ``encode(
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -61,6 +61,7 @@ class BlipVQA(Metric):
     @classmethod
     def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32, **kw):
         from transformers import BlipConfig, BlipForQuestionAnswering
+
         from .imagereward import add_blip_special_tokens
         require_file(weights_dir, "config.json", cls.name)
         model = BlipForQuestionAnswering(BlipConfig.from_pretrained(str(weights_dir), local_files_only=True))

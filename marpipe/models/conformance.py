@@ -39,7 +39,7 @@ import copy
 import math
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -21,9 +21,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 MANIFEST = "MANIFEST.sha256"
 PIN_FILE = "MARPIPE_SOURCE.json"        # repo id + revision the folder was downloaded from
@@ -51,7 +51,7 @@ class ModelSource:
     key: str = ""                # its config key (models.<name>.source, weights.<name>), for messages
 
     @classmethod
-    def from_dict(cls, name: str, d: dict) -> "ModelSource":
+    def from_dict(cls, name: str, d: dict) -> ModelSource:
         def tup(v):
             return None if v is None else tuple([v] if isinstance(v, str) else v)
         return cls(name=name, repo_id=d["repo_id"], revision=d.get("revision"),

@@ -39,15 +39,21 @@ a multiple of 16).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from marpipe.diffusion import betas_for
-from marpipe.models.nova import (FrozenPartsMixin, disable_dropout, merge_rows, rows_by_known_count,
-                                 schedule_from_alphas_cumprod, to_float)
+from marpipe.models.nova import (
+    FrozenPartsMixin,
+    disable_dropout,
+    merge_rows,
+    rows_by_known_count,
+    schedule_from_alphas_cumprod,
+    to_float,
+)
 from marpipe.models.protocol import Prompts, SamplingSpec
 
 HARMON_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 3.0}
@@ -256,7 +262,7 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, device="cuda", dtype=torch.bfloat16, verify: bool = True,
                         gradient_checkpointing: bool = False, sampling: dict | None = None,
-                        image_size: int = 512) -> "HarmonMAR":
+                        image_size: int = 512) -> HarmonMAR:
         """Load a downloaded ``wusize/Harmon-1_5B`` folder (or a stand-in folder marked by
         ``marpipe_standin.json``): manifest check, official classes, strict safetensors loading."""
         from marpipe.models.download import load_strict, load_weights, verify_manifest

@@ -60,8 +60,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -410,7 +410,7 @@ class NovaMAR(FrozenPartsMixin, nn.Module):
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, folder: str | Path, device="cuda", dtype=torch.bfloat16, verify: bool = True,
-                        gradient_checkpointing: bool = False, sampling: dict | None = None) -> "NovaMAR":
+                        gradient_checkpointing: bool = False, sampling: dict | None = None) -> NovaMAR:
         """Load a downloaded ``BAAI/nova-d48w1024-sd512`` folder (or a stand-in folder, marked by
         ``marpipe_standin.json``): manifest check, official classes, strict safetensors loading."""
         from marpipe.models.download import load_strict, load_weights, verify_manifest

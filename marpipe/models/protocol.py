@@ -14,8 +14,9 @@ adapter are interchangeable.  Shapes: ``B`` images, ``N`` tokens per image,
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ class Prompts:
         return self.emb.shape[0]
 
     @staticmethod
-    def cat(parts: Sequence["Prompts"]) -> "Prompts":
+    def cat(parts: Sequence[Prompts]) -> Prompts:
         width = max(p.emb.shape[1] for p in parts)
         embs, pads = [], []
         for p in parts:
@@ -50,10 +51,10 @@ class Prompts:
             pads.append(nn.functional.pad(p.pad, (0, extra), value=True))
         return Prompts(torch.cat(embs), torch.cat(pads))
 
-    def repeat_interleave(self, n: int) -> "Prompts":
+    def repeat_interleave(self, n: int) -> Prompts:
         return Prompts(self.emb.repeat_interleave(n, 0), self.pad.repeat_interleave(n, 0))
 
-    def index(self, idx) -> "Prompts":
+    def index(self, idx) -> Prompts:
         return Prompts(self.emb[idx], self.pad[idx])
 
 

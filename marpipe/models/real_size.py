@@ -123,12 +123,12 @@ def import_diffnext(root: Path | None = None) -> None:
     except ImportError:
         root = official_root(root)
         if root is None or not (root / "NOVA" / "diffnext").is_dir():
-            raise ImportError(f"diffnext is not installed and no official NOVA code was found (set ${OFFICIAL_ENV})")
+            raise ImportError(f"diffnext is not installed and no official NOVA code was found (set ${OFFICIAL_ENV})") from None
         sys.path.insert(0, str(root / "NOVA"))
     from diffnext.pipelines import NOVAPipeline  # noqa: F401
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def import_harmon_code(root: Path | None = None) -> types.SimpleNamespace:
     """Harmon's remote-code files (in ``root``, default :func:`official_root`) imported as a package from
     a temporary copy (line 238 re-indented, see the module docstring); returns its modules
@@ -206,12 +206,11 @@ def bpe_tokenizer(special: tuple[str, ...], vocab_size: int = 1024):
 def nova_components(device, dtype: torch.dtype, seed: int = 0, transformer: dict | None = None,
                     phi: dict | None = None, vae: dict | None = None) -> dict:
     """NOVA's five pipeline components, official classes, real configs (or the given ones), random weights."""
-    from diffusers import DDPMScheduler
-    from transformers import CodeGenTokenizerFast, PhiConfig
-
     from diffnext.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffnext.models.text_encoders.phi import PhiEncoderModel
     from diffnext.models.transformers.transformer_nova import NOVATransformer3DModel
+    from diffusers import DDPMScheduler
+    from transformers import CodeGenTokenizerFast, PhiConfig
     with building(device, dtype, seed):
         parts = dict(transformer=NOVATransformer3DModel(**(transformer or NOVA_TRANSFORMER)),
                      text_encoder=PhiEncoderModel(PhiConfig(**(phi or PHI2))),

@@ -33,17 +33,17 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from marpipe.grpo import cosine_mask_counts
 from marpipe.diffusion import Schedule
+from marpipe.grpo import cosine_mask_counts
 from marpipe.models.protocol import Prompts, SamplingSpec
 
 
@@ -82,7 +82,7 @@ class TinyMARConfig:
     sampling: dict = field(default_factory=lambda: {"ar_steps": 8, "diffusion_steps": 10, "cfg_scale": 3.0})
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "TinyMARConfig":
+    def preset(cls, name: str, **overrides) -> TinyMARConfig:
         presets = {
             "tiny-nova": dict(kind="nova", beta_schedule="scaled_linear",
                               sampling={"ar_steps": 8, "diffusion_steps": 10, "cfg_scale": 5.0}),
@@ -320,7 +320,7 @@ class TinyMAR(nn.Module):
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path, **overrides) -> "TinyMAR":
+    def load(cls, path: str | Path, **overrides) -> TinyMAR:
         from safetensors import safe_open
         path = Path(path)
         if not path.exists():

@@ -18,8 +18,18 @@ import torch
 
 from marpipe import stats
 from marpipe.experiment import Experiment, row_id
-from marpipe.io.files import (atomic_write_bytes, canonical_json, from_uint8, npy_bytes, open_images, read_json,
-                              read_prompt_set, to_uint8, write_bundle, write_json)
+from marpipe.io.files import (
+    atomic_write_bytes,
+    canonical_json,
+    from_uint8,
+    npy_bytes,
+    open_images,
+    read_json,
+    read_prompt_set,
+    to_uint8,
+    write_bundle,
+    write_json,
+)
 from marpipe.models.download import MANIFEST
 from marpipe.rollout import RolloutPlan, rollout
 from marpipe.stages.resources import load_base_model

@@ -10,8 +10,8 @@ import json
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,8 +19,7 @@ import torch
 from marpipe.experiment import Experiment
 from marpipe.io.files import write_json, write_prompt_set
 from marpipe.metrics.clip_metrics import HPS_STYLES
-from marpipe.models.download import (MANIFEST, PIN_FILE, ModelSource, download_model, verify_manifest,
-                                     write_manifest)
+from marpipe.models.download import MANIFEST, PIN_FILE, ModelSource, download_model, verify_manifest, write_manifest
 
 MODEL_FILE = "model.safetensors"
 

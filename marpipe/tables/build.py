@@ -3,17 +3,22 @@ model, its base, ``+GRPO`` and ``Ours``; Table 2: the first model's base and fou
 checkpoint each was read at. A cell without a record is NaN, never filled in."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from marpipe import stats
 from marpipe.experiment import BASE, SUITES, TABLE1_VARIANTS, TABLE2_VARIANTS
-from marpipe.tables.intervals import (DIFFERENCE_COLUMNS, INTERVAL_COLUMNS, cell_interval, counts_as_int, difference,
-                                      interval_line)
+from marpipe.tables.intervals import (
+    DIFFERENCE_COLUMNS,
+    INTERVAL_COLUMNS,
+    cell_interval,
+    counts_as_int,
+    difference,
+    interval_line,
+)
 from marpipe.tables.records import index_records, stand_ins, world_of
-
 
 # Table 1: row label -> variant ("base" = the untrained model, labelled with the model's label); the
 # variants are the experiment's (TABLE1_VARIANTS: what every model trains), only the labels are here

@@ -5,8 +5,8 @@ comparison the paper makes against the paper's own difference -- ``holds``, ``co
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,6 @@ from marpipe import stats
 from marpipe.tables.build import TABLE1_ROWS, TRAINING
 from marpipe.tables.intervals import DIFFERENCE_COLUMNS, INTERVAL_COLUMNS, counts_as_int
 from marpipe.tables.text import is_nan
-
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 

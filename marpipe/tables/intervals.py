@@ -10,7 +10,6 @@ import pandas as pd
 
 from marpipe import stats
 
-
 INTERVAL_COLUMNS = ["table", "base", "row", "column", "value", "lo", "hi", "n_prompts", "n_images", "n_seeds"]
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from marpipe import stats
 from marpipe.experiment import BASE, SUITES, row_id

@@ -12,7 +12,6 @@ from marpipe import stats
 from marpipe.tables.compare import DATA_DIR, VERDICT_COLUMNS, read_paper_tables, verdict_summary
 from marpipe.tables.text import DECIDABLE, VERDICTS_TEXT, intervals_text, is_nan, no_interval_note, stand_ins_of
 
-
 TWO_DECIMALS = ("HPS", "ImageReward", "PickScore", "Aesthetic")   # printed as the paper prints them
 
 

@@ -3,15 +3,22 @@ verdicts; :func:`tables_markdown`) and the short summary printed at the end (:fu
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from marpipe.tables.compare import VERDICT_COLUMNS, verdict_summary
 from marpipe.tables.intervals import INTERVAL_COLUMNS
-from marpipe.tables.text import (DECIDABLE, FLOAT_FORMAT, VERDICTS_TEXT, intervals_text, is_nan, no_interval_note,
-                                 stand_ins_of)
+from marpipe.tables.text import (
+    DECIDABLE,
+    FLOAT_FORMAT,
+    VERDICTS_TEXT,
+    intervals_text,
+    is_nan,
+    no_interval_note,
+    stand_ins_of,
+)
 
 
 def _fmt(v) -> str:

@@ -9,7 +9,6 @@ import pandas as pd
 
 from marpipe import stats
 
-
 FLOAT_FORMAT = "%.4f"
 
 

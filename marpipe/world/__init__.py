@@ -16,8 +16,15 @@ It stands in for the paper's text-to-image setting at 32x32:
 Images follow the marpipe convention: float tensors ``[B, 3, H, W]`` in ``[0, 1]``.
 """
 from marpipe.world.prompts import CATEGORIES, SPLITS, STYLES, make_split, prompt_text
-from marpipe.world.render import (CANVAS, NEGATIVE_KINDS, corrupt, mismatch_metadata, render,
-                                   render_negatives, render_one)
+from marpipe.world.render import (
+                                   CANVAS,
+                                   NEGATIVE_KINDS,
+                                   corrupt,
+                                   mismatch_metadata,
+                                   render,
+                                   render_negatives,
+                                   render_one,
+)
 
 __all__ = [
     "CANVAS", "CATEGORIES", "NEGATIVE_KINDS", "SPLITS", "STYLES", "corrupt", "make_split",

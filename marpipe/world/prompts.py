@@ -39,7 +39,7 @@ benchmark styles (anime / concept-art / paintings / photo).
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

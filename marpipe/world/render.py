@@ -22,6 +22,7 @@ Geometry conventions (what :mod:`marpipe.world.scorers` reads back):
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -173,10 +174,13 @@ def _touching_offsets(a: Placed, b: Placed, rng: np.random.Generator) -> tuple[i
     across = (a.size - b.size) // 2 + int(rng.integers(-1, 2))
     ma, mb = shape_mask(a.shape, a.size, a.size), shape_mask(b.shape, b.size, b.size)
     start = a.size if sign > 0 else b.size
+    prev = None
     for dist in range(start + 1, -1, -1):
         along = sign * dist
         off = (along, across) if axis_x else (across, along)
         if _overlap(ma, mb, off):
+            if prev is None:
+                break
             return prev
         prev = off
     raise RuntimeError("touching layout failed")

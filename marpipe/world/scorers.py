@@ -32,15 +32,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from marpipe.rewards import Reward, register_reward
-from marpipe.world.prompts import COLORS
 from marpipe.world.geometry import connected_components, fit_shape
+from marpipe.world.prompts import COLORS
 from marpipe.world.render import CANVAS, PALETTE, SHADE_FACTOR
 
 PIXEL_TOLERANCE = 0.22

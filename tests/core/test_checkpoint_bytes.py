@@ -243,6 +243,7 @@ def test_selected_weights_and_selection_json_are_byte_identical(runs, tmp_path):
 def test_a_score_record_sent_twice_is_one_point_per_checkpoint(tmp_path):
     """``log_scores`` (evaluate, and mlflow-sync's replay): the evaluated checkpoint's step keys each point."""
     from mlflow.tracking import MlflowClient
+
     from marpipe import experiment as E
     from marpipe.stages.evaluate import log_scores
     from tests.pipeline_config import shrunk_config

@@ -7,10 +7,10 @@ head step (variance 1e-12) that the reference preset trains."""
 import pytest
 import torch
 
-from marpipe.config import GRPOConfig
-from marpipe.loss import mar_grpo_loss
 from marpipe import diffusion as D
+from marpipe.config import GRPOConfig
 from marpipe.grpo import gaussian_log_prob
+from marpipe.loss import mar_grpo_loss
 from marpipe.rollout import RolloutPlan, mask_schedule, rollout
 from marpipe.trainer import set_trainable
 

@@ -4,7 +4,6 @@ import copy
 import pytest
 import torch
 
-from marpipe.config import GRPOConfig
 from marpipe.grpo import group_advantages
 from marpipe.io import checkpoint as ckpt
 from marpipe.io.tracking import read_jsonl

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from marpipe.metrics.tiny import *  # noqa: F401,F403
 from marpipe.metrics import tiny as _t
+from marpipe.metrics.tiny import *  # noqa: F401,F403
 
 torch.set_num_threads(1)
 

@@ -96,6 +96,7 @@ def test_a_folder_serving_two_scorers_holds_the_files_of_both(exp):
     """HPS's architecture from the PickScore processor's repo (``config_dir``: laion's ViT-H-14 repo
     holds open_clip_config.json beside the processor files): one folder, built for both roles."""
     import inspect
+
     from marpipe.metrics.clip_metrics import HPSv21
     if "config_dir" not in inspect.signature(HPSv21.from_pretrained).parameters:
         pytest.skip("HPSv21.from_pretrained takes no config_dir")

@@ -1,17 +1,16 @@
 """Tiny random-weight metrics through the real loaders: formulas, batching, errors."""
 import copy
-import json
 import shutil
 
 import pytest
 import torch
 
-from marpipe.metrics.tiny import PROMPTS, TINY_IR_VISION, images
-from marpipe.metrics.base import quantize_uint8
 from marpipe.metrics import WeightsError, load_metric
-from marpipe.metrics.clip_metrics import HPSv21, hps_benchmark
+from marpipe.metrics.base import quantize_uint8
+from marpipe.metrics.clip_metrics import hps_benchmark
 from marpipe.metrics.imagereward import IR_MEAN, IR_STD
 from marpipe.metrics.preprocess import clip_preprocess, hps_preprocess
+from marpipe.metrics.tiny import PROMPTS, TINY_IR_VISION, images
 
 torch.set_num_threads(1)
 

@@ -8,9 +8,18 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from marpipe.metrics.preprocess import (OPENAI_MEAN, OPENAI_STD, center_crop_offset, clip_preprocess,
-                                        hf_clip_preprocess, hps_preprocess, normalize, resize_longest_pad,
-                                        resize_shortest_center_crop, resize_square)
+from marpipe.metrics.preprocess import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    center_crop_offset,
+    clip_preprocess,
+    hf_clip_preprocess,
+    hps_preprocess,
+    normalize,
+    resize_longest_pad,
+    resize_shortest_center_crop,
+    resize_square,
+)
 
 torch.set_num_threads(1)
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from marpipe.metrics.train_rewards import gdino_score, git_vqa_score
 from marpipe.metrics.tiny import PROMPTS, images
+from marpipe.metrics.train_rewards import gdino_score, git_vqa_score
 from marpipe.rewards import available_rewards, build_reward
 
 torch.set_num_threads(1)

@@ -2,10 +2,19 @@ import pytest
 import torch
 
 from marpipe.metrics import load_metric
-from marpipe.metrics.compbench import (blip_vqa_attribute_scores, contiguous_index, determine_position,
-                                       evaluate_category, noun_chunks, numeracy_score, parse_counts,
-                                       spatial_2d_score, spatial_3d_score, three_in_one)
-from marpipe.metrics.tiny import PROMPTS, images
+from marpipe.metrics.compbench import (
+    blip_vqa_attribute_scores,
+    contiguous_index,
+    determine_position,
+    evaluate_category,
+    noun_chunks,
+    numeracy_score,
+    parse_counts,
+    spatial_2d_score,
+    spatial_3d_score,
+    three_in_one,
+)
+from marpipe.metrics.tiny import images
 from marpipe.metrics.vqa import BLIP_DEC_ID, BLIP_NO_ID, BLIP_YES_ID, pre_question
 
 torch.set_num_threads(1)

@@ -61,7 +61,7 @@ def test_schedules_follow_the_official_respacing(harmon):
 
 
 def test_paper_sampling_defaults():
-    from marpipe.models.harmon import HARMON_SAMPLING, NEGATIVE_PROMPT, GENERATION_TEMPLATE
+    from marpipe.models.harmon import GENERATION_TEMPLATE, HARMON_SAMPLING, NEGATIVE_PROMPT
     from marpipe.models.nova import NOVA_SAMPLING
     assert NOVA_SAMPLING == {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 5.0}
     assert HARMON_SAMPLING == {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 3.0}

@@ -6,8 +6,15 @@ import pytest
 from huggingface_hub import errors as E
 
 from marpipe.models import download as dl
-from marpipe.models.download import (MANIFEST, DownloadError, ManifestError, ModelSource, check_revision,
-                                     download_model, verify_manifest)
+from marpipe.models.download import (
+    MANIFEST,
+    DownloadError,
+    ManifestError,
+    ModelSource,
+    check_revision,
+    download_model,
+    verify_manifest,
+)
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -9,7 +9,6 @@ code and the side venvs (``slow``; skipped, saying why, without them).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +23,8 @@ import pytest
 import yaml
 
 from marpipe.hub import gitobj
-from marpipe.hub.__main__ import check as check_pins, config_pins
+from marpipe.hub.__main__ import check as check_pins
+from marpipe.hub.__main__ import config_pins
 from marpipe.hub.build import build_hub, official_root, side_python, url_path
 from marpipe.hub.repos import REPOS
 from marpipe.hub.server import HubServer

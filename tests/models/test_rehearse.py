@@ -113,6 +113,7 @@ def test_hps_config_dir_without_the_file_names_the_key_and_the_fix(tmp_path):
 
 def test_open_clip_config_without_quick_gelu_keeps_the_openai_activation(tmp_path):
     from open_clip.transformer import QuickGELU
+
     from marpipe.metrics import tiny
     from marpipe.metrics.clip_metrics import build_open_clip
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny.TINY_OPEN_CLIP}))
@@ -135,8 +136,9 @@ def test_gdino_fixture_has_the_transformers4_layout_of_the_real_file(tmp_path):
     which strictly refused the fixture that transformers 5 wrote (Swin's relative_position_index missing,
     swin.layernorm unexpected). The real file was written by transformers 4; both versions read that layout."""
     import subprocess
-    import sys
+
     from safetensors import safe_open
+
     from marpipe.hub.build import build_hub, side_python
     from marpipe.metrics.detection import ZeroShotDetector
     build_hub(tmp_path, ["gdino"], log=lambda *a, **k: None)

@@ -7,7 +7,6 @@ its head's rows counted through a forward hook on the official module the adapte
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 PAPER_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25}

@@ -85,12 +85,11 @@ def tiny_tokenizer():
 
 def tiny_components(image_size: int = 64, seed: int = 0) -> dict:
     """The five pipeline components, official classes, tiny config, random weights."""
-    from diffusers import DDPMScheduler
-    from transformers import PhiConfig
-
     from diffnext.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffnext.models.text_encoders.phi import PhiEncoderModel
     from diffnext.models.transformers.transformer_nova import NOVATransformer3DModel
+    from diffusers import DDPMScheduler
+    from transformers import PhiConfig
     torch.manual_seed(seed)
     stride, patch = 8, 2
     grid = image_size // stride // patch

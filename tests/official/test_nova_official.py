@@ -70,10 +70,9 @@ def model(folder):
 @pytest.fixture(scope="module")
 def run(folder):
     """One official sampling run, ``NOVAPipeline.__call__`` on the tiny pipeline, recorded."""
+    from diffnext.models.guidance_scaler import GuidanceScaler
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
-
-    from diffnext.models.guidance_scaler import GuidanceScaler
     pipe = nova_tiny.load_official(folder)
     tr = pipe.transformer
     rec = {"x": [], "enc": [], "pred": [], "dec": [], "step": [], "guidance": []}
@@ -340,9 +339,9 @@ def test_moving_the_model_after_a_prompt_rebuilds_phi_rotary_tables(folder):
 def test_unsupported_scheduler_settings_fail_at_load(model, run):
     """Settings of diffusers' ``DDPMScheduler`` whose ``step`` marpipe's posterior does not reproduce
     are errors when the adapter is built; ``clip_sample=False`` gives an unclamped posterior."""
-    from diffusers import DDPMScheduler, DDIMScheduler
-
     from diffnext.schedulers.scheduling_ddpm import DDPMScheduler as DiffnextDDPM
+    from diffusers import DDIMScheduler, DDPMScheduler
+
     from marpipe.models.nova import nova_schedule
     cfg = run["pipe"].scheduler.config
     for bad in ({"thresholding": True}, {"prediction_type": "v_prediction"}, {"variance_type": "learned_range"}):
@@ -364,11 +363,10 @@ def test_real_nova_memory(diffnext):
     """Parameter counts of the official classes with the real configs (built on the meta device):
     ``NOVATransformer3DModel`` d48w1024-sd512, ``PhiEncoderModel`` (Phi-2), ``AutoencoderKL`` (SD
     VAE), and the bf16 memory of policy + KL reference stated in ``marpipe/models/nova.py``."""
-    from transformers import PhiConfig
-
     from diffnext.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffnext.models.text_encoders.phi import PhiEncoderModel
     from diffnext.models.transformers.transformer_nova import NOVATransformer3DModel
+    from transformers import PhiConfig
     with torch.device("meta"):
         t = NOVATransformer3DModel(image_dim=4, image_size=512, image_stride=8, text_token_dim=2560,
                                    text_token_len=256, image_base_size=[32, 32], video_base_size=[1, 16, 16],
@@ -444,7 +442,7 @@ def test_each_distinct_prompt_goes_through_phi_once(model):
                 m._encode = m._encode_rows          # one row per image: the former encoding
             else:
                 del m._encode
-            params = set_trainable(m, "all")
+            set_trainable(m, "all")
             m.zero_grad(set_to_none=True)
             m.train()
             seen[0] = 0

@@ -6,7 +6,6 @@ are given (selection: the checkpoint its rule picks; evaluate: the record of its
 The dry run is the study's (config/small.yaml + config/study.yaml: three training seeds and the
 Fig. 7 sweep), printed with its shell commands, so a rule or input function that wires a job to
 another row's file fails here."""
-import json
 import re
 import shlex
 import subprocess

@@ -27,7 +27,7 @@ def jobs(stdout: str) -> list[dict]:
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout):
         m = re.match(r"(?:local)?rule (\w+):", block)
         if m:
-            field = lambda k: (re.search(rf"^    {k}: (.*)$", block, re.M) or [None, ""])[1]
+            field = lambda k: (re.search(rf"^    {k}: (.*)$", block, re.M) or [None, ""])[1]  # noqa: B023
             out.append({"rule": m.group(1), "input": field("input"), "wildcards": field("wildcards")})
     return out
 

@@ -9,7 +9,7 @@ import pytest
 
 from marpipe import stats
 from marpipe import tables as T
-from tests.stages.test_tables import exp, write_scores   # noqa: F401  (the fixture and its fake scores)
+from tests.stages.test_tables import exp, write_scores  # noqa: F401  (the fixture and its fake scores)
 
 
 @pytest.mark.parametrize("df", [2.0, 5.0, math.inf])
@@ -52,7 +52,7 @@ def test_fig7_points_carry_their_decidable_difference():
     from marpipe.stages.ablations import ablation_table
     from tests.stages.test_seeds_and_ablations import GRID, ROOT
     raw = E.read_config(ROOT / "config" / "small.yaml")
-    exp = E.load({**raw, "seeds": [0, 1, 2], "ablations": {"grid": GRID}})
+    exp = E.load({**raw, "seeds": [0, 1, 2], "ablations": {"grid": GRID}})  # noqa: F811 (not the fixture)
     rng = np.random.default_rng(1)
     prompt = rng.normal(0.0, 1.0, 40)
     records = []

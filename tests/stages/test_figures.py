@@ -76,6 +76,7 @@ def test_sample_grid(tmp_path):
 def test_sample_grid_pixels_are_upscaled_images(tmp_path):
     """The cell of row r, prompt c is that prompt's first image, upscaled 4x with nearest."""
     from PIL import Image
+
     from marpipe.io.files import load_images, to_uint8
     p = write_bundle(tmp_path / "b.npz", 3, n_prompts=2)
     out = F.sample_grid({"base": p}, tmp_path / "g.png", n_prompts=2)

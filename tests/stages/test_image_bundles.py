@@ -12,8 +12,18 @@ import pytest
 import torch
 
 from marpipe import experiment
-from marpipe.io.files import (atomic_write_bytes, canonical_json, from_uint8, load_images, npz_bytes, open_images,
-                              save_images, to_uint8, write_bundle, write_prompt_set)
+from marpipe.io.files import (
+    atomic_write_bytes,
+    canonical_json,
+    from_uint8,
+    load_images,
+    npz_bytes,
+    open_images,
+    save_images,
+    to_uint8,
+    write_bundle,
+    write_prompt_set,
+)
 from marpipe.stages import evaluate as E
 from tests.core.helpers import tiny
 

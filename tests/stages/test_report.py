@@ -27,8 +27,8 @@ import torch
 import yaml
 
 from marpipe import experiment
-from marpipe.io.files import save_images
 from marpipe import tables as T
+from marpipe.io.files import save_images
 from marpipe.stages import figures as F
 from tests.stages.test_tables import write_scores
 

@@ -14,8 +14,8 @@ import pytest
 
 from marpipe import experiment as E
 from marpipe import stats
-from marpipe.config import ConfigError
 from marpipe import tables as T
+from marpipe.config import ConfigError
 from tests.pipeline.test_workflow import job_counts, jobs, snakemake
 from tests.stages.test_tables import write_scores
 

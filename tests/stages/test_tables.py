@@ -10,10 +10,9 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-
-import numpy as np
 
 from marpipe import experiment, layout, stats
 from marpipe import tables as T

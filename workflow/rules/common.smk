@@ -51,6 +51,7 @@ def refuse_unlocked():
     if UNLOCKED:
         raise SystemExit(f"marpipe: {UNLOCKED}")
 
+
 EXP = E.load(config, cache=".marpipe/validated")  # ConfigError naming the key: nothing is submitted
 # The validated config every job reads (content-addressed, so re-parsing in a job writes the same file)
 CONFIG = f".marpipe/config-{EXP.config_hash}.yaml"
@@ -60,9 +61,9 @@ if not Path(CONFIG).exists():
 
 MODELS = EXP.models
 REWARDS = EXP.trained_rewards
-VARIANTS = EXP.variants            # the first model trains them all, the others Table 1's (EXP.model_variants)
-SEEDS = EXP.seeds                   # training seeds: every run is (model, reward, variant, seed)
-RUNS = EXP.runs()                   # the runs Tables 1-2 report: Row(model, reward, variant, seed)
+VARIANTS = EXP.variants  # the first model trains them all, the others Table 1's (EXP.model_variants)
+SEEDS = EXP.seeds  # training seeds: every run is (model, reward, variant, seed)
+RUNS = EXP.runs()  # the runs Tables 1-2 report: Row(model, reward, variant, seed)
 SUITES = list(E.SUITES)
 MANIFEST = "MANIFEST.sha256"
 
@@ -120,7 +121,9 @@ def launcher(wildcards, resources):
     """:func:`marpipe` on one device; through torchrun (one DDP rank per GPU) when the profile books several."""
     gpus = int(resources.get("gpu", 0) or 0)
     if gpus > 1:
-        return f"{family_python(wildcards.model)} -m torch.distributed.run --standalone --nproc_per_node={gpus} -m marpipe"
+        return (
+            f"{family_python(wildcards.model)} -m torch.distributed.run --standalone --nproc_per_node={gpus} -m marpipe"
+        )
     return marpipe(wildcards)
 
 
@@ -129,10 +132,12 @@ def refuse_undeployed():
     for model in MODELS:
         adapter = EXP.adapter(model)
         if not CONDA and DEPLOYMENT.get(adapter) and not Path(family_python(model)).exists():
-            raise SystemExit(f"marpipe: deployment.{adapter} = {DEPLOYMENT[adapter]}: {family_python(model)} not found; "
-                             f"build it with `make install official-venvs` in {workflow.basedir} (on the filesystem the "
-                             f"compute nodes share), or point the profile's config.deployment.{adapter} at that "
-                             f"environment. Nothing was submitted.")
+            raise SystemExit(
+                f"marpipe: deployment.{adapter} = {DEPLOYMENT[adapter]}: {family_python(model)} not found; "
+                f"build it with `make install official-venvs` in {workflow.basedir} (on the filesystem the "
+                f"compute nodes share), or point the profile's config.deployment.{adapter} at that "
+                f"environment. Nothing was submitted."
+            )
 
 
 def base_model(model):
@@ -193,15 +198,18 @@ def ablation_score_files():
     """Fig. 7: the preference suite's scores of every point of the sweep and of its centre, each training seed."""
     if not ABLATION:
         return []
-    centre = [E.row_id(ABLATION["reward"], ABLATION["variant"], s) for s in SEEDS]   # its Table 2 runs
+    centre = [E.row_id(ABLATION["reward"], ABLATION["variant"], s) for s in SEEDS]  # its Table 2 runs
     return [layout.scores(ABLATION["model"], r, "preference") for r in centre + ablation_rows()]
 
 
 def ablation_metrics_files():
     if not ABLATION:
         return []
-    return [layout.run_summary(ABLATION["model"], ABLATION["reward"], v, s)
-            for v in [ABLATION["variant"]] + ABLATION_VARIANTS for s in SEEDS]
+    return [
+        layout.run_summary(ABLATION["model"], ABLATION["reward"], v, s)
+        for v in [ABLATION["variant"]] + ABLATION_VARIANTS
+        for s in SEEDS
+    ]
 
 
 def image_bundles():
@@ -211,8 +219,13 @@ def image_bundles():
 def all_targets():
     return (
         [f"results/verify/{m}.json" for m in MODELS]
-        + ["results/tables/table1.csv", "results/tables/table2.csv", "results/figures",
-           "results/mlflow.json", "results/dvc.json"]
+        + [
+            "results/tables/table1.csv",
+            "results/tables/table2.csv",
+            "results/figures",
+            "results/mlflow.json",
+            "results/dvc.json",
+        ]
         + (["results/ablations"] if ABLATION else [])
         + grad_noise_files()
     )
@@ -228,7 +241,6 @@ def model_spec(wildcards):
     adapter = EXP.adapter(wildcards.model)
     folder = f"resources/models/{wildcards.model}"
     return f"--weights {folder}/model.safetensors" if adapter == "tiny" else f"--model {adapter}:{folder}"
-
 
 
 # the scorer check (rules/scorers.smk)

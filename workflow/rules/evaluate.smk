@@ -8,16 +8,16 @@ rule generate:
         prompts=suite_prompts,
     output:
         "results/images/{model}/{row}/{suite}.npz",
-    params:
-        config=CONFIG,
-        weights=weights_args,
-        marpipe=marpipe,
     log:
         "logs/generate/{model}/{row}/{suite}.log",
     benchmark:
         "benchmarks/generate/{model}/{row}/{suite}.tsv"
     conda:
         env_for
+    params:
+        config=CONFIG,
+        weights=weights_args,
+        marpipe=marpipe,
     shell:
         "{params.marpipe} generate --config {params.config} --model {wildcards.model} --row {wildcards.row}"
         " --suite {wildcards.suite} --prompt-dir resources/prompts {params.weights} --out {output} > {log} 2>&1"
@@ -31,16 +31,16 @@ rule evaluate:
         checked=scorer_checks,
     output:
         "results/scores/{model}/{row}/{suite}.json",
-    params:
-        config=CONFIG,
-        row=row_args,
-        selection=lambda w, input: f"--selection {input.selection}" if "selection" in input.keys() else "",
     log:
         "logs/evaluate/{model}/{row}/{suite}.log",
     benchmark:
         "benchmarks/evaluate/{model}/{row}/{suite}.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG,
+        row=row_args,
+        selection=lambda w, input: f"--selection {input.selection}" if "selection" in input.keys() else "",
     shell:
         "marpipe evaluate --config {params.config} --model {wildcards.model} {params.row}"
         " --suite {wildcards.suite} --images {input.images} {params.selection} --out {output} > {log} 2>&1"

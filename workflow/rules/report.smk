@@ -1,6 +1,7 @@
 # Tables 1-2 beside the paper's, figures, MLflow sync and DVC versioning.
 from marpipe.workflow_hooks import figure_labels, figure_subcategory
 
+
 localrules:
     tables,
     figures,
@@ -18,14 +19,14 @@ rule tables:
         md="results/tables/tables.md",
         html=report("results/tables/tables.html", caption="../report/tables.rst", category="Tables"),
         summary="results/tables/tables_summary.html",  # shown on the report's landing page (workflow.rst)
-    params:
-        config=CONFIG,
     log:
         "logs/tables.log",
     benchmark:
         "benchmarks/tables.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG,
     shell:
         "marpipe tables --config {params.config} --scores {input} --out-dir results/tables > {log} 2>&1"
 
@@ -43,14 +44,14 @@ rule figures:
             subcategory=figure_subcategory,
             labels=figure_labels,
         ),
-    params:
-        config=CONFIG,
     log:
         "logs/figures.log",
     benchmark:
         "benchmarks/figures.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG,
     shell:
         "marpipe figures --config {params.config} --out-dir {output} > {log} 2>&1"
 
@@ -67,14 +68,14 @@ rule ablations:
             caption="../report/ablations.rst",
             category="Fig. 7: ablations",
         ),
-    params:
-        config=CONFIG,
     log:
         "logs/ablations.log",
     benchmark:
         "benchmarks/ablations.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG,
     shell:
         "marpipe ablations --config {params.config} --scores {input.scores} --out-dir {output} > {log} 2>&1"
 
@@ -86,16 +87,16 @@ rule grad_noise:
         base_model("{model}"),
     output:
         report("results/grad_noise/{model}.csv", caption="../report/grad_noise.rst", category="Gradient noise"),
-    params:
-        model=model_spec,
-        draws=lambda w: EXP.cfg["grad_noise"]["draws"],
-        preset=lambda w: EXP.cfg["grad_noise"]["preset"],
     log:
         "logs/grad_noise/{model}.log",
     benchmark:
         "benchmarks/grad_noise/{model}.tsv"
     conda:
         env_for
+    params:
+        model=model_spec,
+        draws=lambda w: EXP.cfg["grad_noise"]["draws"],
+        preset=lambda w: EXP.cfg["grad_noise"]["preset"],
     shell:
         "marpipe bench grad-noise {params.model} --draws {params.draws} --preset {params.preset}"
         " --csv {output} > {log} 2>&1"
@@ -107,14 +108,14 @@ rule mlflow_sync:
         score_files(),
     output:
         "results/mlflow.json",
-    params:
-        config=CONFIG,
     log:
         "logs/mlflow_sync.log",
     benchmark:
         "benchmarks/mlflow_sync.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG,
     shell:
         "marpipe mlflow-sync --config {params.config} --out {output} > {log} 2>&1"
 
@@ -133,15 +134,17 @@ rule dvc_push:
         grad_noise_files(),
     output:
         "results/dvc.json",
-    params:
-        config=CONFIG,
-        ablations=" ".join((["results/ablations"] if ABLATION else []) + (["results/grad_noise"] if grad_noise_files() else [])),
     log:
         "logs/dvc_push.log",
     benchmark:
         "benchmarks/dvc_push.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG,
+        ablations=" ".join(
+            (["results/ablations"] if ABLATION else []) + (["results/grad_noise"] if grad_noise_files() else [])
+        ),
     shell:
         "marpipe dvc-push --config {params.config} --out {output} resources results/verify results/tables"
         " results/figures results/scorer_check results/scores results/images results/selected results/runs results/mlflow.json"

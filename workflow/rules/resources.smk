@@ -4,15 +4,15 @@
 rule download_base_model:
     output:
         f"resources/models/{{model}}/{MANIFEST}",
-    params:
-        config=CONFIG,
-        marpipe=marpipe,
     log:
         "logs/download_base_model/{model}.log",
     benchmark:
         "benchmarks/download_base_model/{model}.tsv"
     conda:
         env_for
+    params:
+        config=CONFIG,
+        marpipe=marpipe,
     shell:
         "{params.marpipe} fetch-model {wildcards.model} --config {params.config} --no-progress > {log} 2>&1"
 
@@ -23,15 +23,15 @@ rule verify_base_model:
     output:
         json="results/verify/{model}.json",
         grid=report("results/verify/{model}.png", caption="../report/verify.rst", category="Base models"),
-    params:
-        config=CONFIG,
-        marpipe=marpipe,
     log:
         "logs/verify_base_model/{model}.log",
     benchmark:
         "benchmarks/verify_base_model/{model}.tsv"
     conda:
         env_for
+    params:
+        config=CONFIG,
+        marpipe=marpipe,
     shell:
         "{params.marpipe} verify-model {wildcards.model} --config {params.config} --out {output.json} --grid {output.grid} > {log} 2>&1"
 
@@ -39,14 +39,14 @@ rule verify_base_model:
 rule download_weights:
     output:
         f"resources/metrics/{{weights}}/{MANIFEST}",
-    params:
-        config=CONFIG,
     log:
         "logs/download_weights/{weights}.log",
     benchmark:
         "benchmarks/download_weights/{weights}.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG,
     shell:
         "marpipe fetch-weights {wildcards.weights} --config {params.config} > {log} 2>&1"
 
@@ -54,13 +54,13 @@ rule download_weights:
 rule prompts:
     output:
         "resources/prompts/{prompts}.jsonl",
-    params:
-        config=CONFIG,
     log:
         "logs/prompts/{prompts}.log",
     benchmark:
         "benchmarks/prompts/{prompts}.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG,
     shell:
         "marpipe fetch-prompts {wildcards.prompts} --config {params.config} --out {output} > {log} 2>&1"
