@@ -42,10 +42,16 @@ def experiment(args):
 
 # --- subcommands ---------------------------------------------------------------------------
 def cmd_check_config(args):
+    from marpipe import lock as L
     exp = experiment(args)
     rows = sum(len(exp.rows(m)) - 1 for m in exp.models)
     print(f"{args.config}: valid ({len(exp.models)} models, {len(exp.variants)} variants, "
           f"{len(exp.trained_rewards)} rewards: {rows} training runs)")
+    lock = L.read(L.lock_path(args.config))
+    refusal = L.refusal(L.apply(exp.cfg, lock), lock, args.config)
+    if refusal:                 # valid, but a real run would refuse to start
+        print(f"marpipe check-config: {refusal}", file=sys.stderr)
+        return 1
 
 
 def cmd_lock(args):

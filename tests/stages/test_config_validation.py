@@ -75,6 +75,14 @@ def test_the_cli_reports_a_config_error_in_one_line_with_exit_code_2(tmp_path, c
     assert "small.yaml: valid (2 models, 4 variants, 2 rewards: 12 training runs)" in capsys.readouterr().out
 
 
+
+def test_check_config_names_the_downloads_a_run_would_refuse(capsys):
+    """config.yaml is valid, but without its lock a real run refuses to start: check-config says so."""
+    assert main(["check-config", "--config", str(ROOT / "config.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "models.nova.source.revision is not pinned" in err and "marpipe lock --config" in err
+
+
 def test_both_shipped_configs_pass():
     E.load(ROOT / "config.yaml")
     E.load(ROOT / "config" / "small.yaml")
