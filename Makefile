@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed
 OFFICIAL_VENVS := .venv-nova .venv-harmon
 OFFICIAL_STAMPS := $(addsuffix /.installed,$(OFFICIAL_VENVS))
 
-.PHONY: demo study rehearse test test-kernels install official-venvs clean mutation
+.PHONY: demo study rehearse test test-fast test-kernels install official-venvs clean mutation
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: $(STAMP) $(OFFICIAL_STAMPS)
 	.venv-nova/bin/python -m pytest -q tests/official/test_nova_official.py tests/official/test_schedule_diffusers.py \
 		$(PYTEST_ARGS) || rc=1; \
 	exit $$rc
+
+# the development tier: unit and stage tests in the main venv (no SLURM, no side venvs, no end-to-end
+# runs: the `slow` marker, tests/infra, tests/pipeline, tests/official); `make test` stays the full suite
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests/core tests/stages tests/world tests/metrics tests/models $(PYTEST_ARGS)
 
 # the checks that compare bytes or tight tolerances, under another CPU capability than this machine's
 # (ATen's scalar kernels: other floats from torch's initialisers and reductions): a check that
