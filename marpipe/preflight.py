@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from marpipe.workflow_hooks import DEFAULT_DEPLOYMENT
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: what each job environment must import (the pipeline's own: what its rules use)
@@ -321,7 +323,7 @@ def preflight(profile: str, configfiles: list[str], directory: str, extra: list[
     cfg: dict = {}
     for f in configfiles:
         update_config(cfg, E.read_config(REPO_ROOT / f if not Path(f).is_absolute() else f))
-    deployment = {"nova": ".venv-nova", "harmon": ".venv-harmon", **profile_deployment(profile)}
+    deployment = {**DEFAULT_DEPLOYMENT, **profile_deployment(profile)}
     lock = L.read(L.lock_path(REPO_ROOT / configfiles[0] if not Path(configfiles[0]).is_absolute() else configfiles[0]))
     exp = E.load(L.apply(cfg, lock))
     jobs, _ = snakemake_plan(profile, configfiles, str(work), extra)

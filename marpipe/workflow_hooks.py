@@ -1,11 +1,15 @@
-"""What the workflow files call outside the rules' commands: the CLI on PATH at start-up, and the
-columns the Snakemake report shows for a figure."""
+"""What the workflow files call outside the rules' commands: the CLI on PATH at start-up, where each
+model family's jobs run, and the columns the Snakemake report shows for a figure."""
 from __future__ import annotations
 
 import os
 import shutil
 import sys
 from pathlib import Path
+
+#: model families with their own environment (a profile's ``config: deployment:`` overrides them): the
+#: venvs `make install official-venvs` builds beside the Snakefile, with the official NOVA / Harmon code
+DEFAULT_DEPLOYMENT = {"nova": ".venv-nova", "harmon": ".venv-harmon"}
 
 
 def ensure_cli_on_path() -> None:

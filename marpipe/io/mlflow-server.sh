@@ -5,7 +5,7 @@
 #   workflow/scripts/mlflow-server.sh down    stop the server's whole process group
 #   workflow/scripts/mlflow-server.sh status  print the URI if the server answers /health
 #
-# State under $MARPIPE_STATE/mlflow (default /tmp/marpipe-ci/mlflow):
+# State under $MARPIPE_STATE/mlflow (default .marpipe/mlflow, the pipeline's state in the working directory):
 #   mlflow.db   sqlite backend store (only the server writes it: many SLURM
 #               jobs writing one sqlite file directly hit "database is locked")
 #   artifacts/  artifact store, served by the server (--serve-artifacts), so
@@ -25,7 +25,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-STATE="${MARPIPE_STATE:-/tmp/marpipe-ci}"
+STATE="${MARPIPE_STATE:-.marpipe}"
 DIR="$STATE/mlflow"
 PIDF="$DIR/server.pid"
 URIF="$DIR/uri"

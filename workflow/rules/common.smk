@@ -16,9 +16,6 @@ from marpipe.io import tracking_server
 
 workflow_hooks.ensure_cli_on_path()
 
-#: model families with their own environment (the profile's `config: deployment:` overrides): the venvs
-#: `make install official-venvs` builds beside the Snakefile, with the official NOVA / Harmon packages
-DEFAULT_DEPLOYMENT = {"nova": ".venv-nova", "harmon": ".venv-harmon"}
 
 # --configfile replaces config.yaml instead of being merged into it (two worlds never mix); several
 # files are merged in order, key by key (config/small.yaml config/study.yaml: the study's changes);
@@ -31,7 +28,7 @@ update_config(config, workflow.config_settings.overwrite_config)
 # where each model family's jobs run: the profile's `config: deployment:` (not experiment metadata); or
 # conda envs (envs/*.yaml) where the profile sets `software-deployment-method: conda`: Snakemake builds
 # them from copies in .snakemake/conda/, so their paths go through MARPIPE_ROOT (this checkout)
-DEPLOYMENT = {**DEFAULT_DEPLOYMENT, **(config.pop("deployment", None) or {})}
+DEPLOYMENT = {**workflow_hooks.DEFAULT_DEPLOYMENT, **(config.pop("deployment", None) or {})}
 CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 os.environ.setdefault("MARPIPE_ROOT", str(Path(workflow.basedir).absolute()))
 
@@ -97,7 +94,7 @@ wildcard_constraints:
 def env_for(wildcards):
     """The conda env of a model's rule family, where the profile deploys with conda instead."""
     adapter = EXP.adapter(wildcards.model)
-    return f"../../envs/{adapter if adapter in DEFAULT_DEPLOYMENT else 'pipeline'}.yaml"
+    return f"../../envs/{adapter if adapter in workflow_hooks.DEFAULT_DEPLOYMENT else 'pipeline'}.yaml"
 
 
 def family_python(model):
