@@ -419,8 +419,8 @@ def format_results(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="marpipe check-model", description="MAR protocol conformance suite")
-    ap.add_argument("spec", help="tiny-nova | tiny-harmon | nova-standin | harmon-standin | file.safetensors | "
-                                 "nova:<dir> | harmon:<dir>")
+    ap.add_argument("spec", help="tiny-nova | tiny-harmon | file.safetensors | nova:<dir> | harmon:<dir> "
+                                 "(or a name given to marpipe.models.registry.register_spec)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
     ap.add_argument("--ar-steps", type=int, default=None, help="override sampling.ar_steps (faster checks)")

@@ -38,7 +38,6 @@ a multiple of 16).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from marpipe.models.nova import (
     to_float,
 )
 from marpipe.models.protocol import Prompts, SamplingSpec
+from marpipe.models.registry import Built, register_architecture
 
 HARMON_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 3.0}
 CHAT_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
@@ -262,34 +262,28 @@ class HarmonMAR(FrozenPartsMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, device="cuda", dtype=torch.bfloat16, verify: bool = True,
                         gradient_checkpointing: bool = False, sampling: dict | None = None,
-                        image_size: int = 512) -> HarmonMAR:
-        """Load a downloaded ``wusize/Harmon-1_5B`` folder (or a stand-in folder marked by
-        ``marpipe_standin.json``): manifest check, official classes, strict safetensors loading."""
+                        image_size: int | None = None) -> HarmonMAR:
+        """Load a downloaded ``wusize/Harmon-1_5B`` folder: manifest check, the modules of the
+        architecture ``config.json`` declares (:func:`~marpipe.models.registry.build_architecture`),
+        strict safetensors loading. ``image_size``: the generation size (default: the folder's, else 512)."""
         from marpipe.models.download import load_strict, load_weights, verify_manifest
-        from marpipe.models.standins import STANDIN_MARKER
+        from marpipe.models.registry import build_architecture
         folder = Path(folder)
         if verify:
             verify_manifest(folder)
-        if (folder / STANDIN_MARKER).exists():
-            from marpipe.models.standins.harmon import HarmonStandinConfig, build_harmon_standin
-            meta = json.loads((folder / STANDIN_MARKER).read_text())
-            if meta.pop("family", None) != "harmon":
-                raise ValueError(f"{folder}: stand-in is not a Harmon stand-in")
-            scfg = HarmonStandinConfig(**meta)
-            harmon, tokenizer = build_harmon_standin(scfg)
-            sampling, image_size = sampling or scfg.sampling, scfg.image_size
-        else:
-            harmon, tokenizer = _build_official_harmon(folder)
+        built = build_architecture("harmon", folder, dtype)
+        harmon, tokenizer = built.modules["harmon"], built.modules["tokenizer"]
         files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
         if not files:
             raise FileNotFoundError(f"{folder}: no weight files (safetensors or .bin)")
         load_strict(harmon, load_weights(files), f"Harmon ({folder})")
-        model = cls(harmon, tokenizer, sampling=sampling, image_size=image_size,
-                    gradient_checkpointing=gradient_checkpointing, source=str(folder))
+        model = cls(harmon, tokenizer, sampling=sampling or built.sampling,
+                    image_size=image_size or built.image_size or 512, gradient_checkpointing=gradient_checkpointing,
+                    source=f"{folder} ({built.note})" if built.note else str(folder))
         return model.to(device=device, dtype=dtype)
 
 
-def _build_official_harmon(folder: Path):
+def _build_official_harmon(folder: Path, dtype) -> Built:
     """``HarmonModel`` from the folder's own remote code (pinned by the manifest), random init;
     the caller loads the weights strictly."""
     try:
@@ -300,26 +294,9 @@ def _build_official_harmon(folder: Path):
     except ImportError as exc:
         raise ImportError("loading real Harmon weights needs Harmon's remote-code dependencies (einops, timm, "
                           "scipy); run in .venv-harmon (make official-venvs), the deployment of Harmon's jobs") from exc
-    return model, tokenizer
+    return Built({"harmon": model, "tokenizer": tokenizer})
 
 
-def save_harmon_standin(folder: str | Path, cfg=None, seed: int = 0) -> Path:
-    """Write a stand-in Harmon folder (``model.safetensors`` in ``HarmonModel``'s key layout, the
-    tied ``llm.lm_head.weight`` left out as ``save_pretrained`` does; ``marpipe_standin.json``) and its
-    manifest (tests)."""
-    from safetensors.torch import save_file
-
-    from marpipe.models.download import tied_keys, write_manifest
-    from marpipe.models.standins import STANDIN_MARKER
-    from marpipe.models.standins.harmon import HarmonStandinConfig, build_harmon_standin
-    cfg = cfg or HarmonStandinConfig()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    harmon, _ = build_harmon_standin(cfg)
-    tied = tied_keys(harmon)          # written once, as save_pretrained does (Qwen2: lm_head = embed_tokens)
-    sd = {k: v.detach().clone().contiguous() for k, v in harmon.state_dict().items() if k not in tied}
-    save_file(sd, str(folder / "model.safetensors"))
-    (folder / STANDIN_MARKER).write_text(json.dumps(cfg.to_dict(), indent=1))
-    write_manifest(folder)
-    return folder
+# wusize/Harmon-1_5B's config.json: architectures ["HarmonModel"], model_type "harmon"
+register_architecture("harmon", "HarmonModel", _build_official_harmon)
+register_architecture("harmon", "harmon", _build_official_harmon)

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +67,7 @@ from torch import nn
 
 from marpipe.diffusion import Schedule
 from marpipe.models.protocol import Prompts, SamplingSpec
+from marpipe.models.registry import Built, register_architecture
 
 NOVA_SAMPLING = {"ar_steps": 64, "diffusion_steps": 25, "cfg_scale": 5.0}
 DIFFNEXT_COMMIT = "2cd254afdedae8670ccb492c28c53caa08f7b5a0"   # baaivision/NOVA, pinned in the Makefile (DIFFNEXT)
@@ -180,25 +180,39 @@ def _config_get(cfg, key: str, default=None):
     return getattr(cfg, key, default)
 
 
+# the scheduler classes whose ``step`` marpipe's posterior reproduces, by (top-level package, class
+# name): True when ``step`` clips x0 as its config says (diffusers' ``DDPMScheduler``), False when it
+# never clips (diffnext's own ``DDPMScheduler``, NOVA's training noise scheduler)
+SCHEDULER_CLIPS: dict[tuple[str, str], bool] = {("diffusers", "DDPMScheduler"): True,
+                                                 ("diffnext", "DDPMScheduler"): False}
+
+
+def register_scheduler(package: str, name: str, clips_like_diffusers: bool) -> None:
+    """Accept the scheduler class ``name`` of the top-level ``package``: its ``step`` clips x0 as
+    diffusers' ``DDPMScheduler`` does (``clip_sample``, ``clip_sample_range``), or never."""
+    SCHEDULER_CLIPS[(package, name)] = clips_like_diffusers
+
+
 def scheduler_clips_x0(scheduler) -> float | None:
     """How ``scheduler.step`` treats ``x0_hat`` before the posterior mean: the clip range, or None.
 
-    * diffusers' ``DDPMScheduler`` (what NOVA's ``model_index.json`` names; the stand-in mimics it):
+    * diffusers' ``DDPMScheduler`` (what NOVA's ``model_index.json`` names):
       clamps ``x0_hat`` to ``[-clip_sample_range, clip_sample_range]`` when ``clip_sample`` (default
       **True**, range 1.0); ``thresholding`` (dynamic thresholding) is not supported here: error.
     * diffnext's own ``diffnext.schedulers.scheduling_ddpm.DDPMScheduler`` (what NOVA's training
       pipeline builds as its noise scheduler): accepts ``clip_sample``/``thresholding`` in its config
       but its ``step`` never clips nor thresholds: None.
-    Any other scheduler class is an error (its ``step`` is not known to match marpipe's posterior).
+    Any other scheduler class (unless given to :func:`register_scheduler`) is an error: its ``step`` is
+    not known to match marpipe's posterior.
     """
     cls = type(scheduler)
     mod, name = cls.__module__, cls.__name__
-    lib = mod.split(".")[0]
-    if (lib, name) == ("diffnext", "DDPMScheduler"):
-        return None
-    if (lib, name) not in (("diffusers", "DDPMScheduler"), ("marpipe", "DDPMSchedulerStandin")):
+    clips = SCHEDULER_CLIPS.get((mod.split(".")[0], name))
+    if clips is None:
         raise ValueError(f"NOVA scheduler {mod}.{name}: marpipe's head posterior supports diffusers' or "
-                         "diffnext's DDPMScheduler only")
+                         "diffnext's DDPMScheduler only (or a class given to register_scheduler)")
+    if not clips:
+        return None
     cfg = scheduler.config
     if _config_get(cfg, "thresholding", False):
         raise ValueError("NOVA scheduler config: thresholding=True (dynamic thresholding of x0) is not "
@@ -411,61 +425,37 @@ class NovaMAR(FrozenPartsMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, device="cuda", dtype=torch.bfloat16, verify: bool = True,
                         gradient_checkpointing: bool = False, sampling: dict | None = None) -> NovaMAR:
-        """Load a downloaded ``BAAI/nova-d48w1024-sd512`` folder (or a stand-in folder, marked by
-        ``marpipe_standin.json``): manifest check, official classes, strict safetensors loading."""
+        """Load a downloaded ``BAAI/nova-d48w1024-sd512`` folder: manifest check, the modules of the
+        architecture ``model_index.json`` declares (:func:`~marpipe.models.registry.build_architecture`),
+        strict safetensors loading."""
         from marpipe.models.download import load_strict, load_weights, verify_manifest
-        from marpipe.models.standins import STANDIN_MARKER
+        from marpipe.models.registry import build_architecture
         folder = Path(folder)
         if verify:
             verify_manifest(folder)
-        if (folder / STANDIN_MARKER).exists():
-            from marpipe.models.standins.nova import NovaStandinConfig, build_nova_standin
-            meta = json.loads((folder / STANDIN_MARKER).read_text())
-            if meta.pop("family", None) != "nova":
-                raise ValueError(f"{folder}: stand-in is not a NOVA stand-in")
-            scfg = NovaStandinConfig(**meta)
-            parts = build_nova_standin(scfg)
-            sampling = sampling or scfg.sampling
-        else:
-            parts = _load_official_nova(folder, dtype)
+        built = build_architecture("nova", folder, dtype)
+        parts = built.modules
         for name in ("transformer", "vae", "text_encoder"):
             files = sorted((folder / name).glob("*.safetensors")) or sorted((folder / name).glob("*.bin"))
             if not files:
                 raise FileNotFoundError(f"{folder}/{name}: no weight files (safetensors or .bin)")
             load_strict(parts[name], load_weights(files), f"NOVA {name} ({folder / name})")
         model = cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
-                    sampling=sampling, gradient_checkpointing=gradient_checkpointing, source=str(folder))
+                    sampling=sampling or built.sampling, gradient_checkpointing=gradient_checkpointing,
+                    source=f"{folder} ({built.note})" if built.note else str(folder))
         return model.to(device=device, dtype=dtype)
 
 
-def _load_official_nova(folder: Path, dtype) -> dict:
-    """Build the pipeline components with ``diffnext``'s own classes (weights then loaded strictly)."""
+def _load_official_nova(folder: Path, dtype) -> Built:
+    """The pipeline components built by ``diffnext``'s own classes (weights then loaded strictly)."""
     try:
         from diffnext.pipelines import NOVAPipeline
     except ImportError as exc:
         raise ImportError("loading real NOVA weights needs the 'diffnext' package (github baaivision/NOVA at "
                           f"{DIFFNEXT_COMMIT[:12]}); run in .venv-nova (make official-venvs installs it), the deployment of NOVA's jobs") from exc
     pipe = NOVAPipeline.from_pretrained(str(folder), torch_dtype=dtype, trust_remote_code=True)
-    return dict(transformer=pipe.transformer, vae=pipe.vae, text_encoder=pipe.text_encoder,
-                tokenizer=pipe.tokenizer, scheduler=pipe.scheduler)
+    return Built(dict(transformer=pipe.transformer, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                      tokenizer=pipe.tokenizer, scheduler=pipe.scheduler))
 
 
-def save_nova_standin(folder: str | Path, cfg=None, seed: int = 0) -> Path:
-    """Write a stand-in NOVA folder in the pipeline's layout (``transformer/``, ``vae/``,
-    ``text_encoder/`` safetensors + ``marpipe_standin.json``) and its manifest (tests)."""
-    from safetensors.torch import save_file
-
-    from marpipe.models.download import write_manifest
-    from marpipe.models.standins import STANDIN_MARKER
-    from marpipe.models.standins.nova import NovaStandinConfig, build_nova_standin
-    cfg = cfg or NovaStandinConfig()
-    folder = Path(folder)
-    torch.manual_seed(seed)
-    parts = build_nova_standin(cfg)
-    for name in ("transformer", "vae", "text_encoder"):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().contiguous() for k, v in parts[name].state_dict().items()}
-        save_file(sd, str(folder / name / "diffusion_pytorch_model.safetensors"))
-    (folder / STANDIN_MARKER).write_text(json.dumps(cfg.to_dict(), indent=1))
-    write_manifest(folder)
-    return folder
+register_architecture("nova", "NOVAPipeline", _load_official_nova)

@@ -111,21 +111,18 @@ def official_root(given: str | Path | None = None) -> Path | None:
     return None
 
 
-def import_diffnext(root: Path | None = None) -> None:
-    """Import ``diffnext`` (installed, or from ``root/NOVA``, default :func:`official_root`); transformers 4
-    is required."""
+def import_diffnext() -> None:
+    """Import the installed ``diffnext`` (``.venv-nova``: ``make official-venvs`` installs it at the
+    pinned commit); transformers 4 is required."""
     import transformers
     if int(transformers.__version__.split(".")[0]) >= 5:
         raise RuntimeError(f"diffnext's Phi encoder needs transformers 4 (this interpreter has "
                            f"{transformers.__version__}): run in .venv-nova")
     try:
-        import diffnext  # noqa: F401
-    except ImportError:
-        root = official_root(root)
-        if root is None or not (root / "NOVA" / "diffnext").is_dir():
-            raise ImportError(f"diffnext is not installed and no official NOVA code was found (set ${OFFICIAL_ENV})") from None
-        sys.path.insert(0, str(root / "NOVA"))
-    from diffnext.pipelines import NOVAPipeline  # noqa: F401
+        from diffnext.pipelines import NOVAPipeline  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"diffnext is not installed in this interpreter ({exc}): run in .venv-nova, "
+                          "where make official-venvs installs it") from exc
 
 
 @functools.cache
@@ -252,7 +249,7 @@ def parameter_counts(family: str, root: Path | None = None) -> dict[str, int]:
     """Parameters of each part at the real config, counted on the meta device (no memory)."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     if family == "nova":
-        import_diffnext(root)
+        import_diffnext()
         parts = nova_components("meta", torch.float32)
         return {k: count(parts[k]) for k in ("transformer", "text_encoder", "vae")}
     h = harmon_model(import_harmon_code(root), "meta", torch.float32)
@@ -280,7 +277,7 @@ class RealSubject:
 def nova_subject(device, dtype, root: Path | None = None, seed: int = 0, sampling: dict | None = None,
                  gradient_checkpointing: bool = True, **configs) -> RealSubject:
     """NOVA at its real size (``configs``: smaller ``transformer``/``phi``/``vae`` configs, for tests)."""
-    import_diffnext(root)
+    import_diffnext()
     from diffnext.pipelines import NOVAPipeline
 
     from marpipe.models.nova import NOVA_SAMPLING, NovaMAR

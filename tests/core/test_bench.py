@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import testbed.standins  # noqa: F401  (registers the nova-standin spec)
 from marpipe.bench import VARIANTS, _held_out, _train_prompts, bench_reward_rise, bench_warmup, total_variation
 from marpipe.cli import main
 from marpipe.rewards import build_reward

@@ -1,18 +1,24 @@
-"""Adapter facts checked on the STAND-INS (not the real NOVA / Harmon): trainable parts,
-frozen parts, strict loading, manifest checks, schedules, prompt templates, registry."""
+"""Adapter facts checked on the STAND-INS (testbed.standins, not the real NOVA / Harmon): trainable
+parts, frozen parts, strict loading, manifest checks, schedules, prompt templates, registry."""
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from marpipe.models.download import ManifestError, write_manifest
-from marpipe.models.harmon import CHAT_TEMPLATE, HarmonMAR, save_harmon_standin, space_timesteps
-from marpipe.models.nova import NovaMAR, save_nova_standin
+from marpipe.models.harmon import CHAT_TEMPLATE, HarmonMAR, space_timesteps
+from marpipe.models.nova import NovaMAR
 from marpipe.models.registry import load_model
 from marpipe.models.tiny import TinyMAR
 from marpipe.trainer import set_trainable
+from testbed.standins import save_harmon_standin, save_nova_standin
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +148,63 @@ def test_loading_refuses_a_tampered_folder(tmp_path):
         HarmonMAR.from_pretrained(folder, device="cpu", dtype=torch.float32)
 
 
-def test_standin_folder_is_marked_and_family_checked(tmp_path):
+def test_standin_folders_declare_their_architecture_and_say_they_are_not_real(tmp_path):
+    nova = save_nova_standin(tmp_path / "nova")
+    assert json.loads((nova / "model_index.json").read_text())["_class_name"] == "NovaStandinPipeline"
+    assert "NOT the real NOVA" in NovaMAR.from_pretrained(nova, device="cpu", dtype=torch.float32).source
+    harmon = save_harmon_standin(tmp_path / "harmon")
+    assert json.loads((harmon / "config.json").read_text())["architectures"] == ["HarmonStandin"]
+    assert "NOT the real Harmon" in HarmonMAR.from_pretrained(harmon, device="cpu", dtype=torch.float32).source
+    with pytest.raises(ValueError, match=r"declares no architecture \(config.json architectures / model_type"):
+        HarmonMAR.from_pretrained(nova, device="cpu", dtype=torch.float32)
+
+
+@pytest.mark.parametrize("family", ["nova", "harmon"])
+def test_an_unregistered_architecture_is_one_clear_error(tmp_path, family):
+    save = save_nova_standin if family == "nova" else save_harmon_standin
+    folder = save(tmp_path / family)
+    declared = folder / ("model_index.json" if family == "nova" else "config.json")
+    meta = json.loads(declared.read_text())
+    meta.update({"_class_name": "NOVAPipelineXL"} if family == "nova" else
+                {"architectures": ["HarmonModelXL"], "model_type": "harmon_xl"})
+    declared.write_text(json.dumps(meta))
+    write_manifest(folder)
+    with pytest.raises(ValueError) as err:
+        load_model(f"{family}:{folder}")
+    msg = str(err.value)
+    names = "'NOVAPipelineXL'" if family == "nova" else "'HarmonModelXL' / 'harmon_xl'"
+    registered = "NOVAPipeline, NovaStandinPipeline" if family == "nova" else "HarmonModel, HarmonStandin, harmon"
+    assert msg.startswith(f"{folder}: declares the architecture {names}")
+    assert f"registered: {registered})" in msg and "register_architecture" in msg
+    assert f"python -m marpipe.models.download {family}" in msg
+
+
+def test_marpipe_never_imports_the_test_bed(tmp_path):
+    """Every ``marpipe`` module imported in a fresh interpreter: no ``testbed`` module comes with them,
+    and the stand-in specs and folders are unknown until ``testbed.standins`` registers them."""
+    code = """
+import importlib, pkgutil, sys
+import marpipe
+for m in pkgutil.walk_packages(marpipe.__path__, "marpipe."):
+    if not m.name.endswith(".__main__"):
+        importlib.import_module(m.name)
+assert not [n for n in sys.modules if n.split(".")[0] == "testbed"], "marpipe imported the test bed"
+from marpipe.models import registry
+assert registry.declared_architectures("nova", sys.argv[1]) == ["NovaStandinPipeline"]
+for spec in ("nova-standin", "harmon-standin", "nova:" + sys.argv[1]):
+    try:
+        registry.load_model(spec)
+    except ValueError as e:
+        assert "unknown model spec" in str(e) or "no nova builder is registered" in str(e), e
+    else:
+        raise AssertionError(spec + " loaded without the test bed")
+import testbed.standins
+assert "NOT the real NOVA" in registry.load_model("nova:" + sys.argv[1]).source
+assert "NOT the real Harmon" in registry.load_model("harmon-standin").source
+"""
     folder = save_nova_standin(tmp_path / "nova")
-    assert json.loads((folder / "marpipe_standin.json").read_text())["family"] == "nova"
-    with pytest.raises(ValueError, match="not a Harmon stand-in"):
-        HarmonMAR.from_pretrained(folder, device="cpu", dtype=torch.float32)
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -1,6 +1,6 @@
 """The conformance suite on the tiny models and on the NOVA / Harmon adapters over STAND-INS.
 
-The stand-ins (marpipe.models.standins) are NOT the real NOVA / Harmon: they reproduce the
+The stand-ins (testbed.standins) are NOT the real NOVA / Harmon: they reproduce the
 official modules' attribute names, state-dict layout and call signatures at tiny size, so the
 adapters' code (and their strict, manifest-checked loading) runs here on CPU.
 """
@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from marpipe.models.conformance import check_model, format_results, main
-from marpipe.models.harmon import HarmonMAR, save_harmon_standin
-from marpipe.models.nova import NovaMAR, save_nova_standin
+from marpipe.models.harmon import HarmonMAR
+from marpipe.models.nova import NovaMAR
 from marpipe.models.registry import load_model
 from marpipe.models.tiny import TinyMAR, TinyMARConfig
+from testbed.standins import save_harmon_standin, save_nova_standin
 
 SMALL = dict(image_size=16, patch=4, width=32, depth=2, heads=2, head_width=16, head_blocks=2, zero_init=False,
              sampling={"ar_steps": 4, "diffusion_steps": 5, "cfg_scale": 3.0})

@@ -19,14 +19,21 @@ Token layout (as ``PatchEmbed.patchify``): a latent ``[B, C, H, W]`` cut into
 """
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from marpipe.models.registry import Built
+
+ARCHITECTURE = "NovaStandinPipeline"        # model_index.json's _class_name in a stand-in folder
+NOT_REAL = "NOT the real NOVA"
 
 
 @dataclass
@@ -51,7 +58,7 @@ class NovaStandinConfig:
     sampling: dict = field(default_factory=lambda: {"ar_steps": 4, "diffusion_steps": 5, "cfg_scale": 5.0})
 
     def to_dict(self) -> dict:
-        return {"family": "nova", **asdict(self)}
+        return asdict(self)
 
 
 # ---------------------------------------------------------------------- embeddings
@@ -443,3 +450,51 @@ def build_nova_standin(cfg: NovaStandinConfig) -> dict:
     return dict(transformer=NovaTransformerStandin(cfg), vae=VaeStandin(cfg.image_dim, cfg.image_stride, cfg.scaling_factor),
                 text_encoder=PhiStandin(cfg.vocab, cfg.text_token_dim), tokenizer=TokenizerStandin(cfg.vocab),
                 scheduler=DDPMSchedulerStandin(cfg.train_steps))
+
+
+# ---------------------------------------------------------------------- the spec and the folder
+def fresh_nova_standin(device, dtype, gradient_checkpointing=False, sampling=None, seed: int = 0):
+    """The ``nova-standin`` spec: :class:`NovaMAR` over freshly built, seeded stand-in modules."""
+    from marpipe.models.nova import NovaMAR
+    torch.manual_seed(seed)
+    cfg = NovaStandinConfig()
+    p = build_nova_standin(cfg)
+    m = NovaMAR(p["transformer"], p["vae"], p["text_encoder"], p["tokenizer"], p["scheduler"],
+                sampling=sampling or cfg.sampling, gradient_checkpointing=gradient_checkpointing,
+                source=f"nova-standin ({NOT_REAL})")
+    return m.to(device=device, dtype=dtype)
+
+
+def model_index(cfg: NovaStandinConfig) -> dict:
+    """A stand-in folder's ``model_index.json``: the pipeline's layout, the stand-in classes named,
+    the stand-in's sizes under ``_standin_config``."""
+    here = __name__
+    return {"_class_name": ARCHITECTURE, "_standin_config": cfg.to_dict(),
+            "scheduler": [here, "DDPMSchedulerStandin"], "text_encoder": [here, "PhiStandin"],
+            "tokenizer": [here, "TokenizerStandin"], "transformer": [here, "NovaTransformerStandin"],
+            "vae": [here, "VaeStandin"]}
+
+
+def build_from_folder(folder: Path, dtype) -> Built:
+    """The builder registered for :data:`ARCHITECTURE`: the stand-in modules at the folder's sizes."""
+    cfg = NovaStandinConfig(**json.loads((Path(folder) / "model_index.json").read_text())["_standin_config"])
+    return Built(build_nova_standin(cfg), sampling=cfg.sampling, note=f"stand-in, {NOT_REAL}")
+
+
+def save_nova_standin(folder: str | Path, cfg: NovaStandinConfig | None = None, seed: int = 0) -> Path:
+    """Write a stand-in NOVA folder in the pipeline's layout (``transformer/``, ``vae/``,
+    ``text_encoder/`` safetensors, ``model_index.json`` naming :data:`ARCHITECTURE`) and its manifest."""
+    from safetensors.torch import save_file
+
+    from marpipe.models.download import write_manifest
+    cfg = cfg or NovaStandinConfig()
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    parts = build_nova_standin(cfg)
+    for name in ("transformer", "vae", "text_encoder"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        sd = {k: v.detach().contiguous() for k, v in parts[name].state_dict().items()}
+        save_file(sd, str(folder / name / "diffusion_pytorch_model.safetensors"))
+    (folder / "model_index.json").write_text(json.dumps(model_index(cfg), indent=1))
+    write_manifest(folder)
+    return folder

@@ -17,9 +17,11 @@ NOT THE REAL HARMON. ``HarmonStandin`` has the ``HarmonModel`` attribute layout
 from __future__ import annotations
 
 import functools
+import json
 import math
 import zlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -27,6 +29,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from marpipe.diffusion import betas_for
+from marpipe.models.registry import Built
+
+ARCHITECTURE = "HarmonStandin"             # config.json's architectures in a stand-in folder
+NOT_REAL = "NOT the real Harmon"
 
 
 @dataclass
@@ -49,7 +55,7 @@ class HarmonStandinConfig:
     sampling: dict = field(default_factory=lambda: {"ar_steps": 4, "diffusion_steps": 5, "cfg_scale": 3.0})
 
     def to_dict(self) -> dict:
-        return {"family": "harmon", **asdict(self)}
+        return asdict(self)
 
 
 # ---------------------------------------------------------------------- diffusion MLP (DiffLoss.net)
@@ -245,3 +251,45 @@ class HarmonStandin(nn.Module):
 
 def build_harmon_standin(cfg: HarmonStandinConfig) -> tuple[HarmonStandin, TokenizerStandin]:
     return HarmonStandin(cfg), TokenizerStandin(cfg.vocab)
+
+
+# ---------------------------------------------------------------------- the spec and the folder
+def fresh_harmon_standin(device, dtype, gradient_checkpointing=False, sampling=None, seed: int = 0):
+    """The ``harmon-standin`` spec: :class:`HarmonMAR` over a freshly built, seeded stand-in."""
+    from marpipe.models.harmon import HarmonMAR
+    torch.manual_seed(seed)
+    cfg = HarmonStandinConfig()
+    h, tok = build_harmon_standin(cfg)
+    m = HarmonMAR(h, tok, sampling=sampling or cfg.sampling, image_size=cfg.image_size,
+                  gradient_checkpointing=gradient_checkpointing, source=f"harmon-standin ({NOT_REAL})")
+    return m.to(device=device, dtype=dtype)
+
+
+def build_from_folder(folder: Path, dtype) -> Built:
+    """The builder registered for :data:`ARCHITECTURE`: the stand-in at the sizes of ``config.json``."""
+    meta = json.loads((Path(folder) / "config.json").read_text())
+    cfg = HarmonStandinConfig(**{k: v for k, v in meta.items() if k not in ("architectures", "model_type")})
+    harmon, tokenizer = build_harmon_standin(cfg)
+    return Built({"harmon": harmon, "tokenizer": tokenizer}, sampling=cfg.sampling, image_size=cfg.image_size,
+                 note=f"stand-in, {NOT_REAL}")
+
+
+def save_harmon_standin(folder: str | Path, cfg: HarmonStandinConfig | None = None, seed: int = 0) -> Path:
+    """Write a stand-in Harmon folder (``model.safetensors`` in ``HarmonModel``'s key layout, the tied
+    ``llm.lm_head.weight`` left out as ``save_pretrained`` does; ``config.json`` naming
+    :data:`ARCHITECTURE`) and its manifest."""
+    from safetensors.torch import save_file
+
+    from marpipe.models.download import tied_keys, write_manifest
+    cfg = cfg or HarmonStandinConfig()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    harmon, _ = build_harmon_standin(cfg)
+    tied = tied_keys(harmon)          # written once, as save_pretrained does (Qwen2: lm_head = embed_tokens)
+    sd = {k: v.detach().clone().contiguous() for k, v in harmon.state_dict().items() if k not in tied}
+    save_file(sd, str(folder / "model.safetensors"))
+    config = {"architectures": [ARCHITECTURE], "model_type": "harmon_standin", **cfg.to_dict()}
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    write_manifest(folder)
+    return folder
