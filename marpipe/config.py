@@ -1,18 +1,11 @@
-"""GRPO settings: one dataclass, the names of the paper (``fix_decoder``, ``mte``, ``S``,
-``top_k``, ``sim``, ``tau``, ``beta``).
+"""GRPO settings: one dataclass, the names of the paper (``fix_decoder``, ``mte``, ``S``, ``top_k``,
+``sim``, ``tau``, ``beta``).
 
-How the loss is *assembled* differs between the paper's equations and the reference trainers
-(AMAP-ML/mar-grpo@fcb7969, ``src/grpo/src/open_r1/trainer/grpo_trainer_{nova,harmon}_v1_2.py``),
-and the NOVA and Harmon trainers differ from each other. Each difference is one key
-(:data:`SWITCHES`); ``preset`` sets them all at once (:data:`PRESETS`):
-
-* ``paper``: the equations as printed (Eq. 3, 6-14, Alg. 2);
-* ``reference``: the reference trainer of the model's family (``model_family``: ``nova`` or
-  ``harmon``), which produced the paper's numbers.
-
-A key given explicitly overrides the preset. The resolved values are what :meth:`to_dict`
-returns (MLflow params, ``summary.json``, checkpoint metadata).
-"""
+Each difference between the paper's equations and the reference trainers is one key
+(:data:`SWITCHES`); ``preset`` sets them all at once (:data:`PRESETS`: ``paper``, the equations as
+printed; ``reference``, the trainer of the model's family), and a key given explicitly overrides
+it. The resolved values are what :meth:`to_dict` returns (MLflow params, ``summary.json``,
+checkpoint metadata). The table of switches: ``docs/method.md``, "How the loss is assembled"."""
 from __future__ import annotations
 
 import math

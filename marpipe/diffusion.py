@@ -1,16 +1,9 @@
 """Noise schedules and Gaussian posteriors of the diffusion head (pure math).
 
-The head of a MAR model denoises one token at a time, conditioned on the AR
-output ``z``.  Sampling uses a DDPM posterior on a *respaced* schedule: the
-model is trained on ``T_train`` steps (1000 for NOVA and Harmon) and sampled on
-``T_sample`` of them (25 in the paper).  Each sampling transition is
-``p(x_{t-1} | x_t, x0_hat) = N(mu, sigma^2)`` (paper App. A.1, Eq. 12):
-
-* NOVA-style heads predict ``eps`` and use the fixed posterior variance
-  ``beta_t (1 - abar_prev) / (1 - abar_t)`` (floored at 1e-12);
-* Harmon-style heads also predict ``v in [-1, 1]`` that interpolates the log
-  variance between ``beta_t`` and the posterior variance ("learned range").
-"""
+The head denoises one token at a time, conditioned on the AR output ``z``, with a DDPM posterior
+on a *respaced* schedule: trained on ``T_train`` steps (1000 for NOVA and Harmon), sampled on
+``T_sample`` of them (25 in the paper); each transition is ``p(x_{t-1} | x_t, x0_hat) = N(mu,
+sigma^2)`` (paper App. A.1, Eq. 12), its variance fixed or learned (:func:`posterior_log_var`)."""
 from __future__ import annotations
 
 import math
@@ -121,7 +114,9 @@ def posterior_mean(sched: Schedule, step: torch.Tensor, x_t: torch.Tensor, eps: 
 
 def posterior_log_var(sched: Schedule, step: torch.Tensor, like: torch.Tensor,
                       v: torch.Tensor | None = None) -> torch.Tensor:
-    """Log variance: fixed (``v is None``) or learned range (``v`` in [-1, 1])."""
+    """Log variance: fixed (``v is None``, NOVA-style heads that predict ``eps``: the posterior
+    variance ``beta_t (1 - abar_prev) / (1 - abar_t)``, floored at 1e-12) or learned range (Harmon:
+    ``v`` in [-1, 1] interpolates the log variance between ``beta_t`` and the posterior's)."""
     fixed = sched.at("post_var", step, like).log().expand_as(like)
     if v is None:
         return fixed

@@ -1,22 +1,11 @@
 """``marpipe lock``: every download of a config resolved to a commit, every file to its size and sha256.
 
 A config names what to download (``models.<m>.source``, ``weights.<w>``, the ``kind: url`` prompt
-sets); its pins may be missing (``revision: null``, ``sha256: null``, a URL at ``resolve/main``).
-``marpipe lock`` asks the hub (``huggingface_hub``: the repository's info at the revision, with
-``files_metadata``) on a machine with hub access and writes ``<config>.lock.yaml`` beside the config
-(``config.yaml`` -> ``config.lock.yaml``), committed with it as ``uv.lock`` or ``dvc.lock`` are:
-
-* a hub source: its commit (``.sha`` of the branch or of the pinned commit) and each file the
-  download fetches (the config's ``files:``, each checked against the commit's file list; all files
-  when there is none) with its size and sha256 (the LFS metadata; small non-LFS files are hashed);
-* a url file: a commit-addressed URL (a hub ``resolve/<branch>`` URL is rewritten to
-  ``resolve/<commit>``) and the sha256 and size of its bytes.
-
-Each entry records the config's own spec it answers (``config:``), so an edited config entry is
-unlocked again. The pipeline reads the lock (:func:`apply`): the jobs get the locked commits and
-hashes, and the downloads verify every file against them. A real run refuses to start while any
-download is neither pinned in the config nor locked (:func:`unlocked`), naming each key.
-"""
+sets), and its pins may be missing (``revision: null``, ``sha256: null``, a URL at
+``resolve/main``). ``marpipe lock`` asks the hub on a machine with hub access and writes
+``<config>.lock.yaml`` beside the config, committed with it as ``uv.lock`` is; the pipeline reads
+it (:func:`apply`), and a real run refuses to start while any download is neither pinned nor
+locked (:func:`unlocked`)."""
 from __future__ import annotations
 
 import copy
@@ -232,6 +221,11 @@ def _resolve_url(repo_type: str, repo_id: str, revision: str, path: str) -> str:
 
 
 def lock_hub(key: str, spec: dict, api) -> dict:
+    """A hub source: its commit (``.sha`` of the branch or of the pinned commit, from the
+    repository's info with ``files_metadata``) and each file the download fetches (the config's
+    ``files:``, each checked against the commit's file list; all when there is none) with its size
+    and sha256 (the LFS metadata; small non-LFS files are hashed). ``config:`` records the spec it
+    answers, so an edited config entry is unlocked again."""
     info = _info(api, "model", spec["repo_id"], spec.get("revision") or "main", key)
     siblings = {s.rfilename: s for s in info.siblings or []}
     wanted = spec.get("files") or sorted(siblings)
@@ -244,6 +238,8 @@ def lock_hub(key: str, spec: dict, api) -> dict:
 
 
 def lock_url(key: str, spec: dict, api) -> dict:
+    """A url file: a commit-addressed URL (a hub ``resolve/<branch>`` URL rewritten to
+    ``resolve/<commit>``) and the sha256 and size of its bytes."""
     url, want = spec["url"], spec.get("sha256")
     hub = parse_hub_url(url)
     if hub is not None:

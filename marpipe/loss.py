@@ -1,24 +1,11 @@
 """The MAR-GRPO loss of one rollout batch: Eq. 7 with the variants of Sec. 3.3-3.4.
 
-The model is only touched here through the protocol (``ar_forward``, ``head``);
-all the arithmetic is :mod:`marpipe.grpo`. One AR forward covers all trained AR
-steps of all images, and one head call covers every needed transition: the
-rollout's own trajectory on all loss tokens plus, for MTE, the extra trajectories
-on the ``top_k`` most uncertain tokens only.
-
-How the pieces are put together follows the config's switches (:mod:`marpipe.config`,
-``preset: paper | reference``); each is named where it acts below.
-
-Loss units. With ``granularity: token`` a unit is a token (``C`` channels); with
-``pixel`` (NOVA reference) it is one latent pixel of a token: a model whose token
-vector is a ``p x p`` patch of ``c``-channel latent pixels, channel fastest (NOVA's
-``(py, px, c)``), says so with a ``latent_channels`` attribute (``c``); a model
-without one has one pixel per token. Uncertainty, top-k, Sim's cosine, the
-log-prob and KL reductions and the token means are then per unit. With
-``ratio: rollout`` the importance ratio's value stays the token's (Eq. 13), its
-gradient split over the token's pixels (:func:`marpipe.grpo.score_ratio`); with
-``on_policy`` it is 1 per channel, as in the reference code.
-"""
+The model is only touched here through the protocol (``ar_forward``, ``head``); all the
+arithmetic is :mod:`marpipe.grpo`. One AR forward covers all trained AR steps of all images, and
+one head call covers every needed transition: the rollout's own trajectory on all loss tokens
+plus, for MTE, the extra trajectories on the ``top_k`` most uncertain tokens only. The config's
+switches (``preset: paper | reference``) are named where they act; what each means:
+``docs/method.md``, "How the loss is assembled"."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +37,13 @@ class TokenSets:
 
 
 def units_per_token(model: MARModel, cfg: GRPOConfig) -> int:
-    """Loss units per token: 1 (``granularity: token``), else the token's latent pixels."""
+    """Loss units per token: 1 (``granularity: token``), else the token's latent pixels (``pixel``,
+    NOVA reference): a model whose token is a ``p x p`` patch of ``c``-channel latent pixels, channel
+    fastest (NOVA's ``(py, px, c)``), says so with a ``latent_channels`` attribute (``c``); one
+    without has one pixel per token. Uncertainty, top-k, Sim's cosine, the log-prob and KL
+    reductions and the token means are then per unit; with ``ratio: rollout`` the ratio's value
+    stays the token's (Eq. 13), its gradient split over the pixels
+    (:func:`marpipe.grpo.score_ratio`); with ``on_policy`` it is 1 per channel."""
     if cfg.granularity == "token":
         return 1
     c = getattr(model, "latent_channels", None) or model.token_dim

@@ -1,23 +1,11 @@
 """``marpipe preflight --profile P``: check the cluster before a run submits its jobs, and say what the run costs.
 
-One line per check, ``ok`` or ``FAIL`` with the fix:
-
-* **lock**: every download of the config is pinned or locked (``marpipe lock``);
-* **partitions**: each partition the profile sends jobs to exists, with nodes that hold the GPUs and memory
-  its jobs ask for (``sinfo``), a multi-GPU job on one node;
-* **gpu-<env>**: a short probe job on the GPU partition (``srun``) sees its GPUs with torch and imports each
-  job environment's packages: the deployment's interpreter of every model family (torch with CUDA, the
-  official ``diffnext`` for NOVA, Harmon's remote-code imports) and the pipeline's own;
-* **hub**: the hub (``$HF_ENDPOINT``, else huggingface.co) answers from the partition the downloads run on;
-* **disk**: the free space where results are written against the run's estimate;
-* **mlflow**: the tracking server answers from a compute node (started as the run would start it).
-
-Then the estimate, from the plan Snakemake makes with the same profile and arguments (its dry run: every
-job with its resources): GPU-hours booked per rule family (GPUs x runtime limit), and measured ones where
-an earlier run left Snakemake benchmark files; the disk the downloads (from the lock), checkpoints, images
-and the DVC cache take. On a cluster without GPUs (the CI's) ``--accept-no-gpu`` accepts the failed GPU
-line. Exit status 1 when any check fails.
-"""
+One line per check, ``ok`` or ``FAIL`` with the fix (the lock, the partitions, a GPU probe job per
+job environment, the hub, the disk, the MLflow server), then the estimate from Snakemake's own dry
+run with the same profile: GPU-hours booked per rule family (measured ones where an earlier run
+left benchmark files) and the disk the run takes. ``--accept-no-gpu`` accepts the failed GPU line
+on a cluster without GPUs (the CI's). Exit status 1 when any check fails. The checks in full:
+``README.md``, "Preflight"; ``docs/cluster.md``."""
 from __future__ import annotations
 
 import json
@@ -118,6 +106,7 @@ def snakemake_plan(profile: str, configfiles: list[str], directory: str, extra: 
 
 # --- checks ----------------------------------------------------------------------------------------------
 def check_lock(cfg: dict, configfile: str) -> Check:
+    """Every download of the config is pinned or locked (``marpipe lock``)."""
     from marpipe import lock as L
     lock = L.read(L.lock_path(configfile))
     msg = L.refusal(L.apply(cfg, lock), lock, configfile)
@@ -149,6 +138,8 @@ def parse_sinfo(text: str) -> dict[str, dict]:
 
 
 def check_partitions(jobs: list[Job], parts: dict[str, dict]) -> list[Check]:
+    """Each partition the jobs use exists with nodes that hold the GPUs and memory they ask for
+    (``sinfo``), a multi-GPU job on one node."""
     out = []
     by_part: dict[str, list[Job]] = {}
     for j in jobs:
@@ -184,6 +175,8 @@ def srun(partition: str | None, gpus: int, argv: list[str], timeout: int = 600) 
 
 
 def check_env(env: str, python: str, partition: str | None, accept_no_gpu: bool) -> Check:
+    """A short probe job on the GPU partition sees its GPUs with torch and imports the job
+    environment's packages (the official ``diffnext`` for NOVA, Harmon's remote-code imports)."""
     name = f"gpu-{env}"
     if not Path(python).exists():
         return Check(name, False, f"{python} not found", "make install official-venvs (on the shared filesystem), or "
@@ -207,6 +200,7 @@ def check_env(env: str, python: str, partition: str | None, accept_no_gpu: bool)
 
 
 def check_hub(cfg: dict, partition: str | None) -> Check:
+    """The hub (``$HF_ENDPOINT``, else huggingface.co) answers from the downloads' partition."""
     from marpipe import lock as L
     srcs = L.sources(cfg)
     repo = next((s["repo_id"] for s in srcs.values() if "repo_id" in s), None)
@@ -230,6 +224,7 @@ def reach(name: str, what: str, code: str, partition: str | None, fix: str) -> C
 
 
 def check_mlflow(cfg: dict, state: Path, partition: str | None) -> Check:
+    """The tracking server, started as the run would start it, answers from a compute node."""
     from marpipe.io import tracking_server
     uri = tracking_server.ensure_tracking_server((cfg.get("mlflow") or {}).get("tracking_uri"), state=state,
                                                  host=(cfg.get("mlflow") or {}).get("host"))

@@ -1,25 +1,9 @@
 """MAR pre-training (paper Eq. 2): how the small world makes its base models.
 
-For a batch of (image, prompt) pairs: encode images to token latents, hide a
-random fraction of tokens (cosine-distributed mask ratio, random order), run the
-AR part on the rest, and train the head to predict the noise of every hidden
-token at a random sampling step: ``|| eps - eps_theta(x_t | t, z) ||^2``, with
-truncated-SNR weights ``max(1, 1/SNR)`` (the tiny models are trained for
-minutes, and a 10-step sampler is only as good as its high-noise x0 estimate).
-Heads with a learned variance (Harmon) also get the variational bound term of
-improved DDPM on ``v`` (mean detached, weight ``vlb_weight``). MAR's and Harmon's
-DiffLoss weight it 1 (bits per dimension, plain MSE loss type); at the small
-world's budget that weight teaches the head the bound-optimal variance of a poor
-mean, which is large: tiny-harmon then samples grain (world HPS 0.075 and total
-variation 0.108 on held-out style prompts, against 0.244 and 0.074 at ``1e-3``).
-The small world keeps ``1e-3``.
-
-``head_fraction < 1`` stops updating the head after that fraction of the steps
-while the AR part keeps learning: the small world uses it to leave
-``tiny-harmon``'s head under-trained, as the real Harmon's is before its warm-up.
-Prompts are dropped with probability ``cfg_dropout`` so the unconditional
-branch that CFG needs is learned too.
-"""
+For a batch of (image, prompt) pairs (:func:`mar_loss`): hide a random fraction of the tokens, run
+the AR part on the rest and train the head to predict the noise of every hidden token at a random
+sampling step. :func:`pretrain` runs the steps; the measured effect of its choices on the tiny
+models: ``docs/results.md``, "The small world"."""
 from __future__ import annotations
 
 import math
@@ -36,6 +20,13 @@ Batch = Callable[[int, int], tuple[torch.Tensor, Sequence[str]]]  # (step, batch
 
 def mar_loss(model, images: torch.Tensor, prompts: Sequence[str], gen: torch.Generator,
              cfg_dropout: float = 0.1, vlb_weight: float = 1e-3) -> torch.Tensor:
+    """``|| eps - eps_theta(x_t | t, z) ||^2`` over the hidden tokens (cosine-distributed mask
+    ratio, random order), weighted ``max(1, 1/SNR)`` (a 10-step sampler of a model trained for
+    minutes is only as good as its high-noise x0 estimate); prompts dropped with probability
+    ``cfg_dropout`` so CFG's unconditional branch is learned. A learned variance (Harmon) also gets
+    improved DDPM's bound term on ``v`` (mean detached) at ``vlb_weight``: MAR's and Harmon's
+    DiffLoss weight it 1, which at the small world's budget teaches the bound-optimal variance of a
+    poor mean, a large one (grainy samples), so the small world keeps ``1e-3``."""
     x0 = model.encode_images(images)                                   # [B,N,C]
     B, N, C = x0.shape
     dev = x0.device
@@ -72,7 +63,10 @@ def mar_loss(model, images: torch.Tensor, prompts: Sequence[str], gen: torch.Gen
 def pretrain(model, batches: Batch, steps: int, batch_size: int = 64, lr: float = 1e-3,
              head_fraction: float = 1.0, seed: int = 0, log_every: int = 50,
              progress: bool = True) -> list[dict]:
-    """Train ``model`` in place; returns ``[{step, loss, seconds}]`` every ``log_every`` steps."""
+    """Train ``model`` in place; returns ``[{step, loss, seconds}]`` every ``log_every`` steps.
+    ``head_fraction < 1`` stops updating the head after that fraction of the steps while the AR
+    part keeps learning (the small world leaves ``tiny-harmon``'s head under-trained, as the real
+    Harmon's is before its warm-up)."""
     gen = torch.Generator().manual_seed(seed)
     head = set(id(p) for p in model.head_parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))

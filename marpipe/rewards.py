@@ -1,17 +1,10 @@
 """Rewards and metrics as plain callables, registered by name.
 
-A reward is any callable ``(images, prompts, metadata) -> Tensor[B]``:
-
-* ``images``: float tensor ``[B, 3, H, W]`` in ``[0, 1]`` (what every model's
-  ``decode`` returns);
-* ``prompts``: ``list[str]`` of length ``B``;
-* ``metadata``: ``list[dict]`` of length ``B`` (whatever the prompt set carries:
-  category, objects, counts... ; empty dicts when there is nothing).
-
-Factories are registered with :func:`register_reward` and built with
-:func:`build_reward`, so the trainer, the CLI and the Snakemake rules only ever
-name rewards (``reward: hps``), never import them.
-"""
+A reward is any callable ``(images, prompts, metadata) -> Tensor[B]``: float images ``[B, 3, H,
+W]`` in ``[0, 1]`` (what every model's ``decode`` returns), ``B`` prompt strings and ``B``
+metadata dicts (whatever the prompt set carries; empty when nothing). Factories are registered
+with :func:`register_reward` and built with :func:`build_reward`, so the trainer, the CLI and the
+Snakemake rules only ever name rewards (``reward: hps``), never import them."""
 from __future__ import annotations
 
 import inspect

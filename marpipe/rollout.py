@@ -1,43 +1,12 @@
 """MAR rollouts with classifier-free guidance, recording what the GRPO loss needs.
 
-One rollout samples ``B`` images (``G`` per prompt) through ``K`` mask steps. At
-each step the AR part produces ``z`` for every position, the head denoises every
-still-masked token through ``T`` steps, and the cosine schedule accepts the next
-tokens of each image's random order. For the AR steps and diffusion steps chosen
-up front (:class:`RolloutPlan`, paper Sec. 3.2) it records the known-token
-canvas, which tokens the step predicts and accepts, ``x_t``, ``x_{t-1}``, the
-log variance and the log-prob of each transition.
-
-With ``S > 1`` trajectories (MTE) it also samples ``S - 1`` extra head trajectories
-per token (:attr:`RolloutPlan.mte_scope`):
-
-* ``image`` (reference code): once per image after the rollout; every token restarts
-  from fresh noise under the condition ``z`` it was accepted with. Their final ``x0``
-  (:attr:`Rollout.x0_final`) give the token uncertainty of Eq. 9. They cost ``(S-1)/(2K)``
-  of the rollout's head passes (``K`` AR steps, CFG doubling the rollout's batch).
-* ``step`` (paper, Alg. 2 lines 8-9): at each trained AR step, from that step's
-  condition ``Z^k``, for every token the step predicts; their ``x0`` at the step
-  (:attr:`Rollout.x0_step`) give that step's uncertainty, and, drawn from the policy
-  being trained, their log-probs are recorded like the rollout's.
-
-Either way their transitions at the trained head steps are what Eq. 10 averages over;
-``mte_guided`` samples them with the rollout's CFG (Harmon reference, paper), else with the
-conditional branch only (NOVA reference).
-
-The head runs on what the loss reads (:func:`head_tokens`): every still-masked token at the
-trained AR steps (their chains, their ``x0``) and, for Sim, at the step before each (``x0`` at
-``m - 1``); elsewhere only the tokens the step accepts, as the official samplers do. The noise
-is drawn as if every still-masked token ran (one ``randn`` per prompt and head step) and the
-accepted tokens' part is kept, so every value is the one the full computation gives
-(``full_head=True``, a test mode). On a CPU a reduced head batch is padded to a multiple of
-:data:`CPU_ROW_MULTIPLE` rows per CFG branch: PyTorch's vectorised CPU kernels compute the last
-``numel % 32`` elements of an elementwise op (SiLU's) with the scalar code, which rounds
-differently, so a token must not land there in one batch shape and not in the other.
-
-All randomness comes from per-prompt generators seeded by ``(seed, step,
-prompt index)``, so a rollout does not depend on how prompts are split across
-batches or ranks.
-"""
+One rollout samples ``B`` images (``G`` per prompt) through ``K`` mask steps; for the AR and head
+steps chosen up front (:class:`RolloutPlan`, paper Sec. 3.2) it records the known-token canvas,
+the tokens each step predicts and accepts, ``x_t``, ``x_{t-1}``, the log variance and the log-prob
+of each transition, and, with ``S > 1`` (MTE), the extra head trajectories Eq. 9-10 use. All
+randomness comes from per-prompt generators seeded by ``(seed, step, prompt index)``, so a rollout
+does not depend on how prompts are split across batches or ranks. Paper vs reference code:
+``docs/method.md``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,13 +26,18 @@ def mask_schedule(model: MARModel) -> list[int]:
     return list(model.mask_counts(model.sampling.ar_steps))
 
 
+#: on a CPU a reduced head batch is padded to a multiple of this many rows per CFG branch: PyTorch's
+#: vectorised CPU kernels compute the last ``numel % 32`` elements of an elementwise op (SiLU's) with
+#: the scalar code, which rounds differently, so a token must land there in every batch shape or none
 CPU_ROW_MULTIPLE = 32
 
 
 def head_tokens(counts: Sequence[int], trained: Sequence[int], sim: bool = True) -> list[int]:
     """Tokens per image whose head chain a rollout runs at each AR step (one CFG branch): every
     still-masked token at a trained step and, with ``sim``, at the step before one; elsewhere the
-    ones the step accepts."""
+    ones the step accepts, as the official samplers do. The noise is drawn as if every still-masked
+    token ran (one ``randn`` per prompt and head step) and the accepted tokens' part is kept, so
+    every value is the one the full computation (``full_head=True``) gives."""
     trained, out, masked = set(trained), [], sum(counts)
     for k, c in enumerate(counts):
         out.append(masked if k in trained or (sim and k + 1 in trained) else c)
@@ -81,7 +55,11 @@ class RolloutPlan:
     ar_steps: tuple[int, ...]          # J trained AR steps (sorted)
     diffusion_steps: torch.Tensor      # [J, T'] trained head steps for each AR step
     trajectories: int = 1              # head trajectories per token: the rollout's + extra ones (MTE)
-    mte_scope: str = "image"           # extra trajectories once per image | per trained AR step ("step")
+    # MTE's S - 1 extra trajectories: "image" (reference code) once per image after the rollout, each
+    # token from fresh noise under the z it was accepted with, their final x0 giving Eq. 9's
+    # uncertainty, at (S-1)/(2K) of the rollout's head passes; "step" (paper, Alg. 2 l. 8-9) at each
+    # trained AR step from that step's condition Z^k, for the tokens it predicts, log-probs recorded
+    mte_scope: str = "image"
     seed: int = 0                      # seeds what the loss draws at random (top_k_random)
 
     @classmethod

@@ -1,48 +1,9 @@
 """Intervals and verdicts for Tables 1-2: a bootstrap over prompts, paired differences, verdicts.
 
-Pure (numpy only, no I/O). One training seed and a few hundred prompts leave differences between
-variants inside the noise; every number the tables print therefore comes with a 95% interval,
-and every comparison the paper makes with a verdict on it.
-
-* The estimator of a cell (:func:`cell_estimate`) is the one the tables have always printed:
-  the mean over all images of the column. It is summed exactly (``math.fsum``), so its value
-  does not depend on the order of the summation. For the HPS v2 benchmark (equal numbers of
-  prompts per style) it equals the mean of the per-style means.
-* The interval (:func:`bootstrap_mean`) is a percentile bootstrap over *prompts*: a resample
-  draws prompts with replacement and keeps all images of a drawn prompt (the images of one
-  prompt are not independent). With ``strata`` (the preference suite: a prompt's style) prompts
-  are drawn within each stratum, so every resample keeps the suite's style counts and each
-  replicate is the same estimator (for equal counts: the mean over styles of the per-style
-  means). ``n_resamples`` (2,000) and ``seed`` (0) are fixed: intervals are reproducible.
-* Several training seeds (``seed_index``: the training seed of each image). The training run, not
-  the image, is the unit that varies between machines, and three or five runs are few: a
-  bootstrap over so few seeds is too narrow (it misses the (n-1)/n of their variance and the
-  width of Student's t). The interval is therefore ``estimate +- t(n_seeds - 1) * se``,
-  ``se = sqrt(v_seeds + v_prompts)``: ``v_seeds`` the variance of the mean over seeds from the
-  spread of the per-seed means (ddof 1), ``v_prompts`` the variance, over the prompt bootstrap
-  above with every seed kept, of the same estimator (the prompts are shared by all seeds, so
-  their spread does not show between seeds). The degrees of freedom are the seeds' alone, not
-  Welch-Satterthwaite's: with 3 seeds the seeds' variance is often underestimated, and a
-  Satterthwaite df computed from that estimate then grows, which at a simultaneous level
-  decided 40% of null families instead of 5%. It counts the image noise in both terms, so it
-  errs on the wide side. One seed: exactly the percentile bootstrap above.
-* A difference (:func:`bootstrap_difference`) between two rows sampled on the same prompts
-  with the same seeds is *paired*: each resample draws one set of prompts and takes the
-  difference of the two rows' means over it, so what the prompts share (some prompts are easy
-  for every row) cancels. Its estimate is exactly the difference of the two cells.
-  With training seeds, the two rows' runs of the same seed are paired as well (the same training
-  prompts and initial draws): ``v_seeds`` comes from the per-seed differences; against a row of
-  one run (the base model) from the other row's per-seed means; rows with different seed sets
-  get Welch's sum of the two.
-* Verdicts are decided together: the tables' claims (Table 1's and Table 2's paired differences
-  with a direction in the paper) are one family, and each verdict reads its claim's
-  :func:`simultaneous` (Bonferroni) interval, ``estimate +- q * se`` with the interval's own
-  standard error and degrees of freedom, so that a run decides no claim by chance with
-  probability 95%: what a second machine must reproduce is then the evidence, not the luck.
-* :func:`verdict`: ``holds`` when the interval excludes 0 on the side of the paper's own
-  difference, ``contradicted`` when it excludes 0 on the other side, ``inconclusive`` when it
-  contains 0; ``no verdict`` when there is no interval or the paper states no direction.
-"""
+Pure (numpy only, no I/O). Every number the tables print comes with a 95% interval of the mean the
+cell prints, and every comparison the paper makes with a verdict decided at a simultaneous
+(Bonferroni) level over all claims of a run. How to read them: ``docs/results.md``, "How to read
+the tables"."""
 from __future__ import annotations
 
 import functools
@@ -79,7 +40,8 @@ class Interval:
 
 
 def cell_estimate(values: Sequence[float]) -> float:
-    """The cell's value: the mean over all images, summed exactly (independent of summation order)."""
+    """The cell's value: the mean over all images, summed exactly (independent of summation order).
+    For the HPS v2 benchmark (equal prompts per style) it equals the mean of the per-style means."""
     values = [float(v) for v in values]
     return math.fsum(values) / len(values) if values else float("nan")
 
@@ -177,7 +139,10 @@ def _t_quantile(q: float, df: float) -> float:
 
 
 def _t_interval(est: float, v_seeds: float, df: float, v_prompts: float, level: float) -> tuple[float, float, float, float]:
-    """``est +- t(df) * se``, ``se = sqrt(v_seeds + v_prompts)``: ``(lo, hi, se, df)``."""
+    """``est +- t(df) * se``, ``se = sqrt(v_seeds + v_prompts)``: ``(lo, hi, se, df)``. ``df`` is the
+    seeds' alone, not Welch-Satterthwaite's: with 3 seeds the seeds' variance is often
+    underestimated and a Satterthwaite df from it grows (at a simultaneous level it decided 40% of
+    null families instead of 5%). The image noise counts in both terms: it errs on the wide side."""
     var = v_seeds + v_prompts
     if not var > 0:
         return est, est, 0.0, math.inf
@@ -215,7 +180,15 @@ def bootstrap_mean(values: Sequence[float], prompt_index: Sequence[int] | None =
                    strata: Mapping | Sequence | None = None, seed_index: Sequence[int] | None = None, *,
                    n_resamples: int = N_RESAMPLES, seed: int = SEED, level: float = LEVEL) -> Interval:
     """The cell's estimate and its interval: a percentile bootstrap over prompts for one training
-    seed, Student's t over seeds and prompts for several (module docstring).
+    seed, Student's t over seeds and prompts for several.
+
+    A resample draws prompts with replacement and keeps all images of a drawn prompt (the images of
+    one prompt are not independent); with ``strata`` (the preference suite: a prompt's style) it
+    draws within each stratum, so each replicate is the same estimator. ``n_resamples`` and ``seed``
+    are fixed: intervals are reproducible. Several seeds: ``v_seeds`` from the spread of the per-seed
+    means, ``v_prompts`` from the prompt bootstrap with every seed kept (the prompts are shared by all
+    seeds, so their spread does not show between seeds); a bootstrap over so few seeds would be too
+    narrow.
 
     ``values``: one per image; ``prompt_index``: the prompt of each (None: every value its own
     prompt); ``strata``: stratum of each prompt id (indexable by it), prompts resampled within

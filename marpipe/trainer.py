@@ -1,23 +1,10 @@
 """The GRPO trainer: generate-and-score, loss, optimizer step, checkpoints, metrics.
 
-Runs from the CLI (``marpipe train``), from Snakemake rules, and under
-``torchrun`` (gloo on CPU, NCCL on GPUs): prompts are sharded across ranks,
-every group lives on one rank (so group statistics are per prompt), and
-torch's DistributedDataParallel averages the gradients across ranks while the
-backward runs, before clipping.
-
-Resuming gives the uninterrupted run, bit for bit and byte for byte:
-
-* randomness: rollouts and batches draw from generators seeded by ``(seed, step, ...)``;
-  the global RNGs (torch CPU and CUDA, numpy, ``random``), which only incidental code
-  uses (a reward's dropout, a stand-in's prompt dropout), are reseeded at every step
-  boundary by :func:`seed_global_rngs`, so their state at the end of step ``k`` is a pure
-  function of ``(seed, k)`` -- whatever ran before in the process, resumed or not;
-* checkpoints (:mod:`marpipe.io.checkpoint`) have byte-stable files: equal sha256;
-* logs: ``metrics.jsonl`` is cut back to the resumed step, so it has one row per step;
-  MLflow points of redone steps that reached the server before the kill are not sent
-  again (:meth:`marpipe.io.tracking.MLflowRun.log_step`).
-"""
+Runs from the CLI (``marpipe train``), from Snakemake rules, and under ``torchrun`` (gloo on CPU,
+NCCL on GPUs): prompts are sharded across ranks, every group lives on one rank (so group
+statistics are per prompt), and DistributedDataParallel averages the gradients during the
+backward, before clipping. A resumed run is the uninterrupted one, bit for bit and byte for byte
+(:class:`Trainer`; ``docs/pipeline.md``, "Byte-stable, resumable")."""
 from __future__ import annotations
 
 import copy
@@ -115,6 +102,13 @@ class GRPOLoss(torch.nn.Module):
 
 
 class Trainer:
+    """One training run. Resuming gives the uninterrupted run: rollouts and batches draw from
+    generators seeded by ``(seed, step, ...)``; the global RNGs, which only incidental code uses (a
+    reward's dropout, a stand-in's prompt dropout), are reseeded at every step boundary
+    (:func:`seed_global_rngs`); checkpoints have byte-stable files (:mod:`marpipe.io.checkpoint`);
+    ``metrics.jsonl`` is cut back to the resumed step, and MLflow points of redone steps are not
+    sent again (:meth:`marpipe.io.tracking.MLflowRun.log_step`)."""
+
     def __init__(self, model: torch.nn.Module, cfg: GRPOConfig, prompts: Sequence[PromptItem],
                  reward: Reward, out_dir: str | Path, device: str | torch.device = "cpu",
                  ref_model: torch.nn.Module | None = None, mlflow: MLflowRun | None = None,

@@ -1,18 +1,10 @@
-"""Training checkpoints as single safetensors files, written atomically.
+"""Training checkpoints as single safetensors files, written atomically and byte-stable.
 
-A checkpoint holds the model state (``model.*``), the optimizer state
-(``optim.*`` tensors + param groups in the metadata), RNG states (``rng.*``)
-and the step. It is written to a temporary file in the same folder, fsynced and
-renamed, so a kill mid-write leaves the previous checkpoint valid; a truncated
-or unreadable file is skipped by :func:`latest_valid`.
-
-Files are byte-stable (:func:`write_safetensors`): the same tensors and metadata give the
-same bytes in any process, so a checkpoint of an uninterrupted run and of a killed and
-resumed one have equal sha256. safetensors' own writer cannot promise that: it keeps
-``__metadata__`` in a Rust ``HashMap`` whose iteration order is seeded per process, so
-two saves of identical data differ in the header. The metadata values that are JSON
-(``meta``, ``optimizer``) are canonical JSON, and no time, pid, host or path goes in.
-"""
+A checkpoint holds the model state (``model.*``), the optimizer state (``optim.*`` tensors + param
+groups in the metadata), RNG states (``rng.*``) and the step (:func:`save_checkpoint`). A kill
+mid-write leaves the previous checkpoint valid, and a truncated or unreadable file is skipped by
+:func:`latest_valid`; the same tensors and metadata give the same bytes in any process
+(:func:`write_safetensors`), so a run and its killed-and-resumed twin have equal sha256."""
 from __future__ import annotations
 
 import json
@@ -74,7 +66,10 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
                       metadata: Mapping[str, str] | None = None) -> Path:
     """A safetensors file whose bytes depend on ``tensors`` and ``metadata`` only, written
     atomically (temporary file in the same folder, fsync, rename, fsync of the folder).
-    Tensors are streamed one at a time: no copy of the whole file in memory."""
+    Tensors are streamed one at a time: no copy of the whole file in memory. safetensors' own
+    writer keeps ``__metadata__`` in a Rust ``HashMap`` whose iteration order is seeded per process
+    (two saves of identical data differ in the header), so the header is written here; JSON
+    metadata values are canonical JSON, and no time, pid, host or path goes in."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}

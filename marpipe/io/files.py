@@ -1,16 +1,10 @@
 """Small file helpers: atomic writes, JSON, manifests, image bundles.
 
-Importing this module does not import torch (the Snakefile's config cache writes
-through it at parse time); the image helpers import it when called.
-
-Byte-stable artifacts: what the pipeline writes is a function of its inputs only, so
-two identical runs (or a run and its killed-and-resumed twin) give files with equal
-sha256. JSON is canonical (:func:`canonical_json`): sorted keys, fixed separators,
-ASCII, floats as Python's ``repr`` (shortest round-trip), a trailing newline in files.
-No timestamps, pids, hostnames or absolute paths go into artifact bytes; temporary
-files may carry a pid in their *name* only. Image bundles are zip files with fixed
-entry dates, images stored uncompressed (:func:`write_bundle`).
-"""
+What the pipeline writes is a function of its inputs only, so two identical runs (or a run and
+its killed-and-resumed twin) give files with equal sha256: canonical JSON (:func:`canonical_json`),
+no timestamps, pids, hostnames or absolute paths in artifact bytes (a temporary file may carry a
+pid in its *name*), zip image bundles with fixed entry dates (:func:`write_bundle`). Importing
+this module does not import torch (the Snakefile's config cache writes through it at parse time)."""
 from __future__ import annotations
 
 import contextlib

@@ -1,66 +1,10 @@
-"""Metrics: a JSONL file always, MLflow when a tracking URI is set.
+"""Metrics: a JSONL file always (the source of truth), MLflow when a tracking URI is set.
 
-The JSONL file is the source of truth. Live MLflow logging is best effort: if
-the server is unreachable the run goes on, and :func:`sync_to_mlflow` replays
-the JSONL file later (idempotently: the MLflow run is found again by its
-``marpipe.run_key`` tag and only the points it does not show are sent).
-
-One value per step: the file's. MLflow keeps every point it is sent (``log_metric`` at
-an existing step appends a second point); at a step with several, the newest is the one
-it shows (its "latest" value) and the one marpipe reads back (:func:`held_points`,
-``marpipe tables --from-mlflow``). So a (metric, step) is sent only when the run does not
-show the file's value at that step yet (:meth:`MLflowRun.log_step`, :func:`sync_to_mlflow`,
-the evaluate stage's scores). A resumed run redoes the steps after its checkpoint; the
-JSONL file is cut back to the checkpoint (:meth:`MetricsLog.truncate_after`); the redone
-steps are bit-identical on one machine, so nothing is sent twice (wall times, ``time_*``,
-differ in every attempt: the point already there stays). Where a row's values
-differ from what its run shows (the same training config run by changed code, on
-another machine, or with nondeterministic GPU kernels), the file's values go out again
-and become the newest points: MLflow never keeps showing a result the files no longer hold.
-
-Which MLflow run a row continues (also when it is re-run from another clone or
-machine): the newest run of the experiment tagged ``marpipe.run_key = model/row``
-and, when the caller gives one, ``train_hash`` (a hash of the row's resolved
-training config without ``steps``/``save_every``, see
-:func:`marpipe.stages.train.train_hash`). Same row and same training config:
-continue that run (the points it shows are not sent again; a longer ``steps`` adds
-the new ones). Training config changed: a new run with the same name and key. To
-keep two clones' runs apart on purpose, give them different ``experiment`` names.
-
-Outages. A live logging call never holds training up for more than a few seconds:
-MLflow's HTTP client (3.17) retries a failed request 7 times with backoff factor 2 and
-a 120 s timeout by default (a refused connection: about 4 minutes in one call), so the
-live calls run with no retries and a short timeout
-(:data:`LIVE_TIMEOUT_S`, ``$MARPIPE_MLFLOW_TIMEOUT``). MLflow has no per-client
-setting for these; it reads ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
-``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` at every
-request, so :func:`_http` sets them for the duration of marpipe's own calls only and
-restores them after (process-wide while a call runs, serialised by a lock; nothing
-else in a marpipe process talks to MLflow meanwhile). After a failure live logging
-pauses; the steps logged meanwhile wait in a bounded in-memory backlog, and at most
-every :data:`RETRY_EVERY_S` seconds (``$MARPIPE_MLFLOW_RETRY_S``) the next step tries
-again. When the server answers, the backlog goes out first, filtered against what the
-run holds (a request that timed out may still have landed), so the one-value-per-step
-rule holds. What the process never gets to send, ``marpipe mlflow-sync`` sends (its
-calls: 3 retries, backoff 1, 30 s timeout, unless the user exported other values; it first
-checks the server answers, :func:`check_reachable`, and fails within seconds if not).
-
-Non-finite values. ``metrics.jsonl`` keeps a NaN or +-inf as it was (JSON ``NaN`` / ``Infinity``, e.g. the
-loss of a step ``train.skip_nonfinite`` skipped). MLflow never gets +-inf: its SQL store keeps them as
-+-1.8e308, which flattens every chart of the metric. Every write to MLflow (:func:`_log_rows`: live
-logging, ``mlflow-sync``, scores) sends a non-finite value as NaN (a gap in the chart) together with
-a marker metric ``nonfinite.<name>`` at the same step (:func:`mlflow_values`): ``1`` = +inf, ``-1`` =
--inf, ``0`` = NaN. The marker is a metric of its own (not ``<name>.nonfinite``), so no reader of
-``eval.<suite>.<column>`` metrics mistakes it for a score column.
-
-Status. A training run ends FINISHED, FAILED (an exception) or KILLED (SIGINT, or
-SIGTERM as from ``scancel``) with its end time (:func:`run_status`); a run that
-continues an ended one is set back to RUNNING. :func:`sync_to_mlflow` marks a run
-FINISHED when its training finished (``finished=True``) but MLflow missed the end.
-Experiments are tagged ``mlflow.experimentKind = custom_model_development`` (at
-creation and when an existing one lacks a model-training kind), so the MLflow UI
-opens them on their runs, not in the GenAI view.
-"""
+Live MLflow logging is best effort and never holds training up: one value per (metric, step),
+sent only when the run does not show it yet, a bounded backlog while the server is away,
+:func:`sync_to_mlflow` to replay the file later, non-finite values as NaN plus a
+``nonfinite.<name>`` marker, and the run's real end status. The rules and the reasons for
+them: ``docs/pipeline.md``, "Tracking"."""
 from __future__ import annotations
 
 import json
@@ -96,9 +40,10 @@ _HTTP_LOCK = threading.RLock()
 
 @contextmanager
 def _http(settings: dict[str, str], override: bool = True):
-    """MLflow's HTTP retry/timeout env vars set to ``settings`` inside the block, restored after
-    (see the module docstring: MLflow reads them per request and has no per-client setting).
-    ``override=False`` keeps values the user exported."""
+    """MLflow's HTTP retry/timeout env vars set to ``settings`` inside the block, restored after.
+    MLflow reads them at every request and has no per-client setting (its defaults: 7 retries,
+    backoff 2, 120 s timeout, about 4 minutes for a refused connection), so they are process-wide
+    while a call runs, serialised by a lock. ``override=False`` keeps values the user exported."""
     with _HTTP_LOCK:
         old = {k: os.environ.get(k) for k in settings}
         os.environ.update({k: v for k, v in settings.items() if override or old[k] is None})
@@ -177,7 +122,9 @@ class MLflowRun:
 
     No call blocks for more than about :data:`LIVE_TIMEOUT_S` seconds per request; after a
     failure, live logging pauses and is retried at most every ``retry_every`` seconds, and the
-    steps logged meanwhile are sent when the server answers again (module docstring)."""
+    steps logged meanwhile wait in a backlog of at most :data:`BACKLOG_MAX_POINTS` points and go
+    out first when the server answers again, filtered against what the run holds (a request that
+    timed out may still have landed)."""
 
     def __init__(self, run_key: str, experiment: str, params: dict | None = None,
                  tags: dict | None = None, tracking_uri: str | None = None, retry_every: float | None = None):
@@ -265,7 +212,7 @@ class MLflowRun:
         return True
 
     def _flush(self, where: str) -> bool:
-        """Send the backlog (only the points the run does not show yet, module docstring). True if sent."""
+        """Send the backlog (only the points the run does not show yet). True if sent."""
         try:
             with _http(_LIVE):
                 pending = sorted(self._backlog.items())
@@ -460,7 +407,10 @@ def _shows(held: dict[int, float], key: str, step: int, value) -> bool:
 
 
 def _open_run(uri, experiment, run_key, params, tags):
-    """``(client, run_id, created)``: the row's run (see the module docstring), or a new one."""
+    """``(client, run_id, created)``: the newest run of ``experiment`` tagged ``marpipe.run_key =
+    run_key`` (and ``train_hash`` when ``tags`` has one), or a new one with that name and tags. The
+    experiment is created, or re-tagged, with ``mlflow.experimentKind = custom_model_development``
+    when it lacks a model-training kind, so the MLflow UI opens it on its runs."""
     import mlflow
     from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
@@ -514,7 +464,7 @@ def _log_metrics(client, run_id, step, metrics):
     _log_rows(client, run_id, [(step, metrics)])
 
 
-#: the marker metric of a non-finite value (module docstring, "Non-finite values")
+#: the marker metric of a non-finite value: its own name, so no reader of ``eval.*`` takes it for a column
 NONFINITE_PREFIX = "nonfinite."
 
 
@@ -559,7 +509,8 @@ def sync_to_mlflow(jsonl: str | Path, run_key: str, experiment: str, params: dic
                    tracking_uri: str | None = None, finished: bool = False,
                    end_time: int | None = None) -> str:
     """Replay a metrics JSONL file into MLflow; only the points the run does not show are sent
-    (module docstring, "One value per step"). Returns the run id.
+    (a value that differs from the run's goes out again and becomes its newest point). Calls run
+    with 3 retries, backoff 1 and a 30 s timeout unless the user exported other values. Returns the run id.
 
     ``finished``: the training is known to have finished (its ``summary.json`` exists); a run
     MLflow still shows otherwise (RUNNING, or KILLED/FAILED by an earlier attempt because the

@@ -1,16 +1,9 @@
-"""Real evaluation metrics and reward models (HPS v2.1, PickScore, Aesthetic,
-ImageReward, T2I-CompBench parts), loaded offline from local weights folders.
-
-Importing this package is cheap (it is auto-imported by :mod:`marpipe.rewards` to
-register ``hps``, ``git_vqa``, ``gdino``, ``mixed``, ...): open_clip / transformers and
-model weights are only touched by ``from_pretrained``.
-
-Public API::
-
-    from marpipe.metrics import load_metric, METRICS
-    m = load_metric("hps", "/weights/hps", device="cuda")
-    scores = m.score(images, prompts)        # Tensor[B]
-"""
+"""Real evaluation metrics and reward models (HPS v2.1, PickScore, Aesthetic, ImageReward,
+T2I-CompBench parts), loaded offline from local weights folders:
+``load_metric("hps", weights_dir, device="cuda").score(images, prompts)`` gives ``Tensor[B]``.
+Importing this package is cheap (:mod:`marpipe.rewards` imports it to register ``hps``,
+``git_vqa``, ``gdino``, ``mixed``, ...): open_clip, transformers and weights are touched only by
+``from_pretrained``."""
 from __future__ import annotations
 
 from . import train_rewards  # noqa: F401  (registers rewards; imports torch only)

@@ -1,19 +1,10 @@
-"""Shared machinery for the real metrics / reward models.
+"""Shared machinery for the real metrics / reward models (:class:`Metric`).
 
-Every metric is a class with
-
-* ``from_pretrained(weights_dir, device=..., dtype=..., batch_size=...)`` that loads
-  **offline** from a local folder and fails loudly (:class:`WeightsError`) naming the
-  missing / mismatched file or key and the fix;
-* ``score(images, prompts) -> Tensor[B]`` on float images ``[B, 3, H, W]`` in ``[0, 1]``,
-  run in chunks of ``batch_size`` (so a batch of 8 equals 8 singles), under bf16
-  autocast on CUDA (the references run fp16/"amp" autocast on GPU too);
-* ``__call__(images, prompts, metadata)`` -- the reward signature of
-  :mod:`marpipe.rewards`.
-
-Nothing heavy is imported here: ``open_clip`` / ``transformers`` are imported inside
-the metric modules' loaders only.
-"""
+Every metric loads **offline** from a local folder (``from_pretrained``, failing with a
+:class:`WeightsError` that names the missing or mismatched file or key and the fix), scores float
+images ``[B, 3, H, W]`` in ``[0, 1]`` in chunks of ``batch_size`` under bf16 autocast on CUDA
+(``score``), and is a reward (``__call__(images, prompts, metadata)``, :mod:`marpipe.rewards`).
+Nothing heavy is imported here: ``open_clip`` / ``transformers`` only inside the loaders."""
 from __future__ import annotations
 
 import contextlib
@@ -156,7 +147,9 @@ class Metric:
     # -- public API --------------------------------------------------------
     @torch.no_grad()
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Scores ``[B]`` (float32, on CPU) for images ``[B,3,H,W]`` in [0,1] and B prompts."""
+        """Scores ``[B]`` (float32, on CPU) for images ``[B,3,H,W]`` in [0,1] and B prompts, in chunks
+        of ``batch_size`` (a batch of 8 equals 8 singles), under bf16 autocast on CUDA (the
+        references run fp16/"amp" autocast on GPU too)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: images must be [B,3,H,W], got {tuple(images.shape)}")
         prompts = list(prompts)

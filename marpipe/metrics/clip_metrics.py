@@ -1,22 +1,8 @@
 """CLIP-family metrics: HPS v2.1, LAION Aesthetic, CLIP cosine (open_clip) and PickScore (transformers).
 
-Weights folders (all offline; see :func:`marpipe.metrics.base.fix_hint` for the fix):
-
-* ``hps``: ``HPS_v2.1_compressed.pt`` (HF ``xswu/HPSv2``; a dict with ``state_dict`` of
-  an open_clip ViT-H-14) and optionally ``open_clip_config.json`` (an open_clip model
-  config; absent = the real ``ViT-H-14`` config).
-* ``aesthetic``: two folders. ``weights_dir``: ``sac+logos+ava1-l14-linearMSE.pth`` (the MLP,
-  GitHub christophschuhmann/improved-aesthetic-predictor); ``clip_dir``:
-  ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` (OpenAI CLIP ViT-L/14 in
-  open_clip layout, i.e. ``ViT-L-14-quickgelu``/``openai``: HF ``timm/vit_large_patch14_clip_224.openai``),
-  optional ``open_clip_config.json``.
-* ``clip_b32`` (T2I-CompBench non-spatial): the OpenAI ViT-B/32 in open_clip layout
-  (``ViT-B-32-quickgelu``), same file names as ``aesthetic``.
-* ``pickscore``: two folders, as the official code loads them. ``weights_dir``: a transformers
-  ``CLIPModel`` (``config.json`` + ``model.safetensors``, HF ``yuvalkirstain/PickScore_v1``);
-  ``processor_dir``: the tokenizer and ``preprocessor_config.json`` of
-  ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (``AutoProcessor.from_pretrained`` of that repo).
-"""
+Each loads its official weights offline from the folders its config entry names (each
+``from_pretrained`` says which files; :func:`marpipe.metrics.base.fix_hint` gives the fix when one
+is missing) and scores as its official code does; the pinned weights: ``docs/cluster.md``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -90,7 +76,7 @@ class _OpenClipMetric(Metric):
 
 
 class HPSv21(_OpenClipMetric):
-    """HPS v2.1 (FACTS 4): cosine of L2-normalised open_clip features, no logit scale.
+    """HPS v2.1: cosine of L2-normalised open_clip features, no logit scale.
 
     ``score`` returns the raw cosine (the training reward, as T2I-R1's ``reward_hps``);
     the benchmark reports ``x100`` (``hpsv2/evaluation.py``), see :func:`hps_benchmark`.
@@ -108,7 +94,8 @@ class HPSv21(_OpenClipMetric):
     @classmethod
     def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32,
                         checkpoint: str | None = None, config_dir=None, **kw):
-        """``config_dir``: a folder whose ``open_clip_config.json`` gives the architecture (xswu/HPSv2 holds
+        """``weights_dir``: ``HPS_v2.1_compressed.pt`` (HF ``xswu/HPSv2``; a dict with the ``state_dict``
+        of an open_clip ViT-H-14). ``config_dir``: a folder whose ``open_clip_config.json`` gives the architecture (xswu/HPSv2 holds
         none; the official code builds open_clip's ``ViT-H-14``, the config that
         laion/CLIP-ViT-H-14-laion2B-s32B-b79K's ``open_clip_config.json`` holds); without it, the weights
         folder's ``open_clip_config.json``, else the built-in ``ViT-H-14``."""
@@ -208,7 +195,11 @@ class Aesthetic(_OpenClipMetric):
 
     @classmethod
     def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32, clip_dir=None, **kw):
-        """``weights_dir``: the MLP; ``clip_dir``: the CLIP ViT-L/14 backbone (its own config entry)."""
+        """``weights_dir``: the MLP, ``sac+logos+ava1-l14-linearMSE.pth``
+        (christophschuhmann/improved-aesthetic-predictor); ``clip_dir``: the CLIP ViT-L/14 backbone (its
+        own config entry), ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` in open_clip
+        layout (``ViT-L-14-quickgelu``/``openai``: HF ``timm/vit_large_patch14_clip_224.openai``),
+        optionally ``open_clip_config.json``."""
         clip_dir = require_dir(clip_dir, cls.name, "clip_dir", "CLIP ViT-L/14 (open_clip format)")
         model, tok = _load_open_clip_weights(cls, clip_dir, "ViT-L-14-quickgelu", kwarg="clip_dir")
         mf = require_file(weights_dir, [cls.MLP_FILE, "mlp.safetensors"], cls.name)
@@ -232,6 +223,8 @@ class ClipScore(_OpenClipMetric):
 
     @classmethod
     def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32, **kw):
+        """``weights_dir``: the OpenAI ViT-B/32 in open_clip layout (``ViT-B-32-quickgelu``), the file
+        names of :meth:`Aesthetic.from_pretrained`'s ``clip_dir``."""
         model, tok = _load_open_clip_weights(cls, weights_dir, "ViT-B-32-quickgelu")
         return cls(model, tok, device=device, dtype=dtype, batch_size=batch_size, **kw)
 
@@ -299,7 +292,7 @@ def _size_from_cfg(cfg: dict, default: int) -> tuple[int, int]:
 
 
 class PickScore(Metric):
-    """PickScore v1 (FACTS 4): ``logit_scale.exp() * cosine(image_emb, text_emb)``.
+    """PickScore v1: ``logit_scale.exp() * cosine(image_emb, text_emb)``.
 
     Embeddings are taken explicitly as ``visual_projection(vision_model(...).pooler_output)``
     and ``text_projection(text_model(...).pooler_output)`` -- what ``get_*_features``
@@ -320,8 +313,10 @@ class PickScore(Metric):
     @classmethod
     def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32,
                         processor_dir=None, **kw):
-        """``weights_dir``: PickScore_v1; ``processor_dir``: laion/CLIP-ViT-H-14-laion2B-s32B-b79K's
-        tokenizer and ``preprocessor_config.json`` (its own config entry)."""
+        """As the official code loads them: ``weights_dir``: a transformers ``CLIPModel`` (``config.json``
+        + ``model.safetensors``, HF ``yuvalkirstain/PickScore_v1``); ``processor_dir``:
+        laion/CLIP-ViT-H-14-laion2B-s32B-b79K's tokenizer and ``preprocessor_config.json`` (its own
+        config entry, read by ``AutoProcessor.from_pretrained``)."""
         from transformers import CLIPConfig, CLIPModel
         require_file(weights_dir, "config.json", cls.name)
         proc = require_dir(processor_dir, cls.name, "processor_dir", "CLIP processor (tokenizer + image processor)")

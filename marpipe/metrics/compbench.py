@@ -1,29 +1,12 @@
-"""T2I-CompBench scoring (github Karine-Huang/T2I-CompBench; FACTS 4).
+"""T2I-CompBench scoring, one function per category as the official scripts score it
+(Karine-Huang/T2I-CompBench; each function names its script).
 
-Prompt/image alignment is explicit: every function takes ``prompt_index`` (one int per
-image, indexing ``prompts``), so nothing assumes contiguous blocks of 10 images (the
-pitfall of the MAR-GRPO scripts). :func:`contiguous_index` builds the reference's layout.
-
-* color / shape / texture -- :func:`blip_vqa_attribute_scores`: for each noun chunk
-  ``c`` of the prompt (up to ``np_num=8``), ask BLIP-VQA ``"{c}?"``; image score = product
-  of the ``P(yes)/(P(yes)+P(no))``; category = mean (``BLIPvqa_eval/BLIP_vqa.py``).
-* non-spatial -- ClipScore (ViT-B/32 cosine); complex uses the prompt without adjectives.
-* 2d-spatial -- :func:`spatial_2d_score` (``UniDet_eval/2D_spatial_eval.py``):
-  ``0.25*conf1 + 0.25*conf2 + 0.5*determine_position``, one object only -> ``0.25*conf``,
-  then scores below 0.5 are set to 0.
-* 3d-spatial -- :func:`spatial_3d_score` (``3D_spatial_eval.py``) with a min-max
-  normalised inverse depth map (DPT); no 0.5 floor there.
-* numeracy -- :func:`numeracy_score` (``numeracy_eval.py``): per object ``0.5/len`` if
-  detected + ``0.5/len`` if the de-duplicated count is exact.
-* complex -- :func:`three_in_one`: mean of attribute, spatial and CLIP parts chosen per
-  prompt (``3_in_1_eval/3_in_1.py``).
-
-Detector: the official numbers use UniDet (detectron2, not on PyPI). Here any detector
-returning ``[{"label", "score", "box": [x0,y0,x1,y1] (pixels)}]`` sorted by score works;
-:class:`marpipe.metrics.detection.ZeroShotDetector` (transformers OWL-ViT / Grounding
-DINO) is the default and ``UNIDET_HOOK`` is the place to plug a UniDet wrapper. Results
-record ``detector`` so no number is mistaken for an official-UniDet one.
-"""
+Prompt/image alignment is explicit: every function takes ``prompt_index`` (one int per image,
+indexing ``prompts``), so nothing assumes contiguous blocks of 10 images (the pitfall of the
+MAR-GRPO scripts; :func:`contiguous_index` builds that layout). The official numbers use UniDet
+(detectron2, not on PyPI); here any detector returning ``[{"label", "score", "box"}]`` works, the
+default :class:`~marpipe.metrics.detection.ZeroShotDetector`, ``UNIDET_HOOK`` takes a UniDet
+wrapper, and results record ``detector`` so no number passes for an official-UniDet one."""
 from __future__ import annotations
 
 import re
@@ -98,7 +81,9 @@ def contiguous_index(n_prompts: int, per_prompt: int = 10) -> list[int]:
 
 def blip_vqa_attribute_scores(vqa, images: torch.Tensor, prompts: Sequence[str],
                               prompt_index: Sequence[int], np_num: int = 8) -> torch.Tensor:
-    """Per-image product over noun-chunk questions of the yes-probability."""
+    """Per-image product over noun-chunk questions of the yes-probability: for each noun chunk ``c``
+    of the prompt (up to ``np_num``), BLIP-VQA's ``P(yes)/(P(yes)+P(no))`` for ``"{c}?"``
+    (``BLIPvqa_eval/BLIP_vqa.py``; color, shape, texture)."""
     prompt_index = list(prompt_index)
     assert len(prompt_index) == images.shape[0], "one prompt index per image"
     qs, who = [], []
@@ -195,7 +180,9 @@ def _norm_obj(o):
 
 
 def spatial_2d_score(dets: list[dict], prompt: str, objects=None) -> float:
-    """``2D_spatial_eval.py`` for one image (``dets`` sorted by score descending)."""
+    """``UniDet_eval/2D_spatial_eval.py`` for one image (``dets`` sorted by score descending):
+    ``0.25 conf1 + 0.25 conf2 + 0.5 determine_position``, one object only ``0.25 conf``, then
+    scores below 0.5 set to 0 (the 3-D score has no such floor)."""
     locality = find_locality(prompt, VOCAB_2D)
     o1, o2 = (_norm_obj(o) for o in first_last_nouns(prompt, objects))
     labels = [d["label"] for d in dets]
@@ -252,7 +239,8 @@ _ALIASES = {"boy": "person", "girl": "person", "man": "person", "woman": "person
 
 
 def numeracy_score(dets: list[dict], counts: Sequence[tuple[str, int]]) -> float:
-    """``numeracy_eval.py`` for one image: ``counts`` = [(singular object, number)]."""
+    """``numeracy_eval.py`` for one image: ``counts`` = [(singular object, number)]; per object
+    ``0.5/len`` if detected + ``0.5/len`` if the de-duplicated count is exact."""
     if not counts:
         return 0.0
     new_obj, new_box = [], []
@@ -326,7 +314,9 @@ UNIDET_HOOK: list[Callable] = []
 def evaluate_category(category: str, images: torch.Tensor, prompts: Sequence[str],
                       prompt_index: Sequence[int], *, vqa=None, clip=None, detector=None,
                       depth=None, metadata: Sequence[dict] | None = None) -> dict:
-    """Score one T2I-CompBench category. Returns ``{"score", "per_image", "detector", ...}``."""
+    """Score one T2I-CompBench category. Returns ``{"score", "per_image", "detector", ...}``.
+    Non-spatial is ClipScore (ViT-B/32 cosine); complex scores its CLIP part on the prompt
+    without adjectives (:func:`remove_adjectives`)."""
     prompt_index = list(prompt_index)
     if len(prompt_index) != images.shape[0]:
         raise ValueError("prompt_index must give one prompt index per image")

@@ -1,32 +1,8 @@
-"""Open-vocabulary detection and depth from transformers (replacing UniDet / MiDaS code).
+"""Open-vocabulary detection and depth from transformers, in place of UniDet / MiDaS code.
 
-* :class:`ZeroShotDetector` -- OWL-ViT / OWLv2 (``OwlViTForObjectDetection``; the default
-  when ``config.json`` names no other type) or Grounding DINO
-  (``GroundingDinoForObjectDetection``, what T2I-R1's reward uses; loaded with its
-  processor). ``detect(images, vocab)`` returns per image
-  ``[{"label", "score", "box": [x0,y0,x1,y1] pixels of the input image}]`` sorted by score,
-  filtered at ``score > box_threshold`` (T2I-R1: 0.3).
-
-  - OWL: one detection per box query, labelled with its best-scoring query text (as
-    transformers' ``post_process_object_detection``); the image is resized to a square.
-  - Grounding DINO, T2I-R1's given-phrase mode (``reward_gdino.py`` with the trainer's
-    ``make_detection_prompt``): caption ``"n1 . n2 . n3."``; per noun, a positive map over
-    the tokens of its FIRST and LAST word (normalised by its size + 1e-6); phrase score of a
-    box = that map times the token probabilities; every (box, noun) pair above the
-    threshold is a detection labelled with the noun -- a box may count for several nouns.
-    Quirk kept: a noun of 3+ words is labelled "first last" (middle words dropped), so it
-    never equals the noun. The image goes through the processor (shortest side 800,
-    longest <= 1333, bilinear, ImageNet mean/std, as ``T.RandomResize([800], 1333)``).
-* :class:`DepthEstimator` -- ``DPTForDepthEstimation`` (Intel/dpt-hybrid-midas is the
-  transformers port of ``dpt_hybrid-midas-501f0c75.pt``): input resized to 480x480
-  BILINEAR (``transforms.Resize([480, 480])``'s default) and rounded to 8 bits (PIL),
-  mean = std = 0.5 (``experts/model_bank.py``), output min-max normalised, resized back
-  bilinearly (``align_corners=True``) and truncated to 8-bit levels (the reference saves it
-  with ``Image.fromarray(255 * depth).convert('L')`` and reads it back / 255), as
-  ``3D_spatial_eval.py``. The hybrid embeddings of transformers refuse inputs other than
-  ``config.image_size`` (384 for the real model); the position embeddings are resized to
-  the 30x30 grid of a 480 input anyway, so the check is set to the run size.
-"""
+:class:`ZeroShotDetector` (OWL-ViT / OWLv2, or Grounding DINO as T2I-R1's reward uses it) and
+:class:`DepthEstimator` (DPT, as T2I-CompBench's 3-D spatial check uses it) load offline from a
+weights folder and reproduce the official pre- and post-processing; each class says how."""
 from __future__ import annotations
 
 import torch
@@ -65,6 +41,19 @@ def load_pretrained_strict(klass, weights_dir, metric: str):
 
 
 class ZeroShotDetector:
+    """OWL-ViT / OWLv2 (the default when ``config.json`` names no other type) or Grounding DINO
+    (loaded with its processor). ``detect(images, vocab)`` returns per image ``[{"label", "score",
+    "box": [x0,y0,x1,y1] pixels of the input image}]`` sorted by score, ``score > box_threshold``
+    (T2I-R1: 0.3). OWL: one detection per box query, labelled with its best-scoring query text (as
+    transformers' ``post_process_object_detection``), the image resized to a square. Grounding
+    DINO in T2I-R1's given-phrase mode (``reward_gdino.py`` with the trainer's
+    ``make_detection_prompt``): caption ``"n1 . n2 . n3."``, per noun a positive map over the
+    tokens of its first and last word, a box's phrase score that map times the token
+    probabilities; every (box, noun) pair above the threshold is a detection labelled with the
+    noun, so a box may count for several nouns. Kept from the reference: a noun of 3+ words is
+    labelled "first last" (middle words dropped), so it never equals the noun. The image goes
+    through the processor (shortest side 800, longest <= 1333, bilinear, ImageNet mean/std, as
+    ``T.RandomResize([800], 1333)``)."""
     name = "owlvit"
 
     def __init__(self, model, tokenizer, kind: str, image_size: int, mean, std, device="cpu",
@@ -186,6 +175,14 @@ def phrase_positive_map(encoding, spans, n_tokens: int) -> torch.Tensor:
 
 
 class DepthEstimator:
+    """``DPTForDepthEstimation`` (Intel/dpt-hybrid-midas, the transformers port of
+    ``dpt_hybrid-midas-501f0c75.pt``) as T2I-CompBench's ``3D_spatial_eval.py`` runs it: input
+    480x480 bilinear on the 8-bit image, mean = std = 0.5 (``experts/model_bank.py``); output
+    min-max normalised, resized back bilinearly (``align_corners=True``) and truncated to 8-bit
+    levels (the reference saves ``Image.fromarray(255 * depth).convert('L')`` and reads it back /
+    255). The hybrid embeddings refuse inputs other than ``config.image_size`` (384) though the
+    position embeddings are resized to a 480 input's 30x30 grid anyway, so the check is set to
+    the run size."""
     name = "dpt"
 
     def __init__(self, model, device="cpu", dtype=torch.float32, size=480, png_levels=True):

@@ -1,45 +1,10 @@
-"""ImageReward v1.0 on transformers' BLIP pieces.
+"""ImageReward v1.0 on transformers' BLIP pieces, loading the official checkpoint key by key.
 
-Architecture (``THUDM/ImageReward`` ``ImageReward.py`` / ``models/BLIP``; FACTS 4):
-BLIP ViT-L/16 image encoder (224 px, 24 layers, width 1024, LayerNorm eps 1e-6, qkv bias)
--> BERT-base text encoder with cross-attention in every layer (``med_config.json``:
-vocab 30524, LayerNorm eps 1e-12, ``encoder_width`` 1024) on the prompt padded /
-truncated to 35 tokens (plain ``[CLS] ... [SEP] [PAD]*``, no ``[ENC]`` substitution) ->
-``last_hidden_state[:, 0]`` -> MLP 768-1024-128-64-16-1 (no activations) ->
-``(out - 0.16717362830052426) / 1.0333394966054072``.
-
-Implementation: transformers ``BlipVisionModel`` + ``BlipTextModel(add_pooling_layer=False)``
-(its embeddings have no token-type table, like BLIP's ``med.py``). The modules are the
-same maths as the BLIP code, so the official checkpoint maps key-by-key:
-
-=====================================================  ======================================
-official ``ImageReward.pt``                            here
-=====================================================  ======================================
-``blip.visual_encoder.cls_token``                      ``vision.embeddings.class_embedding``
-``blip.visual_encoder.pos_embed``                      ``vision.embeddings.position_embedding``
-``blip.visual_encoder.patch_embed.proj.*``             ``vision.embeddings.patch_embedding.*``
-``blip.visual_encoder.blocks.{i}.norm1.*``             ``vision.encoder.layers.{i}.layer_norm1.*``
-``blip.visual_encoder.blocks.{i}.attn.qkv.*``          ``vision.encoder.layers.{i}.self_attn.qkv.*``
-``blip.visual_encoder.blocks.{i}.attn.proj.*``         ``vision.encoder.layers.{i}.self_attn.projection.*``
-``blip.visual_encoder.blocks.{i}.norm2.*``             ``vision.encoder.layers.{i}.layer_norm2.*``
-``blip.visual_encoder.blocks.{i}.mlp.fc{1,2}.*``       ``vision.encoder.layers.{i}.mlp.fc{1,2}.*``
-``blip.visual_encoder.norm.*``                         ``vision.post_layernorm.*``
-``blip.text_encoder.<rest>``                           ``text.<rest>`` (identical names)
-``mlp.layers.{0,2,4,6,7}.*``                           ``mlp.layers.{0,2,4,6,7}.*``
-``blip.vision_proj.*``, ``blip.text_proj.*``           unused (ITC heads), dropped
-=====================================================  ======================================
-
-Two folders, as the official package loads them (``ImageReward/utils.py`` ``load``,
-``models/BLIP/blip.py`` ``init_tokenizer``; THUDM/ImageReward@c1392c6dd0fd6ecd6d416c96959ab744a6d0a8fb):
-
-* ``weights_dir``: the hub repo ``THUDM/ImageReward`` as it holds them -- ``ImageReward.pt`` (the
-  state dict) and ``med_config.json`` (the text encoder's BERT config, read like
-  ``BertConfig.from_json_file``). The vision tower's sizes are in no file: the official code
-  hard-codes BLIP ViT-L (:data:`REAL_VISION`, each number cited).
-* ``tokenizer_dir``: ``bert-base-uncased`` (its own config entry; ``vocab.txt`` and
-  ``tokenizer_config.json``), read with ``BertTokenizer`` as the official code does;
-  ``[DEC]``/``[ENC]`` are added (BLIP's ``init_tokenizer``), giving ids 30522/30523.
-"""
+The official model (THUDM/ImageReward@c1392c6dd0fd6ecd6d416c96959ab744a6d0a8fb, ``ImageReward.py``,
+``models/BLIP``) is BLIP ViT-L/16 -> a BERT-base text encoder with cross-attention -> an MLP on
+the ``[CLS]`` state, normalised; :class:`ImageRewardModel` is the same maths on transformers'
+``BlipVisionModel`` and ``BlipTextModel``. Which official preprocessing it reproduces:
+``docs/method.md``, "Metric preprocessing"."""
 from __future__ import annotations
 
 import re
@@ -88,7 +53,12 @@ def text_config_from_med(med_config, vision_width: int) -> dict:
 
 
 def map_official_keys(sd: dict) -> dict:
-    """Official ``ImageReward.pt`` keys -> this module's keys (see the module table)."""
+    """Official ``ImageReward.pt`` keys -> this module's keys: ``blip.visual_encoder.*`` ->
+    ``vision.*`` (timm names -> ``BlipVisionModel``'s: ``cls_token`` -> ``embeddings.class_embedding``,
+    ``blocks.{i}.norm1`` -> ``encoder.layers.{i}.layer_norm1``, ``attn.proj`` ->
+    ``self_attn.projection``, ``norm`` -> ``post_layernorm``, ...), ``blip.text_encoder.*`` -> ``text.*``
+    (identical names), ``mlp.*`` unchanged; the ITC heads (``blip.vision_proj``/``text_proj``) and
+    ``position_ids`` buffers are dropped."""
     out = {}
     for k, v in sd.items():
         if k.startswith(("blip.vision_proj.", "blip.text_proj.")) or k.endswith("position_ids"):
@@ -111,6 +81,11 @@ def map_official_keys(sd: dict) -> dict:
 
 
 class ImageRewardModel(nn.Module):
+    """BLIP ViT-L/16 (224 px) -> BERT-base with cross-attention in every layer on the prompt
+    (``[CLS] ... [SEP] [PAD]*``, 35 tokens, no ``[ENC]`` substitution) -> ``last_hidden_state[:, 0]``
+    -> MLP 768-1024-128-64-16-1 (no activations). ``BlipTextModel``'s embeddings have no token-type
+    table, like BLIP's ``med.py``."""
+
     def __init__(self, vision_cfg: dict, text_cfg: dict):
         super().__init__()
         from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
@@ -151,8 +126,11 @@ class ImageReward(Metric):
     @classmethod
     def from_pretrained(cls, weights_dir, device="cpu", dtype=torch.float32, batch_size=32,
                         tokenizer_dir=None, vision: dict | None = None, **kw):
-        """``weights_dir``: ``ImageReward.pt`` + ``med_config.json``; ``tokenizer_dir``:
-        bert-base-uncased; ``vision``: overrides of :data:`REAL_VISION` (tiny test models only)."""
+        """``weights_dir``: the hub repo ``THUDM/ImageReward`` as it holds them, ``ImageReward.pt`` +
+        ``med_config.json`` (the text encoder's BERT config; the vision tower's sizes are in no file,
+        :data:`REAL_VISION`); ``tokenizer_dir``: bert-base-uncased, read with ``BertTokenizer`` plus
+        BLIP's ``[DEC]``/``[ENC]`` (ids 30522/30523), as the official ``load`` and
+        ``init_tokenizer`` do; ``vision``: overrides of :data:`REAL_VISION` (tiny test models only)."""
         ck = require_file(weights_dir, "ImageReward.pt", cls.name, kwarg="weights_dir")
         med = require_file(weights_dir, "med_config.json", cls.name, kwarg="weights_dir")
         tok_dir = require_dir(tokenizer_dir, cls.name, "tokenizer_dir", "bert-base-uncased tokenizer")

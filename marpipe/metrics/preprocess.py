@@ -1,43 +1,9 @@
 """Metric image preprocessing: ``[B,3,H,W]`` float in [0,1] in, the model input out.
 
-Every official pipeline but HPS's reads an 8-bit image and resizes it with PIL
-(``Image.resize``; its bicubic, a = -0.5, rounds and clips to 0..255 after each of its two
-separable passes), so these functions do exactly that: each image is converted
-to 8 bits, resized by PIL itself, cropped with the official offset formula, divided by
-255 (``ToTensor`` / ``rescale(1/255)``) and normalised. A float-tensor imitation (torch's
-antialiased bicubic is PIL's kernel in float) is off by ~1 grey level on smooth images and
-up to ~24 on noise, from PIL's 8-bit rounding and clipping between its two passes.
-
-8-bit conversion: ``round(clamp(x, 0, 1) * 255)`` in float32, ties to even
-(:func:`marpipe.io.files.to_uint8`) -- the rule of the PNGs the pipeline writes and of
-:func:`~marpipe.metrics.base.quantize_uint8`, which ``Metric.score`` applies first.
-
-Per metric, as the official code does it:
-
-* HPS v2.1 (``hpsv2/src/open_clip/transform.py``, ``ResizeMaxSize``): ToTensor, resize the
-  LONGEST side to 224 (new side ``round(side * scale)``) bicubic on the float tensor
-  (torchvision >= 0.17 antialiases tensors by default; ``antialias=False`` is the older
-  behaviour), zero-pad to a square (left/top get ``pad // 2``), normalise. No crop, no
-  8-bit rounding after the resize: :func:`hps_preprocess` (tensor path).
-* Aesthetic (improved-aesthetic-predictor), T2I-CompBench CLIPScore and ImageReward
-  (``_transform``): OpenAI ``clip.load`` preprocess -- torchvision on the PIL image:
-  ``Resize(n, BICUBIC)`` (shortest side to n, long side ``int(n * long / short)``),
-  ``CenterCrop(n)`` (torchvision ``center_crop``: offset ``int(round((side - n) / 2.0))``,
-  Python's round, ties to even), ``ToTensor``, ``Normalize``: :func:`clip_preprocess`.
-* PickScore (``CLIPProcessor`` of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``) and GIT-VQA
-  (``AutoProcessor`` of git-large-vqav2): transformers ``CLIPImageProcessor``, the PIL
-  implementation (named ``CLIPImageProcessorPil`` since transformers 5): shortest edge to
-  224 with PIL bicubic (``get_resize_output_image_size(default_to_square=False)``: the
-  same sizes as torchvision), ``center_crop`` with offset ``(side - crop) // 2`` (floor),
-  ``rescale(1/255)``, ``normalize``: :func:`hf_clip_preprocess`.
-* BLIP-VQA (T2I-CompBench ``BLIPvqa_eval``): ``Resize((480, 480), BICUBIC)`` on the PIL
-  image (aspect not kept), ToTensor, Normalize: :func:`resize_square` + :func:`normalize`.
-* DPT depth (T2I-CompBench ``experts/model_bank.py``): ``Resize([480, 480])`` (bilinear)
-  on the PIL image, ToTensor, ``Normalize(0.5, 0.5)``: ``resize_square(..., "bilinear")``.
-
-OpenAI CLIP mean/std ``(0.48145466, 0.4578275, 0.40821073)`` /
-``(0.26862954, 0.26130258, 0.27577711)`` are used by all of them except DPT.
-"""
+Each metric's input is prepared as its official pipeline prepares it: PIL on the 8-bit image
+(converted as :func:`marpipe.io.files.to_uint8` does, the rule of the pipeline's PNGs) for all but
+HPS v2.1, which resizes the float tensor. Which official transform each function reproduces, with
+citations: ``docs/method.md``, "Metric preprocessing"."""
 from __future__ import annotations
 
 import numpy as np
@@ -63,7 +29,9 @@ def normalize(images: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.T
 
 def pil_resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
     """Each image as 8-bit PIL, ``Image.resize`` to ``size = (h, w)``, back as uint8 / 255
-    (ToTensor), stacked on the input's device."""
+    (ToTensor), stacked on the input's device. PIL itself, not a float imitation: PIL's bicubic
+    (a = -0.5) rounds and clips to 0..255 after each of its two separable passes, which torch's
+    antialiased bicubic misses by ~1 grey level on smooth images and up to ~24 on noise."""
     h, w = size
     out = [np.asarray(Image.fromarray(a).resize((w, h), PIL_FILTERS[mode])) for a in to_uint8(images)]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(images.device)
@@ -126,7 +94,9 @@ def resize_longest_pad(images: torch.Tensor, size: int = 224, *, antialias: bool
 
 
 def hps_preprocess(images: torch.Tensor, size: int = 224, antialias: bool = True) -> torch.Tensor:
-    """HPS v2.1 (tensor path, see the module docstring)."""
+    """HPS v2.1 (``ResizeMaxSize``): ToTensor, longest side to ``size`` bicubic on the float tensor
+    (``antialias``: torchvision >= 0.17's default), zero-pad to square, normalise; no crop, no
+    8-bit rounding after the resize."""
     return normalize(resize_longest_pad(images, size, antialias=antialias))
 
 

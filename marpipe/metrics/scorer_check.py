@@ -1,26 +1,12 @@
 """The scorer check: every CLIP-family scorer is measured with clip-benchmark, once per pinned
 weights, before any evaluation uses it (config ``scorer_check:``; rule ``check_scorer``).
 
-Two tasks, both run by clip-benchmark's own functions on a CLIP-like adapter of the scorer
-(its weights, tokenizer and the preprocessing its metric uses):
-
-* zero-shot retrieval (``clip_benchmark.metrics.zeroshot_retrieval``): image->text and
-  text->image recall@1 over a set of captioned images;
-* caption selection against minimally changed captions
-  (``clip_benchmark.metrics.image_caption_selection``): does each image pick its own caption?
-
-Benchmarks (``scorer_check.benchmark``):
-
-* ``kind: clip_benchmark`` (the paper): public sets that ``clip_benchmark.datasets.builder``
-  fetches on the cluster (retrieval: ``wds/flickr30k``; caption selection: a SugarCrepe task);
-* ``kind: world`` (the small world, the rehearsal): held-out renders of the world and their
-  prompts; caption selection pairs each render with the render of a minimally changed prompt
-  (:func:`marpipe.world.render.mismatch_metadata`), two images and two captions per instance.
-
-Each measured value is compared with the range written beside it in the config (with its
-source); a value outside its range raises :class:`ScorerCheckError` naming the scorer, the
-value and the range, which stops the evaluation rules that need the scorer.
-"""
+clip-benchmark's own zero-shot retrieval (recall@1) and caption selection against minimally
+changed captions run on a CLIP-like adapter of the scorer (:func:`load_clip_under_test`), on public
+sets (``kind: clip_benchmark``: Flickr30k, SugarCrepe, :func:`public_loader`) or on the small
+world's held-out renders (``kind: world``, :func:`world_benchmark`). A value outside the range
+written beside it in the config raises :class:`ScorerCheckError`, which stops the evaluate jobs
+that read that scorer. ``docs/pipeline.md``, "The scorer check"."""
 from __future__ import annotations
 
 import csv

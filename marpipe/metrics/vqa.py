@@ -1,23 +1,9 @@
 """VQA yes-probability scorers: BLIP-VQA (T2I-CompBench) and GIT-VQA (T2I-R1 reward).
 
-BLIP-VQA (``T2I-CompBench/BLIPvqa_eval``, ``inference='vqa_prob'``; FACTS 4):
-
-* image: resize to 480x480 with PIL bicubic on the 8-bit image (no aspect kept), OpenAI mean/std;
-* question: BLIP ``pre_question`` (lower-case, drop ``.!"()*#:;~``, right-strip),
-  tokenised with padding to the longest and truncation to 35, first token replaced by
-  ``[ENC]`` (``question.input_ids[:, 0] = enc_token_id``);
-* the text encoder cross-attends the ViT tokens; the decoder is run on the single
-  ``[DEC]`` token (id 30522) cross-attending the question states; softmax over the
-  vocabulary of the first answer token; score = ``P(yes) / (P(yes) + P(no))`` with
-  bert-base-uncased ids yes = 2748, no = 2053.
-
-Weights folder: a transformers ``BlipForQuestionAnswering`` (``config.json`` +
-``model.safetensors``, HF ``Salesforce/blip-vqa-capfilt-large`` -- the conversion of
-``model_base_vqa_capfilt_large.pth`` used by T2I-CompBench) + its tokenizer.
-
-GIT-VQA (T2I-R1 ``reward_git.py``): ``input_ids = [CLS] + tokens("{attr_noun}?")``,
-logits of the last position, ``P(yes)/(P(yes)+P(no))`` with the ids of ``encode('yes')[1]``.
-"""
+Both score ``P(yes) / (P(yes) + P(no))`` of the first answer token, with the official questions,
+tokenisation and preprocessing (:class:`BlipVQA`: ``T2I-CompBench/BLIPvqa_eval``,
+``inference='vqa_prob'``; :class:`GitVQA`: T2I-R1 ``reward_git.py``). The preprocessing each
+reproduces: ``docs/method.md``, "Metric preprocessing"."""
 from __future__ import annotations
 
 import re
@@ -41,7 +27,14 @@ def pre_question(q: str, max_words: int = 50) -> str:
 
 
 class BlipVQA(Metric):
-    """``score_questions(images, questions) -> P(yes)/(P(yes)+P(no))`` per (image, question)."""
+    """``score_questions(images, questions) -> P(yes)/(P(yes)+P(no))`` per (image, question).
+
+    The question (``pre_question``) is tokenised with padding to the longest and truncation to 35,
+    its first token replaced by ``[ENC]``; the text encoder cross-attends the ViT tokens, the
+    decoder runs on the single ``[DEC]`` token (id 30522) cross-attending the question states, and
+    the softmax over the first answer token gives yes = 2748, no = 2053. Weights: a transformers
+    ``BlipForQuestionAnswering`` (``Salesforce/blip-vqa-capfilt-large``, the conversion of the
+    ``model_base_vqa_capfilt_large.pth`` T2I-CompBench uses) and its tokenizer."""
     name = "blip_vqa"
 
     def __init__(self, model, tokenizer, image_size=480, mean=OPENAI_MEAN, std=OPENAI_STD, **kw):
@@ -109,7 +102,8 @@ class BlipVQA(Metric):
 
 
 class GitVQA(Metric):
-    """GIT VQA yes-probability (T2I-R1 ``reward_git.py``)."""
+    """GIT VQA yes-probability (T2I-R1 ``reward_git.py``): ``input_ids = [CLS] + tokens("{q}?")``,
+    the logits of the last position, yes/no ids from ``encode('yes')[1]``."""
     name = "git_vqa"
 
     def __init__(self, model, tokenizer, size=224, crop=224, mean=OPENAI_MEAN, std=OPENAI_STD, **kw):

@@ -2,36 +2,10 @@
 
 Pure arithmetic (no weights, no model classes): what ``marpipe bench train-step`` prints on a
 machine without a GPU, to put the head's share of a rollout and MTE's extra head passes in the
-real proportions. Conventions: a linear layer costs its weight count per token; a transformer
-block of width ``d`` costs ``12 d^2`` per token (attention projections ``4 d^2``, MLP ``8 d^2``)
-plus ``2 L d`` for the attention scores over ``L`` keys; LayerNorms, softmax and the VAE are
-left out. Architectures, from the official code and configs:
-
-* NOVA ``BAAI/nova-d48w1024-sd512`` (baaivision/NOVA@2cd254a,
-  ``diffnext/models/transformers/transformer_nova.py``): video encoder ``vit_d16w1024`` (once
-  per prompt, over the 256 prompt-slot tokens), image encoder ``vit_d32w1024`` whose first 16
-  blocks see only the known tokens and the last 16 all 1,024, the 256 prompt tokens
-  concatenated in front in every block, as queries and keys (``VisionTransformer.forward`` in
-  ``diffnext/models/vision_transformer.py``: ``torch.cat([c, x], dim=1)`` before both halves),
-  head ``mlp_d6w1024`` (6 AdaLN blocks: modulation ``3 w^2`` + MLP ``2 w^2``), tokens of
-  16 dims, text encoder Phi-2 (2.7B) once per prompt.
-* Harmon ``wusize/Harmon-1_5B`` (wusize/Harmon@4eb6087, ``src/models/mar.py`` ``mar_huge`` and
-  the Qwen2.5-1.5B config): MAE encoder 20 blocks of width 1280 over the known tokens + 64
-  buffer slots, the LLM (28 Qwen2 layers, hidden 1536, MLP 8960, 2 of 12 heads for K/V) over
-  those tokens with the prompt's keys and values computed once per rollout (:func:`llm_tokens`), MAE decoder 20 blocks of width 1280 over all 1,024 + 64, head
-  ``SimpleMLPAdaLN`` (12 res-blocks of width 1536), tokens of 16 dims.
-
-Every AR step runs with CFG ([cond; uncond], a batch of two).
-
-Head token-steps (one token through one head step, both CFG branches) per image, under four
-rules (:func:`head_rows`): the official samplers run the accepted tokens only (``N T`` per
-branch); marpipe's rollout (:func:`marpipe.rollout.head_tokens`) every still-masked token at
-the trained AR steps and, for Sim, at the step before each, the accepted ones elsewhere; the
-NOVA reference trainer every token at every step; the Harmon reference trainer
-(AMAP-ML/mar-grpo@fcb7969:src/grpo/src/harmon/harmon_generate_image_with_logp.py,
-``sample_with_logp``: ``keep_this_step``) every token at the trained steps, the step before each
-and the last, the accepted ones elsewhere.
-"""
+real proportions. A linear layer costs its weight count per token, a transformer block of width
+``d`` ``12 d^2`` per token plus ``2 L d`` for the scores over ``L`` keys; LayerNorms, softmax and
+the VAE are left out; every AR step runs with CFG (a batch of two). The architectures, with their
+official sources, and the measured ratios: ``docs/method.md``, "The cost model"."""
 from __future__ import annotations
 
 from math import comb
@@ -113,6 +87,11 @@ def llm_tokens(counts: list[int], prompt_tokens: int, buffer: int = 64, cached: 
     return total
 
 
+#: which tokens the head runs (one head step, both CFG branches): the official samplers the accepted
+#: ones only; marpipe's rollout (:func:`marpipe.rollout.head_tokens`) every still-masked token at the
+#: trained AR steps (and, ``marpipe_sim``, at the step before each), the accepted ones elsewhere;
+#: ``full`` every still-masked token; the NOVA reference trainer every token at every step; the
+#: Harmon reference trainer every token at the trained steps, the step before each and the last
 RULES = ("official_sampler", "marpipe", "marpipe_sim", "full", "nova_reference", "harmon_reference")
 
 

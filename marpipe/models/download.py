@@ -1,20 +1,9 @@
 """Download a base model from the Hugging Face Hub at a pinned commit, and verify it on load.
 
-``download_model`` fetches a repository with ``huggingface_hub.snapshot_download``
-at a revision that must be a 40-hex commit hash (a branch or tag name would make
-the download move under our feet, so it is refused), into
-``resources/models/<name>/``. Only once the snapshot is complete does it write
-``MANIFEST.sha256`` (``<sha256>  <relative path>`` per file) next to the files,
-so an interrupted download leaves no manifest and a rerun resumes (the hub
-client skips files already complete). Every later load calls
-:func:`verify_manifest`, which raises :class:`ManifestError` naming the first
-file that is missing, changed or not listed.
-
-The token comes only from the environment (``HF_TOKEN``); it is never read from
-a config file or written anywhere. Failures become :class:`DownloadError` with
-one sentence saying what went wrong and what to do: no network, unknown
-repository, unknown revision, gated repository, or any other hub error.
-"""
+:func:`download_model` fetches a repository at a 40-hex commit (a branch or tag would move under
+our feet, so it is refused) into ``resources/models/<name>/`` and writes ``MANIFEST.sha256`` once
+the snapshot is complete; every later load checks it (:func:`verify_manifest`). The token comes
+only from ``HF_TOKEN``; failures are a :class:`DownloadError` saying what went wrong and what to do."""
 from __future__ import annotations
 
 import hashlib
@@ -195,8 +184,10 @@ def download_model(source: ModelSource, root: str | Path = "resources/models",
                    locked: dict | None = None) -> Path:
     """Download ``source`` into ``root/<name>/`` at its pinned commit and write the manifest.
 
-    An existing complete folder (manifest present and matching, same repo and revision) is
-    verified and returned without touching the network. ``locked`` ({file: {size, sha256}}, from
+    The manifest (``<sha256>  <relative path>`` per file) is written only once the snapshot is
+    complete, so an interrupted download leaves none and a rerun resumes (the hub client skips
+    complete files). An existing complete folder (manifest present and matching, same repo and
+    revision) is verified and returned without touching the network. ``locked`` ({file: {size, sha256}}, from
     the config's lock file): exactly those files are fetched and each is verified against it.
     ``snapshot_download`` can be injected (tests); default: ``huggingface_hub.snapshot_download``.
     """

@@ -1,17 +1,11 @@
 """The MAR model protocol: the few primitives that rollouts and losses need.
 
-A masked-autoregressive (MAR) image model has two parts (paper Sec. 3.1):
-
-* an **AR transformer** that reads the prompt and the tokens known so far and
-  produces one condition vector ``z`` per token position;
-* a **diffusion head**, a light MLP that denoises each token's latent from
-  noise, conditioned on that token's ``z``.
-
-Everything in :mod:`marpipe.rollout` and :mod:`marpipe.loss` talks to models
-only through this protocol, so the tiny models, the NOVA adapter and the Harmon
-adapter are interchangeable.  Shapes: ``B`` images, ``N`` tokens per image,
-``C`` channels per token, ``M`` a flat batch of tokens.
-"""
+A masked-autoregressive (MAR) image model (paper Sec. 3.1) has an AR transformer that reads the
+prompt and the known tokens and produces one condition ``z`` per token position, and a diffusion
+head that denoises each token's latent conditioned on its ``z``. :mod:`marpipe.rollout` and
+:mod:`marpipe.loss` reach models only through this protocol, so the tiny models and the NOVA and
+Harmon adapters are interchangeable. Shapes: ``B`` images, ``N`` tokens per image, ``C`` channels
+per token, ``M`` a flat batch of tokens."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence

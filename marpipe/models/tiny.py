@@ -1,33 +1,11 @@
 """Tiny MAR models (``tiny-nova``, ``tiny-harmon``) that run in seconds on a CPU.
 
-They implement :class:`marpipe.models.protocol.MARModel` with the same moving
-parts as the real models, only small:
-
-* a word-hash prompt tokenizer and a small text transformer (NOVA: Phi,
-  Harmon: Qwen in the real models);
-* a bidirectional transformer over ``[prompt tokens ; image tokens]`` whose image
-  inputs are the known token latents or a learned ``[MASK]`` embedding, with 2-D
-  sin-cos initialised positions and a zero-initialised 3x3 convolution over the
-  token grid before the first layer (a locality prior: minutes of CPU training
-  are not enough for attention to discover which tokens are neighbours);
-* a diffusion head of AdaLN-zero residual MLP blocks whose input also gets a
-  projection of ``z`` (so the condition reaches the output from the first step);
-  ``tiny-nova`` gives ``eps`` with the fixed DDPM posterior variance,
-  ``tiny-harmon`` also ``v`` (learned-range variance) on a cosine schedule.
-  Inside, the head predicts the velocity ``sqrt(abar) eps - sqrt(1-abar) x0``
-  and returns ``eps = sqrt(1-abar) x_t + sqrt(abar) velocity``: the same
-  ``eps`` interface as NOVA, but well conditioned at high noise, where a tiny
-  MLP cannot learn the near-identity ``eps ~ x_t`` to the precision that the
-  ``x0`` estimate needs;
-* a linear patch codec (the VAE's role): an image is cut into ``patch x patch``
-  patches and each patch is projected onto ``token_dim`` basis vectors (fitted by
-  PCA on rendered images when the small world pre-trains the model).
-
-Compute proportion: the default sizes keep NOVA's ratio of diffusion-head
-multiply-adds per token and head step to AR-transformer multiply-adds per token
-and forward (NOVA 0.052, tiny 0.060: :func:`head_to_ar_ratio`) so that cost ratios measured
-here transfer to the real models.
-"""
+They implement :class:`marpipe.models.protocol.MARModel` with the real models' moving parts, only
+small (:class:`TinyMAR`): a prompt encoder, a bidirectional transformer over prompt and image
+tokens, a diffusion head and a linear patch codec in the VAE's role. The default sizes keep
+NOVA's ratio of head to AR-transformer multiply-adds per token (:func:`head_to_ar_ratio`), so cost
+ratios measured here transfer to the real models. How the small world uses them:
+``docs/results.md``, "The small world"."""
 from __future__ import annotations
 
 import json
@@ -147,6 +125,10 @@ class AdaLNBlock(nn.Module):
 
 
 class DiffusionHead(nn.Module):
+    """AdaLN-zero residual MLP blocks whose input also gets a projection of ``z`` (so the condition
+    reaches the output from the first step); ``tiny-nova`` gives ``eps`` (fixed DDPM posterior
+    variance), ``tiny-harmon`` also ``v`` (learned-range variance, cosine schedule)."""
+
     def __init__(self, cfg: TinyMARConfig):
         super().__init__()
         w, c = cfg.head_width, cfg.token_dim
@@ -218,7 +200,12 @@ class PatchCodec(nn.Module):
 
 
 class TinyMAR(nn.Module):
-    """A small, complete MAR model implementing the protocol."""
+    """A small, complete MAR model implementing the protocol: a word-hash tokenizer and a small text
+    transformer (the real models: Phi, Qwen); a bidirectional transformer over ``[prompt ; image
+    tokens]`` (known latents or a learned ``[MASK]``, 2-D sin-cos initialised positions) with a
+    zero-initialised 3x3 convolution over the token grid first (a locality prior: minutes of CPU
+    training do not let attention find the neighbours); :class:`DiffusionHead`; :class:`PatchCodec`
+    (PCA-fitted on rendered images when the small world pre-trains the model)."""
 
     def __init__(self, cfg: TinyMARConfig):
         super().__init__()
@@ -290,6 +277,9 @@ class TinyMAR(nn.Module):
 
     # --- diffusion head -----------------------------------------------------------
     def head(self, x_t, step, z):
+        """``(eps, v)``. The net predicts the velocity ``sqrt(abar) eps - sqrt(1-abar) x0`` and ``eps``
+        is recovered from it: NOVA's ``eps`` interface, but well conditioned at high noise, where a
+        tiny MLP cannot learn the near-identity ``eps ~ x_t`` to the precision ``x0`` needs."""
         t = self.schedule.table("timesteps", step.device)[step]
         out = self.head_net(x_t, t, z)
         velocity, v = out.chunk(2, dim=-1) if self.learned_variance else (out, None)

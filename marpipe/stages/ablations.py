@@ -1,21 +1,10 @@
 """Fig. 7: the ablation sweeps over ``top_k``, ``tau`` and ``S``, with intervals.
 
 The sweep (config ``ablations:``; :meth:`marpipe.experiment.Experiment.ablation_frame`) varies one
-knob at a time around the ablated variant (the full method, +Sim) on one model with the HPS
-reward; every point is trained with each training seed, its checkpoint selected, and the
-preference suite generated and scored, like any row of Table 2. Outputs, in ``results/ablations``:
-
-* ``fig7.csv``: one line per (knob, value, metric): the cell (mean over all images of all seeds)
-  and its 95% interval over prompts and seeds (:mod:`marpipe.stats`), and the paired difference
-  from the variant's own point (the centre of the sweep) with its interval and verdict (``higher``
-  / ``lower`` / ``inconclusive``). The sweep's ``n_claims`` differences are decided together:
-  their intervals are simultaneous at 95% (:func:`marpipe.stats.simultaneous`); ``diff_decidable``
-  is the half-width, the smallest difference from the centre the sweep can decide.
-* ``fig7_knobs.png``: the paper's Fig. 7c, the final metric against each knob (one panel per
-  knob), the interval as an error bar, the centre point marked.
-* ``fig7_curves.png``: the paper's Fig. 7b, the training reward against the step for each
-  ``top_k`` (mean over training seeds).
-"""
+knob at a time around the ablated variant (+Sim) on one model with the HPS reward; every point is
+trained, selected, generated and scored like a row of Table 2. Outputs in ``results/ablations``:
+``fig7.csv`` (:func:`ablation_table`), ``fig7_knobs.png`` (Fig. 7c, :func:`plot_knobs`) and
+``fig7_curves.png`` (Fig. 7b, :func:`plot_reward_curves`). ``docs/results.md``, "The study"."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +41,12 @@ def _pooled(records: list[dict], col: str):
 
 
 def ablation_table(exp: Experiment, records: list[dict]) -> pd.DataFrame:
-    """``fig7.csv``'s lines from the sweep's score records (preference suite, one per point and seed)."""
+    """``fig7.csv``'s lines from the sweep's score records (preference suite, one per point and seed):
+    per (knob, value, metric) the cell (mean over all images of all seeds) with its 95% interval over
+    prompts and seeds, and the paired difference from the centre with its interval and verdict
+    (``higher`` / ``lower`` / ``inconclusive``). The sweep's ``n_claims`` differences are decided
+    together (:func:`marpipe.stats.simultaneous`); ``diff_decidable`` is the half-width, the
+    smallest difference from the centre the sweep can decide."""
     a = exp.ablation
     if a is None:
         raise ValueError("config has no `ablations.grid`: nothing to tabulate")

@@ -1,15 +1,9 @@
 """Checkpoint selection, as the paper reports it (Table 2).
 
-Baselines (``selection.best_of``: GRPO, +Fix Decoder) are unstable, so they are
-reported at their best checkpoint by training reward (marked ``*``): the saved
-step whose mean training reward over the preceding ``window`` steps is highest.
-The other variants use the step fixed in advance (``selection.fixed_step``).
-
-Both outputs are byte-stable: the weights file is written by
-:func:`marpipe.io.checkpoint.write_safetensors` (the selected checkpoint's model tensors),
-and the JSON names the checkpoint relative to the run folder, with its sha256 and the
-weights' sha256 -- never an absolute path.
-"""
+Baselines (``selection.best_of``: GRPO, +Fix Decoder) are unstable, so they are reported at their
+best checkpoint by training reward (marked ``*``): the saved step whose mean training reward over
+the preceding ``window`` steps is highest. The other variants use the step fixed in advance
+(``selection.fixed_step``). Both outputs are byte-stable (:func:`select_checkpoint`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,6 +55,9 @@ def keep_for_selection(exp: Experiment, reward: str, variant: str, run_dir: Path
 
 def select_checkpoint(exp: Experiment, reward: str, variant: str, run_dir: str | Path,
                       out_weights: str | Path, out_json: str | Path) -> dict:
+    """Write the selected checkpoint's model tensors (:func:`marpipe.io.checkpoint.write_safetensors`)
+    and a JSON naming the checkpoint relative to the run folder, with its sha256 and the weights'
+    sha256, never an absolute path."""
     run_dir = Path(run_dir)
     step, rule, scores = choose_step(exp, reward, variant, run_dir)
     src = checkpoint_path(run_dir / "checkpoints", step)

@@ -1,22 +1,11 @@
 """The train and warm-up stages: one (model, reward, variant) GRPO run, resumable.
 
-Outputs in the run folder: ``checkpoints/step-*.safetensors``, ``metrics.jsonl``
-and, last, ``summary.json`` (what Snakemake waits for). Rerunning an
-interrupted job continues from its newest valid checkpoint.
-
-Checkpoints and ``summary.json`` are byte-identical between two runs of the same row
-and between a run and its killed-and-resumed twin (same config, code and machine
-type): ``summary.json`` holds only what the run computed (paths relative to the run
-folder, the final checkpoint's sha256). What differs from attempt to attempt -- wall
-time, the step resumed from, git commit, SLURM job id -- goes to ``attempts.jsonl``
-(one line per attempt: a log, not an artifact) and to the MLflow run's tags.
-``metrics.jsonl`` has one row per step, but its ``time_*`` columns are measurements.
-
-MLflow: see :mod:`marpipe.io.tracking` for which run a row continues; re-running a
-row from another clone continues the row's run when its training config (``train_hash``)
-is unchanged, and starts a new run under the same name otherwise. The run ends with its real
-status (FINISHED, FAILED, or KILLED on SIGTERM/SIGINT) and end time (:func:`marpipe.io.tracking.run_status`).
-"""
+Outputs in the run folder: ``checkpoints/step-*.safetensors``, ``metrics.jsonl`` and, last,
+``summary.json`` (what Snakemake waits for; only what the run computed, paths relative to the run
+folder); per-attempt facts (wall time, the step resumed from, commit, SLURM job id) go to
+``attempts.jsonl`` and the MLflow run's tags. Rerunning an interrupted job continues from its
+newest valid checkpoint, byte-identically: ``docs/pipeline.md``, "Byte-stable, resumable" and
+"Tracking"."""
 from __future__ import annotations
 
 import hashlib

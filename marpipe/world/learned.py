@@ -1,27 +1,10 @@
 """Learned scorers of the small world: a tiny open_clip CLIP and a quality MLP.
 
-* **World CLIP** (HPS / PickScore / CLIP role): a real ``open_clip.CLIP`` built
-  from a tiny config (ViT on 32x32 images, patch 4; a 2-layer text transformer
-  with open_clip's own BPE tokenizer). It is saved as an open_clip
-  ``local-dir`` folder -- ``open_clip_config.json`` (``model_cfg`` +
-  ``preprocess_cfg``) and ``model.safetensors`` -- and loaded back with
-  ``open_clip.create_model("local-dir:...")`` (strict) and
-  ``open_clip.get_tokenizer("local-dir:...")``, so rewards run the real
-  open_clip feature / cosine path. The 49408-row token table keeps its random
-  init (only ~40 words occur; updating it would dominate CPU step time). Training: CLIP contrastive loss on
-  (render, prompt) pairs, plus hard negatives: texts and renders of a
-  minimally changed prompt (:func:`~marpipe.world.render.mismatch_metadata`)
-  and corrupted renders (extra negatives for each text).
-* **Quality MLP** (LAION-Aesthetic role): an MLP on the CLIP's L2-normalised
-  image embedding, the LAION predictor's 768-1024-128-64-16-1 shape scaled
-  down (with GELUs, see :class:`QualityMLP`), regressing 1 for clean renders
-  and ``1 - strength`` for corrupted ones.
-
-Rewards: ``world_hps`` (raw cosine, like the HPS training reward),
-``world_aesthetic`` and ``world_mixed`` (world_hps + world_vqa + world_detect,
-the paper's HPS + GIT + GroundingDINO mix). :func:`train_scorers` trains and
-writes both models and reports held-out accuracy.
-"""
+The world CLIP (HPS / PickScore / CLIP role) is a real ``open_clip.CLIP`` from a tiny config,
+saved and loaded as an open_clip ``local-dir`` folder, so rewards run open_clip's own feature and
+cosine path; the quality MLP (LAION-Aesthetic role) scores its image embedding. Rewards:
+``world_hps``, ``world_pickscore``, ``world_aesthetic``, ``world_mixed`` (the paper's HPS + GIT +
+GroundingDINO mix); :func:`train_scorers` trains and writes both models."""
 from __future__ import annotations
 
 import json
@@ -285,7 +268,11 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 def train_clip(steps: int, seed: int = 0, batch_size: int = 32, lr: float = 2e-3,
                model_cfg: dict | None = None, pool_size: int = 4000,
                log_every: int = 0) -> tuple[WorldClip, list[float]]:
-    """Train a world CLIP from scratch; returns it (eval mode) and the per-step losses."""
+    """Train a world CLIP from scratch; returns it (eval mode) and the per-step losses. CLIP's
+    contrastive loss on (render, prompt) pairs plus hard negatives: texts and renders of a minimally
+    changed prompt (:func:`~marpipe.world.render.mismatch_metadata`) and corrupted renders. The
+    49408-row token table keeps its random init (only ~40 words occur; updating it would dominate
+    CPU step time)."""
     cfg = model_cfg or world_clip_config()
     clip = new_world_clip(cfg, seed)
     pool = make_split("train", pool_size, seed)
@@ -317,7 +304,8 @@ def train_clip(steps: int, seed: int = 0, batch_size: int = 32, lr: float = 2e-3
 
 def train_quality(clip: WorldClip, steps: int, seed: int = 0, n_images: int = 1024,
                   batch_size: int = 128, lr: float = 1e-3) -> tuple[QualityMLP, list[float]]:
-    """Fit the quality MLP on frozen CLIP embeddings of clean and corrupted renders."""
+    """Fit the quality MLP on frozen CLIP embeddings of clean and corrupted renders, regressing 1
+    for clean renders and ``1 - strength`` for corrupted ones."""
     rng = np.random.default_rng([seed, 2])
     metas = make_split("train", n_images, seed + 1)
     clean = render(metas, [int(s) for s in rng.integers(0, 2 ** 31, size=n_images)])

@@ -1,41 +1,10 @@
 """Prompt grammar of the small world, with structured metadata and splits.
 
-Every prompt is a metadata dict (JSON-serialisable) that rewards receive::
-
-    {"prompt": "a red circle on the left of a dotted blue square",
-     "category": "complex",
-     "objects": [{"color": "red", "shape": "circle", "texture": None, "count": 1},
-                 {"color": "blue", "shape": "square", "texture": "dotted", "count": 1}],
-     "relation": {"kind": "2d", "name": "left of"},   # subject = objects[0], object = objects[1]
-     "count": 2,                                      # objects drawn in total
-     "style": "light"}                                # background style
-
-``None`` attributes are unspecified: the renderer picks a random colour
-(distinct from the other objects') and draws unspecified textures plain.
-
-Categories mirror T2I-CompBench (plus ``object``, which is only in ``train`` as
-in T2I-R1's training prompts):
-
-========== ==================================================================
-color      2-3 objects, every colour given ("a red circle and a blue square")
-shape      2-3 objects, at most one colour given ("a circle and a red cross")
-texture    1-3 objects, each with a texture word ("a striped circle and a dotted blue square")
-2d_spatial left of / right of / above / below (centroids)
-3d_spatial in front of / behind (occlusion: the front object is drawn whole)
-numeracy   1-2 groups, 1-4 objects in total ("two red circles and one square")
-non_spatial touching / bigger than / smaller than -- the category T2I-CompBench
-           scores with CLIP; here a learned scorer judges it (a verifiable
-           reading also exists, see :mod:`marpipe.world.scorers`)
-complex    two objects with colour + texture and any relation above
-object     one object ("a dotted orange triangle"), training only
-========== ==================================================================
-
-Splits never share a prompt string: a stable hash of the text sends each
-prompt either to ``train`` or to the held-out side, and the held-out
-categories use disjoint grammars (see the table). ``style_<name>`` prompts
-always carry an explicit background suffix, standing in for HPS's four
-benchmark styles (anime / concept-art / paintings / photo).
-"""
+Every prompt is a metadata dict (:func:`sample_prompt`) that the rewards receive; the categories
+mirror T2I-CompBench's seven (plus ``object``, training only, as in T2I-R1's training prompts).
+Splits never share a prompt string (:func:`heldout_bucket`), and ``style_<name>`` prompts carry
+an explicit background, standing in for HPS's four benchmark styles. The world as a whole:
+``docs/results.md``, "The small world"."""
 from __future__ import annotations
 
 import hashlib
@@ -65,6 +34,16 @@ STYLE_WORDS: dict[str, str] = {
 COUNT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
 MAX_OBJECTS = 4
 
+# color       2-3 objects, every colour given ("a red circle and a blue square")
+# shape       2-3 objects, at most one colour given ("a circle and a red cross")
+# texture     1-3 objects, each with a texture word ("a striped circle and a dotted blue square")
+# 2d_spatial  left of / right of / above / below (centroids)
+# 3d_spatial  in front of / behind (occlusion: the front object is drawn whole)
+# numeracy    1-2 groups, 1-4 objects in total ("two red circles and one square")
+# non_spatial touching / bigger than / smaller than: T2I-CompBench scores it with CLIP, here a
+#             learned scorer judges it (a verifiable reading is in :mod:`marpipe.world.scorers`)
+# complex     two objects with colour + texture and any relation above
+# object      one object ("a dotted orange triangle"), training only
 CATEGORIES: tuple[str, ...] = (
     "color", "shape", "texture", "2d_spatial", "3d_spatial", "numeracy", "non_spatial", "complex",
 )
@@ -204,7 +183,16 @@ GENERATORS: dict[str, Callable[[np.random.Generator], tuple[list[dict], dict | N
 
 def sample_prompt(category: str, rng: np.random.Generator, style: str = "light",
                   style_in_text: bool = False) -> dict:
-    """Draw one prompt of ``category``; returns its metadata (with ``prompt``)."""
+    """Draw one prompt of ``category``; returns its metadata (JSON-serialisable), e.g.::
+
+        {"prompt": "a red circle on the left of a dotted blue square", "category": "complex",
+         "objects": [{"color": "red", "shape": "circle", "texture": None, "count": 1},
+                     {"color": "blue", "shape": "square", "texture": "dotted", "count": 1}],
+         "relation": {"kind": "2d", "name": "left of"},   # subject objects[0], object objects[1]
+         "count": 2, "style": "light"}                     # objects drawn in total; background
+
+    ``None`` attributes are unspecified: the renderer picks a random colour (distinct from the
+    other objects') and draws unspecified textures plain."""
     objects, relation = GENERATORS[category](rng)
     meta = {
         "category": category,
@@ -221,7 +209,8 @@ def sample_prompt(category: str, rng: np.random.Generator, style: str = "light",
 # --- splits -------------------------------------------------------------------
 
 def heldout_bucket(text: str) -> bool:
-    """True when ``text`` belongs to the held-out side (stable across runs and machines)."""
+    """True when ``text`` belongs to the held-out side (a stable hash of the text, the same across
+    runs and machines); the held-out categories also use disjoint grammars."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < HELDOUT_FRACTION
 

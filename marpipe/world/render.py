@@ -1,24 +1,10 @@
 """Deterministic renderer of small-world prompts, and corruptions for negatives.
 
-``render(metas, seeds)`` draws each prompt on a 32x32 canvas: flat palette
-objects (``PALETTE``), textures drawn with a darker shade of the object's
-colour (``SHADE_FACTOR``), one of four greyscale backgrounds. Layouts are
-canonical: one object centred, two side by side, three or four in the quadrants
-in the order the prompt mentions them, a related pair centred as a group. The
-seed picks a +-1 px jitter, object sizes, the pair's gap and unspecified
-colours, so a prompt has many valid renders but its layout is nearly fixed: a
-MAR model with few AR steps samples many tokens at once, each independently
-given the context, and only draws coherent objects where the prompt pins down
-where they are (a world with free positions gives scattered fragments). The
-same (metadata, seed) gives byte-identical pixels (only
-``numpy.random.Generator`` seeded from the arguments is used).
-
-Geometry conventions (what :mod:`marpipe.world.scorers` reads back):
-
-* an object of size ``s`` fills an ``s x s`` box and touches its four sides;
-* objects never touch unless the relation is ``touching`` or 3-D (overlap);
-* "A in front of B": B is drawn first, A overlaps part of it and stays whole.
-"""
+``render(metas, seeds)`` draws each prompt on a 32x32 canvas in a canonical layout
+(:func:`layout`): flat palette objects, textures in a darker shade of the object's colour, one of
+four greyscale backgrounds. The seed picks only a +-1 px jitter, sizes, gaps and unspecified
+colours, and the same (metadata, seed) gives byte-identical pixels. :func:`corrupt` and
+:func:`mismatch_metadata` make the negatives the learned scorers train on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -211,7 +197,13 @@ def _translate_into_canvas(boxes: list[tuple[int, int, int]], rng: np.random.Gen
 
 
 def layout(meta: dict, seed: int) -> list[Placed]:
-    """Objects of a prompt, in drawing order, for one seed."""
+    """Objects of a prompt, in drawing order, for one seed. Layouts are canonical (one object
+    centred, two side by side, three or four in the quadrants in the prompt's order, a related
+    pair centred as a group): a MAR model with few AR steps samples many tokens at once, each
+    independently given the context, and draws coherent objects only where the prompt pins down
+    where they are. What :mod:`marpipe.world.scorers` reads back: an object of size ``s`` fills an
+    ``s x s`` box and touches its four sides; objects never touch unless the relation is
+    ``touching`` or 3-D; "A in front of B" draws B first, A overlapping it and whole."""
     rng = np.random.default_rng([int(seed), 7919])
     objects = meta["objects"]
     colors = _resolve_colors(objects, rng)

@@ -1,33 +1,7 @@
-"""Verifiable scorers: read colour, shape, texture, position, occlusion and count
-back from small-world images, and score them against prompt metadata.
-
-Reading (:func:`read_image`):
-
-1. every pixel is classified to the nearest of the 12 palette colours (6 base
-   colours + their texture shades) or to background when none is within
-   ``PIXEL_TOLERANCE`` (backgrounds are grey, the palette saturated);
-2. objects = 4-connected components of each colour family (base + shade),
-   components smaller than ``MIN_AREA`` pixels are dropped;
-3. shape = the template (circle/square/triangle/cross rasterised like the
-   renderer) with the best IoU over candidate boxes; pixels covered by other
-   objects are excluded from the union, so an occluded object still fits its
-   full shape, and ``completeness`` (visible share of the fitted template) tells
-   front (whole) from back (occluded);
-4. texture from the share of shade pixels and of rows that are mostly shade
-   (stripes are whole shade rows, dots are not); position = centroid.
-
-Scores in [0, 1] follow T2I-CompBench's rules with the detectors/VQA replaced by
-the reading (clean renders score exactly 1):
-
-* color / shape / texture / object: mean over prompt objects of the share of
-  their stated attributes (shape, colour, texture) found on the matched object;
-* 2d / 3d / non-spatial: ``0.25 * match(A) + 0.25 * match(B) + 0.5 * relation``
-  (the UniDet rule with detector confidences replaced by attribute matches);
-* numeracy: per group ``0.5 * (found >= 1) + 0.5 * (found == count)``, averaged;
-* complex: mean of the attribute part and the relation part.
-
-Rewards registered here: ``world_compbench``, ``world_detect``, ``world_vqa``.
-"""
+"""Verifiable scorers: read colour, shape, texture, position, occlusion and count back from
+small-world images (:func:`read_image`) and score them against prompt metadata by
+T2I-CompBench's rules, the detectors and VQA replaced by the reading (clean renders score exactly
+1). Rewards registered here: ``world_compbench``, ``world_detect``, ``world_vqa``."""
 from __future__ import annotations
 
 import itertools
@@ -96,7 +70,15 @@ def read_texture(visible: np.ndarray, shade: np.ndarray) -> str:
 
 
 def read_image(img: np.ndarray) -> list[Detection]:
-    """Objects in one ``[H, W, 3]`` float image (largest first, at most ``MAX_DETECTIONS``)."""
+    """Objects in one ``[H, W, 3]`` float image (largest first, at most ``MAX_DETECTIONS``).
+
+    Each pixel goes to the nearest of the 12 palette colours (6 base colours + their texture
+    shades), or to background when none is within ``PIXEL_TOLERANCE`` (backgrounds are grey, the
+    palette saturated); objects are the 4-connected components of each colour family of at least
+    ``MIN_AREA`` pixels; the shape is the template (rasterised like the renderer) with the best IoU
+    over candidate boxes, pixels of other objects excluded from the union, so an occluded object
+    still fits its full shape and ``completeness`` (the visible share) tells front from back;
+    texture from the share of shade pixels and of mostly-shade rows; position is the centroid."""
     family, is_shade = classify_pixels(img)
     dets: list[Detection] = []
     for f, color in enumerate(COLORS):
@@ -245,7 +227,11 @@ def complex_score(dets: list[Detection], meta: dict) -> float:
 
 
 def category_score(dets: list[Detection], meta: dict) -> float:
-    """T2I-CompBench-style score of one reading for the prompt's category."""
+    """T2I-CompBench-style score of one reading for the prompt's category: attributes, the mean
+    over objects of the share of stated attributes found; relations ``0.25 match(A) + 0.25
+    match(B) + 0.5 relation`` (the UniDet rule, detector confidences replaced by attribute
+    matches); numeracy, per group ``0.5 (found >= 1) + 0.5 (found == count)``; complex, the mean
+    of the attribute and relation parts."""
     cat = meta.get("category")
     if cat == "numeracy":
         return numeracy_score(dets, meta)
