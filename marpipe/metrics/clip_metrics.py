@@ -295,8 +295,8 @@ class PickScore(Metric):
     """PickScore v1: ``logit_scale.exp() * cosine(image_emb, text_emb)``.
 
     Embeddings are taken explicitly as ``visual_projection(vision_model(...).pooler_output)``
-    and ``text_projection(text_model(...).pooler_output)`` -- what ``get_*_features``
-    returned before transformers 5 (which now returns an output object). Text: padding,
+    and ``text_projection(text_model(...).pooler_output)``: the tensors transformers 4's
+    ``get_*_features`` return (transformers 5's return an output object). Text: padding,
     truncation to 77 tokens. Image: transformers' CLIP processor, see
     :func:`~marpipe.metrics.preprocess.hf_clip_preprocess` (shortest side 224 PIL bicubic,
     centre crop 224 with floor offsets, OpenAI mean/std; read from

@@ -1,7 +1,7 @@
 """Training rewards (registered in :mod:`marpipe.rewards`): ``hps``, ``git_vqa``, ``gdino``,
 ``mixed`` (+ ``pickscore``, ``imagereward``, ``aesthetic`` for convenience).
 
-They follow T2I-R1 (``src/t2i-r1/src/utils/reward_{hps,git,gdino}.py``; FACTS 1: the mixed
+They follow T2I-R1 (``src/t2i-r1/src/utils/reward_{hps,git,gdino}.py``; the mixed
 reward = HPS + GIT + GroundingDINO, summed unweighted by the reference trainer). The
 per-prompt metadata is that of ``geneval_and_t2i_data_final.json``: ``task_type``,
 ``nouns``, ``attr_nouns``, ``spatial_info`` ``{obj1, obj2, locality}``, ``numeracy_info``

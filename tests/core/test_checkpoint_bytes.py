@@ -1,4 +1,4 @@
-"""Byte-stable artifacts (issue 15): identical runs, and a killed-and-resumed run, write
+"""Byte-stable artifacts: identical runs, and a killed-and-resumed run, write
 files with equal sha256; the global RNGs end in the same state; one metric row (and one
 MLflow point) per step."""
 import json

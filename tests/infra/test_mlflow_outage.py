@@ -1,4 +1,4 @@
-"""MLflow outages and run status (issue 15), against a real ``mlflow server``.
+"""MLflow outages and run status, against a real ``mlflow server``.
 
 The server is the pipeline's own (``workflow/scripts/mlflow-server.sh``) with its state
 (sqlite backend, port file) in a tmp folder, so a test can stop and restart it. What is

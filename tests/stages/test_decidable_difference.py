@@ -1,4 +1,4 @@
-"""The smallest difference each claim can decide (issue 28, item 2): printed beside the paper's."""
+"""The smallest difference each claim can decide, printed beside the paper's."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Intervals everywhere (issue 16): the bootstrap over prompts, paired differences, verdicts, and
+"""Intervals everywhere: the bootstrap over prompts, paired differences, verdicts, and
 the score record that carries the per-image values they need.
 
 Fast: numpy only, a few seconds in all."""
