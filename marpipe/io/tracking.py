@@ -274,7 +274,7 @@ def run_status(run: MLflowRun | None):
     """End ``run`` with its real status: FINISHED when the block completes, FAILED on an exception,
     KILLED on Ctrl-C or SIGTERM (``scancel``). Inside the block SIGTERM raises :class:`Terminated`
     (main thread only); after the run is ended the process dies of the signal as it would have
-    (exit status 128+15), so SLURM and Snakemake see what they saw before. ``None`` (ranks > 0),
+    (exit status 128+15), so SLURM and Snakemake see the exit they would see without the handler. ``None`` (ranks > 0),
     or a run without a tracking URI: the block runs unchanged."""
     if run is None or not run.uri:
         yield
