@@ -16,7 +16,7 @@ column or a reward added to it without a way to bench it fails here and in the t
   :meth:`~marpipe.experiment.Experiment.build_reward` builds it, on prompts with the training set's
   metadata (``task_type``, ``nouns``, ``attr_nouns``, ``spatial_info``, ``numeracy_info``).
 
-Sizes. ``tiny``: the random-weight models of :mod:`marpipe.metrics.tiny` (the tests'), written in
+Sizes. ``tiny`` (registered by the test bed, :func:`register_size`): random-weight models written in
 the real files' layouts to a temporary ``resources/metrics/<weights key>`` and loaded through the
 real loaders -- seconds on a CPU. ``real``: the published architectures (:data:`REAL`, each value
 cited) with random weights, built in memory on the device (no download; the loaders'
@@ -166,13 +166,11 @@ class _Tokenizers:
 
     def bert(self) -> Path:
         if self._bert is None:
-            from .tiny import write_bert_tokenizer
             self._bert = write_bert_tokenizer(self.root / "bert")
         return self._bert
 
     def clip(self) -> Path:
         if self._clip is None:
-            from .tiny import write_clip_tokenizer
             self._clip = write_clip_tokenizer(self.root / "clip")
         return self._clip
 
@@ -250,50 +248,16 @@ def real_loaders(toks: _Tokenizers):
         yield
 
 
-# --- tiny sizes: folders in the real layouts ----------------------------------------------------
-def _make_clip_b32_dir(root: Path) -> Path:
-    """CLIP B/32's folder (config ``weights.clip_b32``): open_clip weights as the hub file names them
-    and a tiny QuickGELU ``open_clip_config.json``."""
-    from . import tiny as t
-    d = Path(root) / "clip_b32"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "open_clip_config.json").write_text(_json.dumps(t.TINY_AESTHETIC_CLIP))
-    torch.save(t._open_clip_model(t.TINY_AESTHETIC_CLIP, 11).state_dict(), d / "open_clip_pytorch_model.bin")
-    return d
+# --- random-weight sizes: folders in the real layouts ----------------------------------------------
+#: size -> (builders, extra): ``builders`` maps (model, loader kwarg) to a function writing that folder
+#: under a root and returning it; ``extra`` maps a model to the loader kwargs it needs beyond its folders
+SIZES: dict[str, tuple[dict, dict]] = {}
 
 
-def _make_open_clip_config_dir(root: Path) -> Path:
-    """A folder holding the tiny HPS architecture as the hub's open_clip repos hold theirs
-    (``open_clip_config.json`` with ``model_cfg``): HPS's ``config_dir``."""
-    from .tiny import TINY_OPEN_CLIP
-    d = Path(root) / "open_clip_config"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "open_clip_config.json").write_text(_json.dumps({"model_cfg": TINY_OPEN_CLIP}))
-    return d
-
-
-def _tiny_builders() -> dict:
-    """(model, loader kwarg) -> a builder writing the tiny folder (marpipe.metrics.tiny)."""
-    from . import tiny as t
-    return {("hps", "weights_dir"): t.make_hps_dir,
-            ("hps", "config_dir"): _make_open_clip_config_dir,
-            ("imagereward", "weights_dir"): t.make_imagereward_dir,
-            ("imagereward", "tokenizer_dir"): t.make_bert_base_uncased_dir,
-            ("pickscore", "weights_dir"): t.make_pickscore_dir,
-            ("pickscore", "processor_dir"): t.make_clip_h14_processor_dir,
-            ("aesthetic", "weights_dir"): t.make_aesthetic_dir,
-            ("aesthetic", "clip_dir"): t.make_clip_l14_dir,
-            ("clip_b32", "weights_dir"): _make_clip_b32_dir,
-            ("blip_vqa", "weights_dir"): t.make_blip_vqa_dir,
-            ("git_vqa", "weights_dir"): t.make_git_dir,
-            ("detector", "weights_dir"): t.make_gdino_dir,
-            ("depth", "weights_dir"): t.make_dpt_dir}
-
-
-def _tiny_extra() -> dict:
-    """Loader kwargs a tiny model needs beyond its folders (ImageReward's vision tower is hard-coded)."""
-    from .tiny import TINY_IR_VISION
-    return {"imagereward": {"vision": TINY_IR_VISION}}
+def register_size(name: str, builders: dict, extra: dict | None = None) -> None:
+    """Bench the models at size ``name`` from the folders ``builders`` write (the test bed registers
+    ``tiny``)."""
+    SIZES[name] = (dict(builders), dict(extra or {}))
 
 
 # --- the rows of a config --------------------------------------------------------------------
@@ -360,8 +324,54 @@ def _cycle(xs, n):
     return [xs[i % len(xs)] for i in range(n)]
 
 
+#: the words of the bench prompts: the vocabulary of the tokenizers the real-size models get
+BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "red", "blue",
+              "green", "cat", "dog", "car", "photo", "of", "on", "left", "right", "yes", "no",
+              "?", ".", ",", "and", "two", "three", "apple", "table", "bench", "wooden", "in",
+              "front", "behind", "next", "to", "near", "top", "bottom", "is", "there"]
+
+
+def write_bert_tokenizer(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.txt").write_text("\n".join(BERT_WORDS) + "\n")
+    from transformers import BertTokenizer
+    BertTokenizer(vocab={w: i for i, w in enumerate(BERT_WORDS)}, do_lower_case=True).save_pretrained(str(d))
+    return d
+
+
+def clip_vocab(n_merges: int = 300) -> tuple[list[str], list[str]]:
+    """(vocab, merges) of a CLIP BPE tokenizer with the first ``n_merges`` merges of the real one."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:1 + n_merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    return vocab + ["<|startoftext|>", "<|endoftext|>"], merges
+
+
+def write_clip_tokenizer(d: Path, n_merges: int = 300) -> Path:
+    """A CLIP BPE tokenizer with the first ``n_merges`` merges of the real CLIP vocab."""
+    d.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_vocab(n_merges)
+    (d / "vocab.json").write_text(_json.dumps({v: i for i, v in enumerate(vocab)}))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    from transformers import CLIPTokenizer
+    CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt")).save_pretrained(str(d))
+    return d
+
+
+def smooth_images(n=4, h=40, w=48, seed=0, grid=6):
+    """Low-frequency images (bilinear upsampling of a ``grid x grid`` noise), 8-bit quantised:
+    resizers (PIL vs torch) agree on them to about one grey level, unlike on white noise."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.rand(n, 3, grid, grid, generator=g), size=(h, w), mode="bilinear",
+                      align_corners=False)
+    return x.mul(255).round().div(255)
+
+
 def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    from .tiny import smooth_images
     return smooth_images(n, size, size, seed=seed, grid=8)
 
 
@@ -523,13 +533,15 @@ def bench_metrics(names=None, device="cpu", json: bool = False, size: str = "tin
                   batch_size: int | None = None, image_size: int | None = None, repeats: int = 3,
                   print_table: bool = True, progress: bool = False) -> list[dict]:
     """Bench every row of ``config`` (or those in ``names``: a row name, or ``kind:name``); print a
-    table (or JSON) and return the rows. ``size``: ``tiny`` or ``real`` (see the module);
+    table (or JSON) and return the rows. ``size``: ``real`` or a registered one (see the module);
     ``progress``: a line on stderr as each row ends."""
     from marpipe import experiment as E
     from marpipe.rewards import build_reward, combine
-    if size not in ("tiny", "real"):
+    if size != "real" and size not in SIZES:
         from marpipe.config import ConfigError
-        raise ConfigError(f"size must be tiny or real, not {size!r}")
+        raise ConfigError(f"bench metrics: no size {size!r}; sizes: {', '.join(['real', *SIZES])}. The tiny "
+                          "random-weight folders are the repository's test bed (testbed/, not installed): "
+                          "`python -m testbed.metrics` runs this bench at size tiny")
     exp = config if isinstance(config, E.Experiment) else E.load(config)
     device = torch.device(device)
     if size == "real" and device.type != "cuda":
@@ -541,11 +553,11 @@ def bench_metrics(names=None, device="cpu", json: bool = False, size: str = "tin
         raise ConfigError(f"bench metrics: no row {', '.join(map(repr, unknown))} in this config; rows: "
                          + ", ".join(f"{k}:{n}" for k, n in known))
     ev = exp.cfg["evaluation"]
-    batch = batch_size or (TINY_BATCH if size == "tiny" else ev["batch_size"])
-    px = image_size or (TINY_IMAGE if size == "tiny" else REAL_IMAGE)
+    batch = batch_size or (ev["batch_size"] if size == "real" else TINY_BATCH)
+    px = image_size or (REAL_IMAGE if size == "real" else TINY_IMAGE)
     images = _images(batch, px)
     roles, models = weights_roles(exp), model_rows(exp)
-    extra = _tiny_extra() if size == "tiny" else {}
+    builders, extra = SIZES[size] if size != "real" else ({}, {})
     rows: list[dict] = []
     _preload()
     gc.collect()
@@ -558,12 +570,11 @@ def bench_metrics(names=None, device="cpu", json: bool = False, size: str = "tin
         res = tmp / "resources"
         if size == "real":
             stack.enter_context(real_loaders(toks))
-        builders = _tiny_builders()
 
         def folder(key: str) -> Path:
-            """``resources/metrics/<key>``: the tiny folder, written on first use (real size: no folder)."""
+            """``resources/metrics/<key>``: the size's folder, written on first use (real size: no folder)."""
             d = res / "metrics" / key
-            if size == "tiny" and not d.exists():
+            if size != "real" and not d.exists():
                 d.mkdir(parents=True)
                 for _, model, kwarg in roles[key]:     # one folder serving several roles holds all their files
                     shutil.copytree(builders[model, kwarg](Path(tempfile.mkdtemp(dir=tmp))), d, dirs_exist_ok=True)

@@ -1,12 +1,12 @@
-"""Fixtures: tiny random-weight metrics (builders in :mod:`marpipe.metrics.tiny`),
+"""Fixtures: tiny random-weight metrics (builders in :mod:`testbed.metrics`),
 saved to tmp folders in the real layout and loaded back through the real loaders."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from marpipe.metrics import tiny as _t
-from marpipe.metrics.tiny import *  # noqa: F401,F403
+from testbed import metrics as _t
+from testbed.metrics import *  # noqa: F401,F403
 
 torch.set_num_threads(1)
 

@@ -183,6 +183,17 @@ def test_real_size_path_runs_on_cpu_for_the_smallest_model(exp, monkeypatch):
         assert r["finite"] and r["load_mb"] > 151.28 * 4 * 0.9, r     # the fp32 weights are resident
 
 
+
+def test_tiny_is_a_registered_size_and_without_it_one_clear_error(exp, monkeypatch):
+    """The tiny folders are the test bed's: ``testbed.metrics`` registers them (this folder's conftest
+    imports it); without that registration the bench names the sizes it has and where tiny comes from."""
+    from testbed import metrics as tiny
+    assert B.SIZES["tiny"][0] == tiny.BENCH_BUILDERS
+    assert set(tiny.BENCH_BUILDERS) == set(B.ROLE.values())      # a tiny folder for every model part
+    monkeypatch.delitem(B.SIZES, "tiny")
+    with pytest.raises(ConfigError, match=r"no size 'tiny'; sizes: real\. .*`python -m testbed\.metrics`"):
+        B.bench_metrics(config=exp, print_table=False)
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_real_size_every_row_on_cuda(exp):

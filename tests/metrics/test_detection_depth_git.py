@@ -12,9 +12,9 @@ from marpipe.metrics import WeightsError, load_metric
 from marpipe.metrics.base import quantize_uint8
 from marpipe.metrics.detection import DepthEstimator, ZeroShotDetector, cxcywh_to_xyxy, t2i_r1_detection_prompt
 from marpipe.metrics.preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess, normalize, resize_square
-from marpipe.metrics.tiny import images, smooth_images
 from marpipe.metrics.train_rewards import gdino_reward, gdino_score, git_vqa_score
 from marpipe.rewards import build_reward
+from testbed.metrics import images, smooth_images
 
 torch.set_num_threads(1)
 

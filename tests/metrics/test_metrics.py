@@ -10,7 +10,7 @@ from marpipe.metrics.base import quantize_uint8
 from marpipe.metrics.clip_metrics import hps_benchmark
 from marpipe.metrics.imagereward import IR_MEAN, IR_STD
 from marpipe.metrics.preprocess import clip_preprocess, hps_preprocess
-from marpipe.metrics.tiny import PROMPTS, TINY_IR_VISION, images
+from testbed.metrics import PROMPTS, TINY_IR_VISION, images
 
 torch.set_num_threads(1)
 

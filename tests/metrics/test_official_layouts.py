@@ -21,8 +21,8 @@ import torch
 from marpipe import experiment as E
 from marpipe.metrics import WeightsError, load_metric
 from marpipe.metrics.imagereward import MED_KEYS, REAL_TEXT, REAL_VISION, text_config_from_med
-from marpipe.metrics.tiny import BERT_WORDS, PROMPTS, TINY_IR_VISION, TINY_MED_CONFIG, images
 from marpipe.rewards import build_reward
+from testbed.metrics import BERT_WORDS, PROMPTS, TINY_IR_VISION, TINY_MED_CONFIG, images
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from marpipe.metrics.tiny import PROMPTS, images
 from marpipe.metrics.train_rewards import gdino_score, git_vqa_score
 from marpipe.rewards import available_rewards, build_reward
+from testbed.metrics import PROMPTS, images
 
 torch.set_num_threads(1)
 

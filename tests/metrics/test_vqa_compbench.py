@@ -14,8 +14,8 @@ from marpipe.metrics.compbench import (
     spatial_3d_score,
     three_in_one,
 )
-from marpipe.metrics.tiny import images
 from marpipe.metrics.vqa import BLIP_DEC_ID, BLIP_NO_ID, BLIP_YES_ID, pre_question
+from testbed.metrics import images
 
 torch.set_num_threads(1)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from marpipe import lock as L
-from marpipe.hub.build import build_hub, index_entry
-from marpipe.hub.repos import REPOS
-from marpipe.hub.server import HubServer
 from marpipe.models.download import DownloadError, ModelSource, download_model, read_manifest
+from testbed.hub.build import build_hub, index_entry
+from testbed.hub.repos import REPOS
+from testbed.hub.server import HubServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPTH = "Intel/dpt-hybrid-midas"

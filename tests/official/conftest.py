@@ -7,22 +7,12 @@ which is missing.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ENV_VAR = "MARPIPE_OFFICIAL_CODE"
-
-
-def official_root() -> Path | None:
-    """The folder with the official code, or None."""
-    given = os.environ.get(ENV_VAR)
-    for cand in ([Path(given)] if given else []) + [REPO.parent / "shared" / "official"]:
-        if cand.is_dir():
-            return cand.resolve()
-    return None
+from testbed.official import OFFICIAL_ENV as ENV_VAR
+from testbed.official import official_root
 
 
 @pytest.fixture(scope="session")

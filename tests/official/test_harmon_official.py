@@ -2,13 +2,13 @@
 
 The official code is the ``trust_remote_code`` files of the HF repo ``wusize/Harmon-1_5B``
 (``harmon-remote-code/``, as copied into AMAP-ML/mar-grpo @fcb7969) and github wusize/Harmon @4eb6087
-(``Harmon/``), found through the ``official`` fixture. ``tests/official/harmon_tiny.py`` builds the
+(``Harmon/``), found through the ``official`` fixture. ``testbed/official/harmon_tiny.py`` builds the
 official ``HarmonModel`` at the smallest size its code allows (tiny Qwen2, ``mar_base``, the fixed KL-16
 VAE) with random weights, saves it with ``save_pretrained`` next to an offline Qwen2-style tokenizer and
 marpipe's manifest, and marpipe loads that folder exactly as the pipeline does
 (``load_model("harmon:<dir>")``). The builder's own ``HarmonModel`` is the reference.
 
-The hub fixture of ``make rehearse`` (``marpipe.hub``) is smaller still: ``build_tiny_harmon(tiny_arch=True)``
+The hub fixture of ``make rehearse`` (``testbed.hub``) is smaller still: ``build_tiny_harmon(tiny_arch=True)``
 appends a declared block to ``mar.py`` and ``vae.py`` (tiny MAR widths from ``config.json``, a narrow VAE);
 the ``tiny_arch`` tests check that the blocks change nothing else and that marpipe loads that folder as
 the official model.
@@ -45,8 +45,7 @@ import torch
 
 from marpipe import diffusion as D
 from marpipe.models.protocol import Prompts
-
-from . import harmon_tiny
+from testbed.official import harmon_tiny
 
 for _mod in ("einops", "timm", "scipy"):
     pytest.importorskip(_mod, reason=f"Harmon's remote code imports {_mod} (envs/harmon-requirements.txt)")
@@ -209,7 +208,7 @@ def _shapes(module) -> dict:
 
 
 def test_tiny_arch_blocks_only_append_and_keep_the_real_sizes_by_default(official, tmp_path):
-    """marpipe.hub's Harmon fixture (``tiny_arch``) changes the remote code only by the two declared
+    """testbed.hub's Harmon fixture (``tiny_arch``) changes the remote code only by the two declared
     blocks at the end of ``mar.py`` and ``vae.py``; without the fixture's ``mar`` keys its ``mar_base`` is
     the real one, and its VAE ``Encoder``/``Decoder`` at the real width are the real ones (same
     parameter shapes, built on the meta device)."""
@@ -244,7 +243,7 @@ def test_tiny_arch_blocks_only_append_and_keep_the_real_sizes_by_default(officia
 
 @torch.no_grad()
 def test_tiny_arch_folder_is_tiny_and_marpipe_loads_it_as_the_official_model(official, tmp_path):
-    """The hub fixture's folder (``build_tiny_harmon(tiny_arch=True)``, what ``marpipe.hub.official``
+    """The hub fixture's folder (``build_tiny_harmon(tiny_arch=True)``, what ``testbed.hub.official``
     serves as ``wusize/Harmon-1_5B``): ~3M parameters (a training checkpoint of the trained MAR parts is
     ~1 MB), loaded by marpipe's adapter (strictly, from the folder's own remote code), whose AR step,
     head and decode equal the official ``HarmonModel``'s."""

@@ -1,6 +1,6 @@
 """marpipe's NOVA adapter against the OFFICIAL NOVA code (diffnext, github baaivision/NOVA @2cd254a).
 
-The official pipeline is built at tiny size with random weights (``tests/official/nova_tiny.py``),
+The official pipeline is built at tiny size with random weights (``testbed/official/nova_tiny.py``),
 saved in the hub layout, and loaded twice from that folder: by ``NOVAPipeline.from_pretrained``
 (the official path) and by ``marpipe.models.registry.load_model("nova:<dir>")`` (the pipeline's
 path). One seeded official sampling run (``NOVAPipeline.__call__``) is recorded through hooks on
@@ -21,8 +21,7 @@ import torch
 
 from marpipe import diffusion as D
 from marpipe.models.protocol import Prompts
-
-from . import nova_tiny
+from testbed.official import nova_tiny
 
 PROMPTS = ["a red circle on the left", "two blue squares"]
 K_STEPS, T_STEPS, CFG = 4, 5, 5.0

@@ -1,19 +1,6 @@
-"""``make rehearse``: the paper DAG end to end on CPU against the local hub, the way a user runs it.
-
-    python -m marpipe.hub.rehearse [--profile slurm|local] [--directory rehearsal] [-- SNAKEMAKE_ARGS]
-
-1. builds the local hub (``.marpipe/hub``) unless it is built and its pins match ``config/rehearsal.yaml``,
-   and serves it (``HF_ENDPOINT``) unless a server already answers there;
-2. ``marpipe lock --config config/rehearsal.yaml`` against it: the config leaves the same downloads
-   unpinned as ``config.yaml`` (NOVA, Harmon, five scorers, the HPS benchmark files at ``resolve/main``),
-   the lock resolves them (``config/rehearsal.lock.yaml``; committed, so ``git diff`` shows a change);
-3. ``marpipe preflight --profile <profile>`` (its lines in the log; on the CI cluster the GPU probe fails,
-   having no GPU, and ``--accept-no-gpu`` lets the rehearsal go on);
-4. runs ``snakemake all --profile <profile> --configfile config/rehearsal.yaml --directory <directory>``
-   with the overrides the one-node CI cluster needs (:func:`ci_overrides`: no slurmdbd, one stand-in
-   GPU per job, 2 CPUs, a few GB), the profile itself unchanged: its jobs run in the deployment the
-   profile names (the project's venvs; NOVA's and Harmon's in ``.venv-nova`` / ``.venv-harmon``);
-5. prints each rule's job count and summed wall time (:func:`marpipe.demo.stage_times`).
+"""``make rehearse`` (``python -m testbed.hub.rehearse [--profile slurm|local] [--directory rehearsal]
+[-- SNAKEMAKE_ARGS]``): the README's cluster commands on the paper DAG at tiny sizes, on CPU against the
+local hub, the way a user runs them (:func:`rehearse`). See ``docs/cluster.md``.
 """
 from __future__ import annotations
 
@@ -131,7 +118,7 @@ def ensure_hub(hub_dir: Path, config: Path, port: int = PORT) -> tuple[str, subp
         problems = hubcli.check(hub_dir, config)
         if problems:
             raise SystemExit("[rehearse] the hub's pins differ from the config's (re-pin "
-                             f"{config} from `python -m marpipe.hub pins {hub_dir}`):\n  " + "\n  ".join(problems))
+                             f"{config} from `python -m testbed.hub pins {hub_dir}`):\n  " + "\n  ".join(problems))
     endpoint = f"http://127.0.0.1:{port}"
     if hub_answers(endpoint):
         stale = stale_pins(endpoint, hubcli.config_pins(yaml.safe_load(Path(config).read_text())))
@@ -141,7 +128,7 @@ def ensure_hub(hub_dir: Path, config: Path, port: int = PORT) -> tuple[str, subp
         print(f"[rehearse] a hub already answers at {endpoint} (every pinned revision found)", flush=True)
         return endpoint, None
     log = open(hub_dir / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "marpipe.hub", "serve", str(hub_dir), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.hub", "serve", str(hub_dir), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     for _ in range(100):
         if hub_answers(endpoint, 0.5):
@@ -157,7 +144,7 @@ def ensure_hub(hub_dir: Path, config: Path, port: int = PORT) -> tuple[str, subp
 
 
 #: what a rehearsal writes, with a wide margin (measured: 146 MB in the working folder at its peak, DVC cache
-#: included, plus the 78 MB hub: Harmon's fixture is tiny, tests/official/harmon_tiny.py tiny_arch: ~1 MB checkpoints)
+#: included, plus the 78 MB hub: Harmon's fixture is tiny, testbed/official/harmon_tiny.py tiny_arch: ~1 MB checkpoints)
 DISK_NEEDED_GB = 2
 
 
@@ -175,6 +162,21 @@ def cluster_up() -> bool:
 
 def rehearse(profile: str, directory: str, config: str = CONFIG, extra: list[str] | None = None,
              hub_dir: str = HUB_DIR, port: int = PORT) -> int:
+    """The rehearsal; returns snakemake's exit status. It
+
+    1. builds the local hub (``.marpipe/hub``) unless it is built and its pins match ``config/rehearsal.yaml``,
+       and serves it (``HF_ENDPOINT``) unless a server already answers there;
+    2. ``marpipe lock --config config/rehearsal.yaml`` against it: the config leaves the same downloads
+       unpinned as ``config.yaml`` (NOVA, Harmon, five scorers, the HPS benchmark files at ``resolve/main``),
+       the lock resolves them (``config/rehearsal.lock.yaml``; committed, so ``git diff`` shows a change);
+    3. ``marpipe preflight --profile <profile>`` (its lines in the log; on the CI cluster the GPU probe fails,
+       having no GPU, and ``--accept-no-gpu`` lets the rehearsal go on);
+    4. runs ``snakemake all --profile <profile> --configfile config/rehearsal.yaml --directory <directory>``
+       with the overrides the one-node CI cluster needs (:func:`ci_overrides`: no slurmdbd, one stand-in
+       GPU per job, 2 CPUs, a few GB), the profile itself unchanged: its jobs run in the deployment the
+       profile names (the project's venvs; NOVA's and Harmon's in ``.venv-nova`` / ``.venv-harmon``);
+    5. prints each rule's job count and summed wall time (:func:`marpipe.demo.stage_times`).
+    """
     from marpipe.demo import stage_times
     if profile.startswith("slurm") and not cluster_up():
         raise SystemExit(f"[rehearse] --profile {profile} needs a SLURM cluster and sinfo does not answer: start "
@@ -210,7 +212,7 @@ def rehearse(profile: str, directory: str, config: str = CONFIG, extra: list[str
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m marpipe.hub.rehearse", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m testbed.hub.rehearse", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="slurm")
     ap.add_argument("--directory", default="rehearsal")
     ap.add_argument("--config", default=CONFIG)

@@ -1,21 +1,8 @@
-"""Write the local hub: the fixture repositories of :mod:`marpipe.hub.repos` and the ``kind: url``
-files of ``config.yaml``, with the index the server answers from.
-
-Layout of a hub folder ``ROOT`` (outside the repository, e.g. ``.marpipe/hub``)::
-
-    ROOT/index.json                    repo id -> revision, tree, per-file size/sha256/blob id/LFS
-    ROOT/repos/<owner>/<name>/...      the files of each repository, exactly its real file list
-    ROOT/files/<host>/<path>           each `kind: url` file under its real URL's host and path
-
-Everything is deterministic (weights from :mod:`marpipe.hub.defined`, not from the CPU's kernels;
-fixed zip dates, sorted JSON), so the revisions -- git commit ids over the files
-(:mod:`marpipe.hub.gitobj`) -- are the same at every build on any CPU with the same library
-versions, and ``config/rehearsal.yaml`` can pin them.
-
-NOVA and Harmon are built with the official code (``../shared/official`` or
-``$MARPIPE_OFFICIAL_CODE``) in their side venvs ``.venv-nova`` / ``.venv-harmon``, as a
-subprocess (:mod:`marpipe.hub.official`); without either, the repository is skipped and
-``index.json`` says why.
+"""Write the local hub: the fixture repositories of :mod:`.repos` (exactly their declared files,
+weights redrawn by :mod:`.defined`, revisions from :mod:`.gitobj`; NOVA and Harmon by :mod:`.official` in
+their side venvs, or skipped with the reason in ``index.json``) and the ``kind: url`` files of
+``config.yaml``. The build is deterministic, so ``config/rehearsal.yaml`` can pin its revisions. See
+``docs/development.md``.
 """
 from __future__ import annotations
 
@@ -30,25 +17,17 @@ from pathlib import Path
 
 import yaml
 
+from testbed.official import OFFICIAL_ENV, official_root
+
 from . import gitobj
 from .defined import WEIGHT_SUFFIXES, rewrite_weight_file
 from .repos import PLACEHOLDER, REPOS, Repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-OFFICIAL_ENV = "MARPIPE_OFFICIAL_CODE"
 
 
 class HubBuildError(RuntimeError):
     pass
-
-
-def official_root() -> Path | None:
-    """The official NOVA/Harmon code: ``$MARPIPE_OFFICIAL_CODE`` or ``../shared/official``."""
-    given = os.environ.get(OFFICIAL_ENV)
-    for cand in ([Path(given)] if given else []) + [REPO_ROOT.parent / "shared" / "official"]:
-        if cand.is_dir():
-            return cand.resolve()
-    return None
 
 
 def side_python(name: str) -> Path:
@@ -67,7 +46,7 @@ def _build_files(repo: Repo, work: Path) -> str | None:
     if not py.exists():
         return f"side venv .venv-{repo.side_venv} not built (make official-venvs)"
     env = {**os.environ, OFFICIAL_ENV: str(code), "PYTHONHASHSEED": "0"}
-    r = subprocess.run([str(py), "-m", "marpipe.hub.official", repo.key, str(work)], cwd=REPO_ROOT, env=env,
+    r = subprocess.run([str(py), "-m", "testbed.hub.official", repo.key, str(work)], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise HubBuildError(f"building {repo.repo_id} in .venv-{repo.side_venv} failed:\n{r.stderr[-3000:]}")
@@ -85,7 +64,7 @@ def build_repo(repo: Repo, root: Path, work_root: Path) -> dict | str:
         return skipped
     missing = [f for f in repo.files if not (work / f).is_file()]
     if missing:
-        raise HubBuildError(f"{repo.repo_id}: the builder wrote no {missing} (declared in marpipe/hub/repos.py)")
+        raise HubBuildError(f"{repo.repo_id}: the builder wrote no {missing} (declared in testbed/hub/repos.py)")
     placeholder = PLACEHOLDER.split("{")[0].encode()
     for f in repo.files:                  # weights defined bit for bit, not by this CPU's kernels
         if f.endswith(WEIGHT_SUFFIXES) and not (work / f).read_bytes().startswith(placeholder):
@@ -176,7 +155,7 @@ def url_bytes(entry: dict) -> bytes:
         import torch
 
         from marpipe.metrics.clip_metrics import AestheticMLP
-        from marpipe.metrics.tiny import TINY_AESTHETIC_CLIP
+        from testbed.metrics import TINY_AESTHETIC_CLIP
         torch.manual_seed(3)                       # make_aesthetic_dir's MLP
         from .defined import define
         buf = io.BytesIO()
@@ -210,7 +189,12 @@ def build_url_files(root: Path, cfg: dict) -> dict:
 # --- the whole hub -------------------------------------------------------------------------------
 def build_hub(root: str | Path, keys: list[str] | None = None, config: str | Path = REPO_ROOT / "config.yaml",
               log=print) -> dict:
-    """Build the repositories ``keys`` (default: all) and the url files of ``config`` into ``root``;
+    """Build the repositories ``keys`` (default: all) and the url files of ``config`` into ``root``::
+
+        ROOT/index.json                repo id -> revision, tree, per-file size/sha256/blob id/LFS
+        ROOT/repos/<owner>/<name>/...  the files of each repository, exactly its real file list
+        ROOT/files/<host>/<path>       each `kind: url` file under its real URL's host and path
+
     write and return ``root/index.json`` (entries of repositories not rebuilt are kept)."""
     import torch
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

@@ -1,12 +1,9 @@
-"""``python -m marpipe.hub``: build, serve and pin the local hub.
+"""``python -m testbed.hub build|serve|pins DIR``: build, serve and pin the local hub.
 
-    python -m marpipe.hub build .marpipe/hub [--only hps imagereward ...]
-    python -m marpipe.hub serve .marpipe/hub [--port 18765]      # then HF_ENDPOINT=http://127.0.0.1:18765
-    python -m marpipe.hub pins  .marpipe/hub [--check config/rehearsal.yaml]
-
-``pins`` prints each repository's revision and each url file's sha256 (``--check`` compares them
-with a config's pins and exits 1 naming every difference: the fixtures changed, e.g. after a
-library upgrade; rebuild, then re-pin the config).
+``build DIR [--only KEY ...]`` writes it (e.g. ``.marpipe/hub``); ``serve DIR [--port 18765]`` serves it
+(``HF_ENDPOINT=http://127.0.0.1:18765``); ``pins DIR`` prints each repository's revision and each url
+file's sha256, ``--check CONFIG`` compares them with a config's pins and exits 1 naming every difference
+(the fixtures changed, e.g. after a library upgrade: rebuild, then re-pin). See ``docs/development.md``.
 """
 from __future__ import annotations
 
@@ -80,7 +77,7 @@ def check(root: Path, config: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m marpipe.hub", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m testbed.hub", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the fixture repositories and url files")
     b.add_argument("root")

@@ -1,39 +1,9 @@
-"""Build the OFFICIAL Harmon (``HarmonModel``, the ``trust_remote_code`` files of the HF repo
-``wusize/Harmon-1_5B`` as kept in ``harmon-remote-code/`` beside the repository) at tiny size with
-random weights, in a folder laid out as a download of ``wusize/Harmon-1_5B`` would be, so that marpipe
-loads it exactly as the pipeline does (``load_model("harmon:<dir>")``).
-
-Nothing here is official code: the remote-code files are copied, unchanged but for one line (below),
-into a temporary folder at test time. The folder holds:
-
-* ``config.json`` written by ``save_pretrained``: ``HarmonConfig`` (``model_type`` ``harmon``,
-  ``auto_map`` -> ``configuration_harmon.HarmonConfig`` / ``modeling_harmon.HarmonModel``) with
-  ``llm`` (a ``Qwen2Config`` dict, as ``Qwen2Config.from_dict(config.llm)`` reads it) and ``mar``
-  (``type`` + ``mar_base/large/huge`` keyword arguments, as ``HarmonModel.__init__`` pops them);
-* ``model.safetensors`` written by ``save_pretrained``: Qwen2's tied ``llm.lm_head.weight`` is NOT in
-  it (only ``llm.model.embed_tokens.weight``);
-* the remote-code ``*.py`` files (``save_pretrained`` copies them next to the config);
-* a Qwen2-style tokenizer (``tokenizer.json``, ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``
-  with ``tokenizer_class`` ``Qwen2Tokenizer``, ``eos_token`` ``<|im_end|>``, ``pad_token``
-  ``<|endoftext|>``), built offline: byte-level BPE over the 256 byte symbols, no merges, plus the
-  special tokens ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``;
-* marpipe's ``MANIFEST.sha256``.
-
-Layout facts and assumptions: the remote code fixes the VAE (KL-16, ``embed_dim`` 16,
-``ch_mult (1, 1, 2, 2, 4)``) and offers only ``mar_base``/``mar_large``/``mar_huge`` (real Harmon-1.5B:
-``mar_huge``, Qwen2.5-1.5B-Instruct), so "tiny" is a tiny Qwen2, ``mar_base`` (the smallest, 2 x 12
-blocks of width 768), a small diffusion MLP and a small buffer; the ``mar`` keys mirror
-``Harmon/configs/models/qwen2_5_1_5b_kl16_mar_h.py`` (``img_size`` 256 -> 32 here, so the learned
-position embeddings are bilinearly resized for generation as Harmon's 256 -> 512 are). ASSUMED, not
-checkable from here (no hub access): that the HF repo's ``config.json`` carries these same ``mar`` keys
-(the generation diffusion steps ``num_sampling_steps`` there may be "100", the github config's value),
-that it ships the Qwen2.5 tokenizer files, and that its weights are ``model.safetensors`` (sharded
-``model-0000x-of-0000y.safetensors`` load the same way in marpipe).
-
-``modeling_harmon.py`` line 238 (``self.curtail_cache(...)`` inside ``HarmonModel.sample``) is indented
-four spaces too deep in that copy (IndentationError); :func:`copy_remote_code` removes those four
-spaces, which is the indentation of the same line in github wusize/Harmon ``src/models/harmon.py``,
-and changes nothing else.
+"""The OFFICIAL Harmon (``HarmonModel``, the ``trust_remote_code`` files of the HF repo ``wusize/Harmon-1_5B``
+as kept in ``harmon-remote-code/`` beside the repository) at tiny size with random weights, in a folder
+laid out as a download of ``wusize/Harmon-1_5B`` (:func:`build_tiny_harmon`), so that marpipe loads it
+exactly as the pipeline does (``load_model("harmon:<dir>")``). Nothing here is official code: the
+remote-code files are copied at test time, unchanged but for one line (:func:`copy_remote_code`). See
+``docs/development.md``.
 """
 from __future__ import annotations
 
@@ -69,11 +39,11 @@ TINY_MAR = dict(type="mar_base", img_size=32, vae_stride=16, patch_size=1, vae_e
 # marpipe's sampling for the tiny folder: 64x64 images = 4x4 tokens (learned at 2x2, like 16x16 -> 32x32)
 TINY_SAMPLING = {"ar_steps": 4, "diffusion_steps": 5, "cfg_scale": 3.0, "image_size": 64}
 
-# --- the hub fixture's tiny architecture (marpipe.hub, ``tiny_arch=True``) -------------------------------
+# --- the hub fixture's tiny architecture (testbed.hub, ``tiny_arch=True``) -------------------------------
 # ``mar_base`` is the smallest MAR the remote code builds (2 x 12 blocks of width 768: 171M parameters) and
 # ``HarmonModel`` builds its KL-16 VAE at a fixed width (66M): a rehearsal's 16 training checkpoints were 2 GB
 # each. As the NOVA fixture registers tiny architectures in diffnext's registries, the hub fixture appends a
-# block to two remote-code files (declared in them and in marpipe/hub/repos.py; nothing else changes):
+# block to two remote-code files (declared in them and in testbed/hub/repos.py; nothing else changes):
 # ``mar.py``'s ``mar_base`` takes the MAR widths/depths from config.json's ``mar`` keys (defaults: the real
 # mar_base's), and ``vae.py``'s ``Encoder``/``Decoder`` default to a narrow width. The classes built are the
 # official ``MAR``, ``DiffLoss``, ``Encoder``/``Decoder``/``AutoencoderKL`` and ``HarmonModel``.
@@ -83,6 +53,7 @@ TINY_MAR_ARCH = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
                      decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
 REAL_VAE = dict(ch=128, num_res_blocks=2)    # vae.py's Encoder/Decoder defaults, which AutoencoderKL keeps
 TINY_VAE = dict(ch=32, num_res_blocks=1)     # GroupNorm(32) everywhere: ch >= 32
+# (the marker's text is part of the fixture's bytes, which config/rehearsal.yaml pins)
 FIXTURE_MARK = "# --- marpipe.hub fixture only: NOT in the real file "
 MAR_PATCH = FIXTURE_MARK + """-------------------------------------------------
 # The real mar_base fixes 2 x 12 blocks of width 768 (171M parameters). The tiny fixture's config.json
@@ -122,7 +93,10 @@ def tiny_arch_remote_code(folder: Path) -> None:
 
 
 def copy_remote_code(src: Path, dst: Path) -> list[str]:
-    """Copy the remote-code ``*.py`` files; re-indent ``modeling_harmon.py`` line 238 only."""
+    """Copy the remote-code ``*.py`` files; re-indent ``modeling_harmon.py`` line 238 only: that line
+    (``self.curtail_cache(...)`` inside ``HarmonModel.sample``) is indented four spaces too deep in the
+    copy (IndentationError); the four spaces removed give the indentation of the same line in github
+    wusize/Harmon ``src/models/harmon.py``."""
     dst.mkdir(parents=True, exist_ok=True)
     names = []
     for f in sorted(src.glob("*.py")):
@@ -215,7 +189,34 @@ def build_tiny_harmon(official_root: str | Path, folder: str | Path, seed: int =
     ``HarmonModel`` whose weights the folder holds (eval mode, float32): the reference of the tests.
 
     ``tiny_arch``: the hub fixture's folder (:func:`tiny_arch_remote_code`: a tiny MAR and VAE, ~3M
-    parameters instead of ~238M); default: the remote code as shipped, ``mar_base``."""
+    parameters instead of ~238M); default: the remote code as shipped, ``mar_base``.
+
+    The folder holds:
+
+    * ``config.json`` written by ``save_pretrained``: ``HarmonConfig`` (``model_type`` ``harmon``,
+      ``auto_map`` -> ``configuration_harmon.HarmonConfig`` / ``modeling_harmon.HarmonModel``) with
+      ``llm`` (a ``Qwen2Config`` dict, as ``Qwen2Config.from_dict(config.llm)`` reads it) and ``mar``
+      (``type`` + ``mar_base/large/huge`` keyword arguments, as ``HarmonModel.__init__`` pops them);
+    * ``model.safetensors`` written by ``save_pretrained``: Qwen2's tied ``llm.lm_head.weight`` is NOT in
+      it (only ``llm.model.embed_tokens.weight``);
+    * the remote-code ``*.py`` files (``save_pretrained`` copies them next to the config);
+    * a Qwen2-style tokenizer (``tokenizer.json``, ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``
+      with ``tokenizer_class`` ``Qwen2Tokenizer``, ``eos_token`` ``<|im_end|>``, ``pad_token``
+      ``<|endoftext|>``), built offline: byte-level BPE over the 256 byte symbols, no merges, plus the
+      special tokens ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``;
+    * marpipe's ``MANIFEST.sha256``.
+
+    Layout facts and assumptions: the remote code fixes the VAE (KL-16, ``embed_dim`` 16,
+    ``ch_mult (1, 1, 2, 2, 4)``) and offers only ``mar_base``/``mar_large``/``mar_huge`` (real Harmon-1.5B:
+    ``mar_huge``, Qwen2.5-1.5B-Instruct), so "tiny" is a tiny Qwen2, ``mar_base`` (the smallest, 2 x 12
+    blocks of width 768), a small diffusion MLP and a small buffer; the ``mar`` keys mirror
+    ``Harmon/configs/models/qwen2_5_1_5b_kl16_mar_h.py`` (``img_size`` 256 -> 32 here, so the learned
+    position embeddings are bilinearly resized for generation as Harmon's 256 -> 512 are). ASSUMED, not
+    checkable from here (no hub access): that the HF repo's ``config.json`` carries these same ``mar`` keys
+    (the generation diffusion steps ``num_sampling_steps`` there may be "100", the github config's value),
+    that it ships the Qwen2.5 tokenizer files, and that its weights are ``model.safetensors`` (sharded
+    ``model-0000x-of-0000y.safetensors`` load the same way in marpipe).
+    """
     from transformers import AutoConfig, AutoModel
 
     from marpipe.models.download import write_manifest

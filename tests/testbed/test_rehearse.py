@@ -1,4 +1,4 @@
-"""``make rehearse`` (``marpipe.hub.rehearse``) and the fixes its runs found (issue 14, parts 2-3).
+"""``make rehearse`` (``testbed.hub.rehearse``) and the fixes its runs found.
 
 Fast: no snakemake run, no hub. The rehearsal itself (the paper DAG on the local hub through
 ``--profile slurm``) is ``make rehearse``.
@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from marpipe import experiment as E
-from marpipe.hub import rehearse as R
+from testbed.hub import rehearse as R
 
 ROOT = Path(__file__).resolve().parents[2]
 REHEARSAL = ROOT / "config" / "rehearsal.yaml"
@@ -81,7 +81,7 @@ def test_image_size_is_refused_for_a_model_whose_config_fixes_it():
 
 
 def _tiny_hps(tmp_path: Path) -> tuple[Path, Path]:
-    from marpipe.metrics import tiny
+    from testbed import metrics as tiny
     src = tiny.make_hps_dir(tmp_path)
     hps = tmp_path / "hps-weights"                # xswu/HPSv2: the checkpoint, no architecture
     hps.mkdir()
@@ -114,8 +114,8 @@ def test_hps_config_dir_without_the_file_names_the_key_and_the_fix(tmp_path):
 def test_open_clip_config_without_quick_gelu_keeps_the_openai_activation(tmp_path):
     from open_clip.transformer import QuickGELU
 
-    from marpipe.metrics import tiny
     from marpipe.metrics.clip_metrics import build_open_clip
+    from testbed import metrics as tiny
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny.TINY_OPEN_CLIP}))
     model, _, cfg = build_open_clip(tmp_path, "ViT-L-14-quickgelu", "aesthetic")
     assert cfg["quick_gelu"] is True
@@ -139,8 +139,8 @@ def test_gdino_fixture_has_the_transformers4_layout_of_the_real_file(tmp_path):
 
     from safetensors import safe_open
 
-    from marpipe.hub.build import build_hub, side_python
     from marpipe.metrics.detection import ZeroShotDetector
+    from testbed.hub.build import build_hub, side_python
     build_hub(tmp_path, ["gdino"], log=lambda *a, **k: None)
     d = tmp_path / "repos" / "IDEA-Research" / "grounding-dino-tiny"
     with safe_open(str(d / "model.safetensors"), "pt") as f:

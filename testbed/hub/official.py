@@ -1,27 +1,9 @@
-"""Build the NOVA / Harmon fixture repositories with the OFFICIAL model code (run in a side venv).
-
-``.venv-nova/bin/python -m marpipe.hub.official nova WORK`` (transformers 4.57.6 + diffusers: diffnext's
-Phi encoder needs them) and ``.venv-harmon/bin/python -m marpipe.hub.official harmon WORK``
-(einops), with ``$MARPIPE_OFFICIAL_CODE`` naming the folder of the official code (never part of
-this repository). :func:`marpipe.hub.build.build_repo` calls this and keeps only the declared files.
-
-The tiny models are those of ``tests/official`` (``nova_tiny.tiny_components``,
-``harmon_tiny.build_tiny_harmon``: the official classes at tiny size, random weights); this module
-only lays them out as the hub repositories are laid out:
-
-* NOVA (``BAAI/nova-d48w1024-sd512``): every component folder holds its own ``__<name>__.py`` that
-  imports the diffnext class, and ``model_index.json`` names them as ``["__vae__", "AutoencoderKL"]``
-  etc. (diffusers' custom-component loading, ``trust_remote_code=True``); ``tokenizer/`` holds
-  ``tokenizer.json`` + ``tokenizer_config.json`` only; ``text_encoder/`` is sharded in two. The tiny
-  transformer's architectures are not the real ``d48w1024`` ones, so ``transformer/__transformer__.py``
-  also registers them in diffnext's registries (the one deviation from the real file).
-* Harmon (``wusize/Harmon-1_5B``): ``config.json`` + ``model.safetensors`` + the remote-code files +
-  the Qwen2 tokenizer files, as ``harmon_tiny`` writes them with ``tiny_arch=True``: the remote code's
-  smallest MAR (``mar_base``, 171M parameters) and its fixed KL-16 VAE (66M) would make every training
-  checkpoint 2 GB, so ``mar.py`` and ``vae.py`` each end in a declared fixture block (the one deviation
-  from the real files, like NOVA's registrations) that builds the official ``MAR`` at the widths/depths
-  config.json's ``mar`` keys name and the official VAE ``Encoder``/``Decoder`` at a narrow width: ~3.3M
-  parameters, a 13 MB ``model.safetensors``, training checkpoints of ~1 MB.
+"""Build the NOVA / Harmon fixture repositories with the OFFICIAL model code, in a side venv:
+``.venv-nova/bin/python -m testbed.hub.official nova WORK`` / ``.venv-harmon/bin/python -m
+testbed.hub.official harmon WORK`` (run from the repository root, ``$MARPIPE_OFFICIAL_CODE`` naming the
+official code). The models are :mod:`testbed.official`'s tiny official classes, laid out as the hub
+repositories are; the one deviation from the real files of each (NOVA's ``__transformer__.py``
+registrations, Harmon's declared ``mar.py``/``vae.py`` blocks) is described in ``docs/development.md``.
 """
 from __future__ import annotations
 
@@ -30,13 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 _HEADER = ("# Copyright (c) 2024-present, BAAI. All Rights Reserved.\n#\n"
            "# Licensed under the Apache License, Version 2.0 (the \"License\");\n"
            "##############################################################################\n")
 TEXT_ENCODER_PY = _HEADER + '"""Text encoder model."""\n\nfrom diffnext.models.text_encoders.phi import PhiEncoderModel  # noqa\n'
 VAE_PY = _HEADER + '"""VAE model."""\n\nfrom diffnext.models.autoencoders.autoencoder_kl import AutoencoderKL  # noqa\n'
+# the files' text is part of the fixture's bytes, which config/rehearsal.yaml pins
 TRANSFORMER_PY = _HEADER + '''"""Transformer model."""
 
 from diffnext.models.transformers.transformer_nova import NOVATransformer3DModel  # noqa
@@ -61,13 +42,6 @@ def _official() -> Path:
     if not code or not Path(code).is_dir():
         raise SystemExit("MARPIPE_OFFICIAL_CODE must name the folder of the official NOVA/Harmon code")
     return Path(code)
-
-
-def _tests_official():
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import tests.official as t
-    return t
 
 
 def _common(d: Path, repo_id: str) -> None:
@@ -96,7 +70,7 @@ def _shard2(module, folder: Path) -> None:
 def build_nova(work: Path) -> None:
     import tempfile
 
-    from tests.official import nova_tiny as nt  # noqa: F401  (after _tests_official)
+    from testbed.official import nova_tiny as nt
     nt.import_diffnext(_official())
     parts = nt.tiny_components(image_size=64, seed=0)
     _common(work, "BAAI/nova-d48w1024-sd512")
@@ -122,7 +96,7 @@ def build_nova(work: Path) -> None:
 
 
 def build_harmon(work: Path) -> None:
-    from tests.official import harmon_tiny as ht
+    from testbed.official import harmon_tiny as ht
     ht.build_tiny_harmon(_official(), work, seed=0, tiny_arch=True)
     (work / "MANIFEST.sha256").unlink(missing_ok=True)     # marpipe's, not the hub's
     _common(work, "wusize/Harmon-1_5B")
@@ -137,7 +111,6 @@ def main(argv=None) -> int:
     ap.add_argument("work")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    _tests_official()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     {"nova": build_nova, "harmon": build_harmon}[a.key](work)

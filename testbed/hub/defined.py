@@ -1,15 +1,8 @@
-"""Fixture weights defined bit for bit, whatever CPU builds them.
-
-torch's random initialisers (``normal_``, ``trunc_normal_``, ...) run vectorised kernels whose floats
-differ between CPU capabilities (AVX-512, AVX2, ``ATEN_CPU_CAPABILITY=default``), so a hub built by
-them had other bytes, hence other revisions, on another machine. :func:`rewrite_weight_file` replaces
-every floating tensor of a weight file that is not a constant fill (a norm's ones, a zero-initialised
-output layer: fills are exact everywhere) with integers from numpy's ``Generator`` (PCG64, a stream
-defined bit for bit) times a power of two: every value is exact in the tensor's dtype, so no rounding
-is left to any kernel. The stream is keyed on (repository, tensor name), so the same tensor in a
-repository's ``model.safetensors`` and ``pytorch_model.bin`` holds the same values, as in the real
-repositories. The bound is ``1/sqrt(fan_in)`` rounded to a power of two (torch's ``nn.Linear`` bound;
-``2**-4`` for vectors), so activations keep their ordinary scale.
+"""Fixture weights defined bit for bit, whatever CPU builds them: torch's initialisers give other
+floats under other CPU capabilities, so :func:`rewrite_weight_file` replaces every floating tensor that is
+not a constant fill with integers from numpy's PCG64 (keyed on repository and tensor name, so a
+repository's ``.safetensors`` and ``.bin`` agree) times a power of two near ``1/sqrt(fan_in)``: exact in
+the tensor's dtype, left to no kernel. See ``docs/development.md``.
 """
 from __future__ import annotations
 

@@ -1,26 +1,7 @@
-"""The OFFICIAL NOVA pipeline (package ``diffnext``, github baaivision/NOVA @2cd254a) at tiny size,
-random weights, saved in the hub layout that ``NOVAPipeline.from_pretrained`` and marpipe's loader read.
-
-Nothing here re-implements NOVA: every module is the official class, imported from the official
-code outside the repository (``<official>/NOVA`` put on ``sys.path``), built with a tiny config:
-
-* ``transformer/``: ``NOVATransformer3DModel`` (absolute position embeddings, as
-  ``nova-d48w1024-sd512``) with three tiny architectures registered in diffnext's own registries
-  (``VIDEO_ENCODERS`` / ``IMAGE_ENCODERS`` / ``IMAGE_DECODERS``, through the same factory functions as
-  ``vit_d16w1024`` / ``vit_d32w1024`` / ``mlp_d6w1024``): width 32, 2 layers each; image 64 px,
-  stride 8, patch 2 -> 4 x 4 = 16 tokens (``image_size=512`` gives the real 32 x 32 = 1024);
-* ``text_encoder/``: diffnext's ``PhiEncoderModel`` over a tiny transformers ``PhiConfig``;
-* ``tokenizer/``: a byte-level BPE trained here on a few sentences (no hub), as a
-  ``CodeGenTokenizerFast`` (Phi-2's tokenizer class), padding with ``<|endoftext|>``;
-* ``vae/``: diffnext's ``AutoencoderKL`` (4 latent channels, 4 blocks -> stride 8, 32 channels);
-* ``scheduler/``: diffusers' ``DDPMScheduler``, the class NOVA's ``model_index.json`` names, with
-  Stable Diffusion's betas (``scaled_linear`` 0.00085..0.012, 1000 steps) and everything else left
-  at diffusers' defaults, as a config that does not set them leaves it: ``clip_sample=True``
-  (range 1), ``leading`` spacing, ``steps_offset=0``, ``epsilon``, ``fixed_small``.
-
-Random init: diffnext's modules initialise nothing to zero except what PyTorch/transformers do; any
-all-zero tensor of the transformer (an AdaLN-zero style output layer would be one) is perturbed, so
-the head's output depends on its inputs.
+"""The OFFICIAL NOVA pipeline (package ``diffnext``, github baaivision/NOVA @2cd254a) at tiny size
+with random weights, saved in the hub layout that ``NOVAPipeline.from_pretrained`` and marpipe's loader
+read: every module is the official class with a tiny config (:func:`tiny_components`). See
+``docs/development.md``.
 """
 from __future__ import annotations
 
@@ -57,11 +38,15 @@ CORPUS = [
 
 
 def import_diffnext(official: Path) -> None:
-    """Put ``<official>/NOVA`` on ``sys.path``, import diffnext and register the tiny architectures
-    (raises whatever the import raises: the caller turns it into a skip)."""
-    path = str(Path(official) / "NOVA")
-    if path not in sys.path:
-        sys.path.insert(0, path)
+    """Import diffnext (installed in ``.venv-nova``; else from ``<official>/NOVA``, put on the test
+    process's ``sys.path``) and register the tiny architectures (raises whatever the import raises:
+    the caller turns it into a skip)."""
+    try:
+        import diffnext  # noqa: F401
+    except ImportError:
+        path = str(Path(official) / "NOVA")
+        if path not in sys.path:
+            sys.path.insert(0, path)
     from diffnext.models.transformers import transformer_nova as tn
     from diffnext.pipelines import NOVAPipeline  # noqa: F401  (diffusers + transformers import)
     tn.VIDEO_ENCODERS.register(TINY_ARCH[0], func=tn.video_encoder, depth=2, embed_dim=WIDTH, num_heads=HEADS)
@@ -84,7 +69,26 @@ def tiny_tokenizer():
 
 
 def tiny_components(image_size: int = 64, seed: int = 0) -> dict:
-    """The five pipeline components, official classes, tiny config, random weights."""
+    """The five pipeline components, official classes, tiny config, random weights:
+
+    * ``transformer/``: ``NOVATransformer3DModel`` (absolute position embeddings, as
+      ``nova-d48w1024-sd512``) with three tiny architectures registered in diffnext's own registries
+      (``VIDEO_ENCODERS`` / ``IMAGE_ENCODERS`` / ``IMAGE_DECODERS``, through the same factory functions as
+      ``vit_d16w1024`` / ``vit_d32w1024`` / ``mlp_d6w1024``): width 32, 2 layers each; image 64 px,
+      stride 8, patch 2 -> 4 x 4 = 16 tokens (``image_size=512`` gives the real 32 x 32 = 1024);
+    * ``text_encoder/``: diffnext's ``PhiEncoderModel`` over a tiny transformers ``PhiConfig``;
+    * ``tokenizer/``: a byte-level BPE trained here on a few sentences (no hub), as a
+      ``CodeGenTokenizerFast`` (Phi-2's tokenizer class), padding with ``<|endoftext|>``;
+    * ``vae/``: diffnext's ``AutoencoderKL`` (4 latent channels, 4 blocks -> stride 8, 32 channels);
+    * ``scheduler/``: diffusers' ``DDPMScheduler``, the class NOVA's ``model_index.json`` names, with
+      Stable Diffusion's betas (``scaled_linear`` 0.00085..0.012, 1000 steps) and everything else left
+      at diffusers' defaults, as a config that does not set them leaves it: ``clip_sample=True``
+      (range 1), ``leading`` spacing, ``steps_offset=0``, ``epsilon``, ``fixed_small``.
+
+    Random init: diffnext's modules initialise nothing to zero except what PyTorch/transformers do; any
+    all-zero tensor of the transformer (an AdaLN-zero style output layer would be one) is perturbed, so
+    the head's output depends on its inputs.
+    """
     from diffnext.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffnext.models.text_encoders.phi import PhiEncoderModel
     from diffnext.models.transformers.transformer_nova import NOVATransformer3DModel

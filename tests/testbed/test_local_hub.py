@@ -1,4 +1,4 @@
-"""The local hub (``marpipe.hub``): tiny fixture repositories in the real repositories' layouts,
+"""The local hub (``testbed.hub``): tiny fixture repositories in the real repositories' layouts,
 served over HTTP and downloaded through ``marpipe.models.download`` -> ``huggingface_hub`` exactly
 as on a cluster, with ``HF_ENDPOINT`` pointing at the hub.
 
@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from marpipe.hub import gitobj
-from marpipe.hub.__main__ import check as check_pins
-from marpipe.hub.__main__ import config_pins
-from marpipe.hub.build import build_hub, official_root, side_python, url_path
-from marpipe.hub.repos import REPOS
-from marpipe.hub.server import HubServer
+from testbed.hub import gitobj
+from testbed.hub.__main__ import check as check_pins
+from testbed.hub.__main__ import config_pins
+from testbed.hub.build import build_hub, official_root, side_python, url_path
+from testbed.hub.repos import REPOS
+from testbed.hub.server import HubServer
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -132,7 +132,7 @@ def _depth(folder):
 
 
 def _images(n):
-    from marpipe.metrics.tiny import images
+    from testbed.metrics import images
     return images(n)
 
 
@@ -316,7 +316,7 @@ def test_rehearsal_config_validates_and_pins_what_the_hub_serves(hub):
 
 BUILD_REVISIONS = r"""
 import json, sys
-from marpipe.hub.build import build_hub
+from testbed.hub.build import build_hub
 index = build_hub(sys.argv[1], sys.argv[2:], log=lambda s: None)
 print("RESULT" + json.dumps({k: v["revision"] for k, v in index["repos"].items()}))
 """
@@ -337,7 +337,7 @@ def test_the_hub_has_the_same_bytes_under_every_cpu_capability(hub, tmp_path):
 def test_defined_weights_are_exact_grids_and_keep_constant_fills():
     import torch
 
-    from marpipe.hub.defined import define
+    from testbed.hub.defined import define
     sd = {"w": torch.randn(8, 64), "ln.weight": torch.ones(5), "ln.bias": torch.zeros(5), "idx": torch.arange(4),
           "h": torch.randn(3, 16, dtype=torch.bfloat16)}
     a, b = define(sd, "repo"), define(dict(sd), "repo")

@@ -1,31 +1,6 @@
-"""An HTTP server that answers ``huggingface_hub``'s downloads from a hub folder (:mod:`.build`).
-
-Point the client at it with ``HF_ENDPOINT=http://127.0.0.1:<port>`` (read when
-``huggingface_hub`` is imported). The endpoints and headers are those that the installed
-``huggingface_hub`` (2.4, ``_snapshot_download.py`` / ``file_download.py`` / ``hf_api.py`` /
-``utils/_http.py``) reads:
-
-* ``GET /api/models/<repo>/tree/<rev>[/<path>]?recursive=&expand=`` -- what ``snapshot_download``
-  calls for a 40-hex revision (``list_repo_tree``; no ``repo_info`` call then). Entries
-  ``{type, oid, size, path}`` plus ``lfs: {oid: <sha256>, size, pointerSize}`` for LFS files; never
-  ``xetHash``, so the client never takes the Xet path (``hf_xet`` may be installed: without a Xet
-  hash in the tree and without ``X-Xet-Hash`` on ``resolve`` it downloads over plain HTTP).
-* ``GET /api/models/<repo>[/revision/<rev>]`` -- ``repo_info``/``model_info`` (``sha``,
-  ``siblings``), what ``snapshot_download`` calls for a branch name (``main`` resolves to the
-  fixture's commit); with ``?blobs=true`` (``files_metadata=True``, what ``marpipe lock`` asks) each
-  file's size, blob id and LFS sha256. ``/api/datasets/...`` and ``/datasets/<repo>/resolve/...``
-  the same for dataset repositories (index entries with ``"type": "dataset"``).
-* ``HEAD|GET /<repo>/resolve/<rev>/<path>`` -- ``get_hf_file_metadata`` (HEAD, redirects not
-  followed across origins) and ``http_get``. A regular file: 200 with ``ETag`` = its git blob id,
-  ``Content-Length``, ``X-Repo-Commit``. An LFS file: 302 to a second port of this server (the
-  "CDN": another origin, so the client stops at the redirect as it does at the hub's CDN and
-  downloads from ``Location`` without the ``Authorization`` header) with ``X-Linked-Etag`` = its
-  sha256, ``X-Linked-Size`` and ``X-Repo-Commit``. ``Range: bytes=N-`` is honoured (resume).
-* Errors as the hub sends them (``hf_raise_for_status`` maps ``X-Error-Code``): unknown
-  repository 404 ``RepoNotFound``; unknown revision 404 ``RevisionNotFound`` ("Invalid rev id"),
-  which ``snapshot_download`` raises as ``RevisionNotFoundError``; unknown file 404
-  ``EntryNotFound`` with ``X-Repo-Commit``.
-* ``HEAD|GET /files/<host>/<path>`` -- the ``kind: url`` files (prompt sets, the aesthetic MLP).
+"""An HTTP server that answers ``huggingface_hub``'s downloads from a hub folder (:mod:`.build`),
+with the endpoints, headers and errors that the installed ``huggingface_hub`` reads (:class:`_Handler`);
+point the client at it with ``HF_ENDPOINT=http://127.0.0.1:<port>``. See ``docs/development.md``.
 """
 from __future__ import annotations
 
@@ -81,6 +56,31 @@ class _Hub:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """The endpoints and headers that ``huggingface_hub`` (2.4: ``_snapshot_download.py``,
+    ``file_download.py``, ``hf_api.py``, ``utils/_http.py``) reads:
+
+    * ``GET /api/models/<repo>/tree/<rev>[/<path>]?recursive=&expand=`` -- what ``snapshot_download``
+      calls for a 40-hex revision (``list_repo_tree``; no ``repo_info`` call then). Entries
+      ``{type, oid, size, path}`` plus ``lfs: {oid: <sha256>, size, pointerSize}`` for LFS files; never
+      ``xetHash``, so the client never takes the Xet path (``hf_xet`` may be installed: without a Xet
+      hash in the tree and without ``X-Xet-Hash`` on ``resolve`` it downloads over plain HTTP).
+    * ``GET /api/models/<repo>[/revision/<rev>]`` -- ``repo_info``/``model_info`` (``sha``,
+      ``siblings``), what ``snapshot_download`` calls for a branch name (``main`` resolves to the
+      fixture's commit); with ``?blobs=true`` (``files_metadata=True``, what ``marpipe lock`` asks) each
+      file's size, blob id and LFS sha256. ``/api/datasets/...`` and ``/datasets/<repo>/resolve/...``
+      the same for dataset repositories (index entries with ``"type": "dataset"``).
+    * ``HEAD|GET /<repo>/resolve/<rev>/<path>`` -- ``get_hf_file_metadata`` (HEAD, redirects not
+      followed across origins) and ``http_get``. A regular file: 200 with ``ETag`` = its git blob id,
+      ``Content-Length``, ``X-Repo-Commit``. An LFS file: 302 to a second port of this server (the
+      "CDN": another origin, so the client stops at the redirect as it does at the hub's CDN and
+      downloads from ``Location`` without the ``Authorization`` header) with ``X-Linked-Etag`` = its
+      sha256, ``X-Linked-Size`` and ``X-Repo-Commit``. ``Range: bytes=N-`` is honoured (resume).
+    * Errors as the hub sends them (``hf_raise_for_status`` maps ``X-Error-Code``): unknown
+      repository 404 ``RepoNotFound``; unknown revision 404 ``RevisionNotFound`` ("Invalid rev id"),
+      which ``snapshot_download`` raises as ``RevisionNotFoundError``; unknown file 404
+      ``EntryNotFound`` with ``X-Repo-Commit``.
+    * ``HEAD|GET /files/<host>/<path>`` -- the ``kind: url`` files (prompt sets, the aesthetic MLP).
+    """
     server_version = "marpipe-hub"
     protocol_version = "HTTP/1.1"
     hub: _Hub

@@ -1,51 +1,30 @@
-"""Tiny random-weight versions of every metric's architecture, written in the real
-weights layout (used by the tests and by ``bench_metrics``)."""
+"""Tiny random-weight versions of every metric's architecture, written in the real weights layout:
+the tests' metric folders, and the ``tiny`` size of ``marpipe bench metrics`` (registered on import;
+``python -m testbed.metrics [ARGS]`` runs ``marpipe bench metrics --size tiny [ARGS]``). See
+``docs/development.md``.
+"""
 from __future__ import annotations
 
-import gzip
 import json
+import sys
 from pathlib import Path
 
 import torch
+
+from marpipe.metrics import bench
+from marpipe.metrics.bench import (  # noqa: F401  (the tests' tokenizers and images, as the bench's)
+    BERT_WORDS,
+    clip_vocab,
+    smooth_images,
+    write_bert_tokenizer,
+    write_clip_tokenizer,
+)
 
 TINY_OPEN_CLIP = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
-
-BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "red", "blue",
-              "green", "cat", "dog", "car", "photo", "of", "on", "left", "right", "yes", "no",
-              "?", ".", ",", "and", "two", "three", "apple", "table", "bench", "wooden", "in",
-              "front", "behind", "next", "to", "near", "top", "bottom", "is", "there"]
-
-
-def write_bert_tokenizer(d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "vocab.txt").write_text("\n".join(BERT_WORDS) + "\n")
-    from transformers import BertTokenizer
-    BertTokenizer(vocab={w: i for i, w in enumerate(BERT_WORDS)}, do_lower_case=True).save_pretrained(str(d))
-    return d
-
-
-def clip_vocab(n_merges: int = 300) -> tuple[list[str], list[str]]:
-    """(vocab, merges) of a CLIP BPE tokenizer with the first ``n_merges`` merges of the real one."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:1 + n_merges]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
-    return vocab + ["<|startoftext|>", "<|endoftext|>"], merges
-
-
-def write_clip_tokenizer(d: Path, n_merges: int = 300) -> Path:
-    """A CLIP BPE tokenizer with the first ``n_merges`` merges of the real CLIP vocab."""
-    d.mkdir(parents=True, exist_ok=True)
-    vocab, merges = clip_vocab(n_merges)
-    (d / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
-    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    from transformers import CLIPTokenizer
-    CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt")).save_pretrained(str(d))
-    return d
 
 
 def images(n=8, h=40, w=48, seed=0):
@@ -216,7 +195,7 @@ def make_blip_vqa_dir(tiny_root) -> Path:
     """A tiny ``BlipForQuestionAnswering`` + BERT tokenizer with [DEC]/[ENC] appended."""
     from transformers import AutoTokenizer, BlipConfig, BlipForQuestionAnswering
 
-    from .imagereward import add_blip_special_tokens
+    from marpipe.metrics.imagereward import add_blip_special_tokens
     d = tiny_root / "blip_vqa"
     write_bert_tokenizer(d)
     tok = add_blip_special_tokens(AutoTokenizer.from_pretrained(str(d)))
@@ -231,16 +210,6 @@ def make_blip_vqa_dir(tiny_root) -> Path:
     torch.manual_seed(6)
     BlipForQuestionAnswering(cfg).save_pretrained(str(d))
     return d
-
-
-def smooth_images(n=4, h=40, w=48, seed=0, grid=6):
-    """Low-frequency images (bilinear upsampling of a ``grid x grid`` noise), 8-bit quantised:
-    resizers (PIL vs torch) agree on them to about one grey level, unlike on white noise."""
-    import torch.nn.functional as F
-    g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.rand(n, 3, grid, grid, generator=g), size=(h, w), mode="bilinear",
-                      align_corners=False)
-    return x.mul(255).round().div(255)
 
 
 def make_owlvit_dir(tiny_root) -> Path:
@@ -340,3 +309,46 @@ def make_git_dir(tiny_root) -> Path:
     GitForCausalLM(cfg).save_pretrained(str(d))
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(d))
     return d
+
+
+# --- the ``tiny`` size of ``marpipe bench metrics`` ------------------------------------------------
+def make_clip_b32_dir(root: Path) -> Path:
+    """CLIP B/32's folder (config ``weights.clip_b32``): open_clip weights as the hub file names them
+    and a tiny QuickGELU ``open_clip_config.json``."""
+    d = Path(root) / "clip_b32"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "open_clip_config.json").write_text(json.dumps(TINY_AESTHETIC_CLIP))
+    torch.save(_open_clip_model(TINY_AESTHETIC_CLIP, 11).state_dict(), d / "open_clip_pytorch_model.bin")
+    return d
+
+
+def make_open_clip_config_dir(root: Path) -> Path:
+    """A folder holding the tiny HPS architecture as the hub's open_clip repos hold theirs
+    (``open_clip_config.json`` with ``model_cfg``): HPS's ``config_dir``."""
+    d = Path(root) / "open_clip_config"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP}))
+    return d
+
+
+#: (model, loader kwarg) -> the builder of its tiny folder (the bench's roles, ``bench.ROLE``)
+BENCH_BUILDERS = {("hps", "weights_dir"): make_hps_dir,
+                  ("hps", "config_dir"): make_open_clip_config_dir,
+                  ("imagereward", "weights_dir"): make_imagereward_dir,
+                  ("imagereward", "tokenizer_dir"): make_bert_base_uncased_dir,
+                  ("pickscore", "weights_dir"): make_pickscore_dir,
+                  ("pickscore", "processor_dir"): make_clip_h14_processor_dir,
+                  ("aesthetic", "weights_dir"): make_aesthetic_dir,
+                  ("aesthetic", "clip_dir"): make_clip_l14_dir,
+                  ("clip_b32", "weights_dir"): make_clip_b32_dir,
+                  ("blip_vqa", "weights_dir"): make_blip_vqa_dir,
+                  ("git_vqa", "weights_dir"): make_git_dir,
+                  ("detector", "weights_dir"): make_gdino_dir,
+                  ("depth", "weights_dir"): make_dpt_dir}
+# ImageReward's vision tower is hard-coded in its loader: the tiny one is passed
+bench.register_size("tiny", BENCH_BUILDERS, {"imagereward": {"vision": TINY_IR_VISION}})
+
+
+if __name__ == "__main__":
+    from marpipe.cli import main
+    sys.exit(main(["bench", "metrics", "--size", "tiny", *sys.argv[1:]]))

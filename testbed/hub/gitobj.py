@@ -1,16 +1,9 @@
-"""Git object ids of a fixture repository: what the Hugging Face Hub reports for a real one.
-
-The hub stores a model repository as a git repository whose large files are Git LFS pointers:
-
-* a file that ``.gitattributes`` routes through LFS (``filter=lfs``) is committed as a pointer
-  (``version https://git-lfs.github.com/spec/v1`` / ``oid sha256:...`` / ``size N``); the hub's tree
-  API reports the pointer's git blob id as ``oid`` and ``lfs: {oid: <sha256>, size, pointerSize}``,
-  and ``resolve`` answers with the sha256 as ``X-Linked-Etag``;
-* any other file is a plain git blob whose id is the ``ETag`` of ``resolve``.
-
-:func:`commit_id` builds the git tree objects of the repository and one commit over them (fixed
-author, date and message), so a fixture's revision is a real 40-hex git commit id of exactly its
-files: change one byte and the revision changes, as on the hub.
+"""Git object ids of a fixture repository, as the Hugging Face Hub reports them for a real one: a
+file that ``.gitattributes`` routes through LFS is committed as its pointer (the tree API's ``oid`` is
+the pointer's blob id, ``lfs.oid`` and ``resolve``'s ``X-Linked-Etag`` its sha256), any other file is a
+plain blob (its id is ``resolve``'s ``ETag``); :func:`commit_id` makes one commit over the trees (fixed
+author, date and message), so a revision is a real git commit id of exactly the files. See
+``docs/development.md``.
 """
 from __future__ import annotations
 

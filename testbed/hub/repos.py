@@ -1,21 +1,7 @@
-"""The fixture repositories: for each ``kind: hub`` entry of ``config.yaml``, the file list of the
-real repository and a builder that writes a tiny random-weight version of every file.
-
-Each :class:`Repo` declares ``files``, the real repository's file list, and ``source``, where that
-list comes from: ``listing`` = a file listing of the real repository seen at the commit named (the
-hub's "Files and versions" page), ``inferred`` = reasoned from documentation, sibling repositories
-or the loading code (the reason is in ``source``). A builder writes a superset into a staging
-folder (``save_pretrained`` writes what it writes); :func:`marpipe.hub.build.build_repo` copies
-exactly ``files`` from it and fails naming any declared file the builder did not write, so a
-fixture never holds a file the real repository does not.
-
-Formats: every weight file this machine can write in its real format is written in it (safetensors;
-``torch.save`` pickles for ``.bin``/``.pt``/``.pth``, as ``transformers``/``open_clip`` wrote them;
-the official classes for NOVA and Harmon, :mod:`marpipe.hub.official`). Formats no installed
-library writes -- TensorFlow ``tf_model.h5``, Flax ``flax_model.msgpack``, Rust ``rust_model.ot``,
-ONNX ``model.onnx``, Core ML packages -- are PLACEHOLDERS: a short text naming the format. No loader
-of marpipe reads them; a download that fetches them (no ``files:`` filter) shows up in the file
-lists, which is the point.
+"""The fixture repositories: for each ``kind: hub`` entry of ``config.yaml``, the real repository's
+file list, where that list comes from, and a builder that writes a tiny random-weight version of every
+file (a format no installed library writes is a placeholder text naming it). See
+``docs/development.md``.
 """
 from __future__ import annotations
 
@@ -33,6 +19,10 @@ import torch
 
 from .gitobj import DEFAULT_GITATTRIBUTES
 
+#: a weight file in a format no installed library writes (TensorFlow ``tf_model.h5``, Flax, Rust, ONNX,
+#: Core ML): no loader of marpipe reads it; a download without a ``files:`` filter fetches it, which shows
+#: in the file lists. This text, like the model card's (:func:`_common`), is part of the fixtures' bytes
+#: that ``config/rehearsal.yaml`` pins.
 PLACEHOLDER = "marpipe.hub placeholder: the real file is {fmt}; no library here writes that format, and no loader of marpipe reads it\n"
 
 
@@ -41,9 +31,11 @@ class Repo:
     key: str                      # config.yaml weights.<key> / models.<key>
     repo_id: str
     files: tuple[str, ...]        # the real repository's files (sorted)
-    source: str                   # where ``files`` comes from (see module docstring)
+    # where ``files`` comes from: ``listing: ...`` (a listing of the real repository seen at the commit
+    # named) or ``inferred: ...`` (reasoned from documentation, sibling repositories or the loading code)
+    source: str
     builder: Callable[[Path], None] | None = None
-    side_venv: str | None = None  # built by marpipe.hub.official in .venv-<side_venv>
+    side_venv: str | None = None  # built by testbed.hub.official in .venv-<side_venv>
     notes: tuple[str, ...] = field(default_factory=tuple)
     repo_type: str = "model"      # or "dataset" (served under /api/datasets, /datasets/<repo>/resolve)
 
@@ -110,7 +102,7 @@ def _bert_tokenizer_json(d: Path) -> None:
 
 
 def _stage(builder, stage: Path) -> Path:
-    """Run a ``marpipe.metrics.tiny.make_<name>_dir`` builder in ``stage``; its folder."""
+    """Run a ``testbed.metrics.make_<name>_dir`` builder in ``stage``; its folder."""
     stage.mkdir(parents=True, exist_ok=True)
     return builder(stage)
 
@@ -134,7 +126,7 @@ def _open_clip_cfg(cfg: dict) -> dict:
 def _open_clip_files(d: Path, cfg: dict, seed: int, *, safetensors=True, pickle=True) -> None:
     from safetensors.torch import save_file
 
-    from marpipe.metrics.tiny import _open_clip_model
+    from testbed.metrics import _open_clip_model
     sd = {k: v.contiguous() for k, v in _open_clip_model(cfg, seed).state_dict().items()}
     _json(d / "open_clip_config.json", _open_clip_cfg(cfg))
     if safetensors:
@@ -144,7 +136,7 @@ def _open_clip_files(d: Path, cfg: dict, seed: int, *, safetensors=True, pickle=
 
 
 def _clip_tokenizer_files(d: Path) -> None:
-    from marpipe.metrics.tiny import write_clip_tokenizer
+    from testbed.metrics import write_clip_tokenizer
     write_clip_tokenizer(d)
     _special_tokens_map(d, CLIP_SPECIAL)
 
@@ -154,7 +146,7 @@ def _hf_clip_model(d: Path, seed: int) -> None:
     as ``pytorch_model.bin``)."""
     from transformers import CLIPConfig, CLIPModel
 
-    from marpipe.metrics.tiny import _clip_towers
+    from testbed.metrics import _clip_towers
     torch.manual_seed(seed)
     CLIPModel(CLIPConfig(**_clip_towers(None, max_text=77, patch=16), projection_dim=16)).save_pretrained(str(d))
     _bin_from_safetensors(d / "model.safetensors", d / "pytorch_model.bin")
@@ -185,7 +177,7 @@ def _timm_vit_files(d: Path, arch: str, cfg: dict, seed: int) -> None:
 
 # --- builders, one per config entry ------------------------------------------------------------
 def build_hps(d: Path) -> None:
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "xswu/HPSv2")
     src = _stage(t.make_hps_dir, d / ".stage")
     shutil.copyfile(src / "HPS_v2.1_compressed.pt", d / "HPS_v2.1_compressed.pt")
@@ -197,7 +189,7 @@ def build_hps(d: Path) -> None:
 
 
 def build_imagereward(d: Path) -> None:
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "THUDM/ImageReward")
     _move_all(_stage(t.make_imagereward_dir, d / ".stage"), d)
     _png(d / "ImageReward.png", 1)
@@ -207,7 +199,7 @@ def build_imagereward(d: Path) -> None:
 def build_bert_base_uncased(d: Path) -> None:
     from transformers import BertConfig, BertForMaskedLM
 
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "google-bert/bert-base-uncased")
     t.make_bert_base_uncased_dir(d / ".stage")
     _move_all(d / ".stage" / "bert_base_uncased", d)          # vocab.txt, tokenizer_config.json
@@ -232,7 +224,7 @@ COREML = "coreml/fill-mask/float32_model.mlpackage"
 
 
 def build_pickscore(d: Path) -> None:
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "yuvalkirstain/PickScore_v1")
     _move_all(_stage(t.make_pickscore_dir, d / ".stage"), d)            # config.json, model.safetensors
     _bin_from_safetensors(d / "model.safetensors", d / "pytorch_model.bin")
@@ -241,7 +233,7 @@ def build_pickscore(d: Path) -> None:
 
 
 def build_clip_h14_processor(d: Path) -> None:
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
     _move_all(_stage(t.make_clip_h14_processor_dir, d / ".stage"), d)
     _special_tokens_map(d, CLIP_SPECIAL)
@@ -250,7 +242,7 @@ def build_clip_h14_processor(d: Path) -> None:
 
 
 def build_clip_l14(d: Path) -> None:
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "timm/vit_large_patch14_clip_224.openai")
     _clip_tokenizer_files(d)
     _open_clip_files(d, t.TINY_AESTHETIC_CLIP, 2)     # seed 2: the weights of make_clip_l14_dir
@@ -258,7 +250,7 @@ def build_clip_l14(d: Path) -> None:
 
 
 def build_clip_b32(d: Path) -> None:
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "timm/vit_base_patch32_clip_224.openai")
     _clip_tokenizer_files(d)
     _open_clip_files(d, t.TINY_AESTHETIC_CLIP, 16)
@@ -268,7 +260,7 @@ def build_clip_b32(d: Path) -> None:
 def build_blip_vqa(d: Path) -> None:
     from transformers import BlipImageProcessor
 
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "Salesforce/blip-vqa-capfilt-large")
     src = _stage(t.make_blip_vqa_dir, d / ".stage")
     _move_all(src, d)
@@ -279,7 +271,7 @@ def build_blip_vqa(d: Path) -> None:
 
 
 def build_git_vqa(d: Path) -> None:
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "microsoft/git-large-vqav2")
     _move_all(_stage(t.make_git_dir, d / ".stage"), d)
     _bin_from_safetensors(d / "model.safetensors", d / "pytorch_model.bin")
@@ -312,7 +304,7 @@ def _gdino_transformers4_layout(d: Path) -> None:
 def build_gdino(d: Path) -> None:
     from transformers import GroundingDinoImageProcessor
 
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "IDEA-Research/grounding-dino-tiny")
     _move_all(_stage(t.make_gdino_dir, d / ".stage"), d)
     # transformers 5 writes the processor as processor_config.json; the repo holds the image
@@ -329,7 +321,7 @@ def build_gdino(d: Path) -> None:
 def build_depth(d: Path) -> None:
     from transformers import DPTImageProcessor
 
-    from marpipe.metrics import tiny as t
+    from testbed import metrics as t
     _common(d, "Intel/dpt-hybrid-midas")
     _move_all(_stage(t.make_dpt_dir, d / ".stage"), d)
     _bin_from_safetensors(d / "model.safetensors", d / "pytorch_model.bin")
@@ -379,7 +371,7 @@ REPOS: dict[str, Repo] = {r.key: r for r in [
           "respace.py", "tokenizer.json", "tokenizer_config.json", "vae.py", "vocab.json"),
          "inferred: no listing of wusize/Harmon-1_5B was reachable; the trust_remote_code files as kept in "
          "AMAP-ML/mar-grpo@fcb79697834ea919d4d89185563fb2523694185b:src/grpo/src/harmon, config.json + "
-         "model.safetensors as save_pretrained writes them, the Qwen2.5 tokenizer files (tests/official/harmon_tiny.py)",
+         "model.safetensors as save_pretrained writes them, the Qwen2.5 tokenizer files (testbed/official/harmon_tiny.py)",
          side_venv="harmon",
          notes=("the model card mentions method.png; not served (its presence is not verified)",
                 "mar.py and vae.py end in a fixture block (not in the real files): mar_base takes the tiny MAR "
