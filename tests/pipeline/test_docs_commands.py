@@ -1,0 +1,272 @@
+"""Every command of the README, docs/ and config/README.md runs verbatim in the tests: here when it takes
+seconds (a make target as `make -n`), else where a declared test, .ci/run stage or rule runs it. The docs
+are read when the tests are collected, so a command added to a fenced shell block, or a code span that
+starts like a command, fails until it is covered (docs/development.md, "Tests")."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.test_audit import readme_audit_blocks
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+THIS = Path(__file__).relative_to(ROOT).as_posix()
+SHELL_FENCES = ("bash", "sh", "console", "shell")
+COMMAND_SPANS = ("make ", "marpipe ", "snakemake ", ".venv/bin/", "python -m ", "dvc ", ".ci/")
+
+#: what a placeholder of the docs stands for; substituting them is the only change made to a command
+PLACEHOLDERS = {
+    "FILE": "config/small.yaml",
+    "DIR": "resources/models/tiny-nova",
+    "<command>": "check-config",
+    "<url>": "../dvc-remote",             # tests/infra/test_pipeline_slurm.py: its DVC remote
+    "<repo>": ".",                        # ... and its repository
+}
+
+#: run here, verbatim, in a copy of the checkout (`make ...` commands run as `make -n ...`, each of them)
+HERE = (
+    "marpipe --help",
+    "marpipe <command> --help",
+    "marpipe check-config --config FILE",
+    "marpipe check-model tiny-harmon",
+    "marpipe bench memory",
+    "marpipe verdicts study study-2threads study-seeds",   # on three runs' verdicts files (checkout)
+    "snakemake -n",
+    "snakemake --rulegraph",
+    "snakemake all -n --configfile config.yaml",
+    "snakemake all -n --profile local --configfile config/small.yaml",
+    "snakemake all -n --configfile config/small.yaml config/study.yaml",
+    "source .venv/bin/activate",
+)
+
+#: run verbatim elsewhere: a file whose text holds the command (the test or .ci/run stage that runs it,
+#: or a rule of the DAG those run); `make <target>`: that target's dry run and the module it runs with
+#: `python -m`; "here": a command of HERE that it begins. A file that reads the docs' own lines with a
+#: function of READERS holds those lines.
+AUDIT = "tests/infra/test_pipeline_slurm.py"
+ELSEWHERE = {
+    ".venv/bin/marpipe lock --config config.yaml": "make rehearse",
+    ".venv/bin/marpipe preflight --profile slurm --configfile config.yaml": "make rehearse",
+    ".venv/bin/snakemake --profile slurm all --configfile config.yaml": "make rehearse",
+    ".venv/bin/snakemake --report report.html --configfile config.yaml": "make rehearse",
+    "marpipe lock": "make rehearse",
+    "marpipe preflight": "make rehearse",
+    "marpipe demo": "make demo",
+    "marpipe demo --cores 2 --config config/small.yaml config/study.yaml": "make study",
+    ".ci/cluster.sh up": ".ci/run",
+    ".ci/run": ".ci/run",
+    "dvc remote add -f -d marpipe <url>": AUDIT,
+    "git add .dvc/config resources.dvc results/*.dvc": AUDIT,
+    'git commit -m "results: <what ran>"': AUDIT,
+    "git clone <repo> marpipe-audit": AUDIT,
+    "cd marpipe-audit": AUDIT,
+    "dvc pull": AUDIT,
+    "marpipe tables --config config/small.yaml --scores results/scores --out-dir tables-check": AUDIT,
+    "diff -r results/tables tables-check": AUDIT,
+    "snakemake all --touch --no-hooks --configfile config/small.yaml": AUDIT,
+    "snakemake all -n --configfile config/small.yaml": AUDIT,
+    "marpipe tables": "workflow/rules/report.smk",
+    "marpipe ablations": "workflow/rules/report.smk",
+    "marpipe mlflow-sync": "workflow/rules/report.smk",
+    "marpipe check-scorer": "workflow/rules/scorers.smk",
+    "marpipe bench grad-noise": "workflow/rules/report.smk",
+    "marpipe check-model": "here",
+    "marpipe verdicts": "here",
+}
+READERS = {"readme_audit_blocks": lambda: "\n".join(sum(readme_audit_blocks(), []))}
+#: the rehearsal's CLUSTER_COMMANDS name the config `{config}`; the README's is config.yaml
+TEMPLATES = {"{config}": "config.yaml"}
+
+#: not run verbatim by any test yet: each an expected failure, naming what has to change and where
+PENDING = {
+    "snakemake --report report.html --configfile config/small.yaml":
+        f"needs a finished small-world run: {AUDIT} has one (config/ci.yaml for config/small.yaml)",
+    "marpipe tables --config config/small.yaml --from-mlflow --out-dir /tmp/tables-from-mlflow":
+        f"{AUDIT}::test_mlflow_alone_rebuilds_the_tables runs it from a list, not the README's line",
+    "dvc pull results/scores.dvc results/tables.dvc": f"{AUDIT} could run it in its fresh clone",
+    "marpipe bench reward-rise": "needs the demo's base models (make demo); minutes",
+    "marpipe bench reward-rise --preset paper": "needs the demo's base models (make demo); minutes",
+    "marpipe bench train-step --preset paper": "over 5 min on 2 cores",
+    "marpipe bench warmup": "needs the demo's base models (make demo); minutes",
+    "marpipe bench train-step": "over 5 min on 2 cores (docs/cluster.md)",
+    "marpipe bench rollout --json": "over a minute on 2 cores (docs/cluster.md)",
+    "marpipe bench gpu --size real": "needs a GPU (docs/cluster.md)",
+    "marpipe bench train-step --models nova:DIR harmon:DIR": "needs a GPU and the real models (docs/cluster.md)",
+    "python -m testbed.hub build|serve": "a synopsis, not a command (docs/cluster.md)",
+    "marpipe bench train-step [--json] [--models nova:DIR ...]": "a synopsis, not a command (docs/development.md)",
+    "marpipe bench reward-rise [--json]": "a synopsis, not a command (docs/development.md)",
+    "marpipe bench warmup [--steps N --lr X]": "a synopsis, not a command (docs/development.md)",
+    "marpipe bench metrics --size real [--device cuda] [--json]": "a synopsis, not a command (docs/development.md)",
+    "python -m testbed.metrics [--json]": "a synopsis, not a command (docs/development.md)",
+    "python -m testbed.<module>": "a synopsis, not a command (docs/development.md)",
+    "python -m testbed.hub build|serve|pins DIR": "a synopsis, not a command (docs/development.md)",
+    "python -m testbed.hub pins .marpipe/hub --check config/rehearsal.yaml":
+        "needs the built hub (make rehearse); no test runs it as written (docs/development.md)",
+    "marpipe bench metrics": "no test runs it as written (docs/development.md)",
+}
+
+
+# --- the docs' commands -------------------------------------------------------------------------------
+def doc_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "config" / "README.md"]
+
+
+FENCE = re.compile(r"^[ \t]*```[ \t]*(\w*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
+
+
+def doc_commands(path: Path) -> list[tuple[int, str]]:
+    """(line, command) of every command in a Markdown file: each line of its fenced shell blocks (a
+    `# comment` and a `$ ` prompt stripped, `\\` continuations joined) and each code span of its prose
+    that starts like a command; `a && b` are two commands."""
+    text = path.read_text()
+    lineno = lambda pos: text.count("\n", 0, pos) + 1
+    found = []
+    for block in FENCE.finditer(text):
+        if block.group(1) not in SHELL_FENCES:
+            continue
+        first, pending = lineno(block.start(2)), None
+        for i, raw in enumerate(block.group(2).splitlines()):
+            line = re.sub(r"(^|\s)#.*$", "", raw).strip().removeprefix("$ ")
+            if pending:
+                line = f"{pending[1]} {line}"
+            start = pending[0] if pending else first + i
+            pending = (start, line.removesuffix("\\").strip()) if line.endswith("\\") else None
+            if line and not pending:
+                found += [(start, c) for c in split_and(line)]
+    prose = FENCE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+    for span in re.finditer(r"`([^`\n]+(?:\n[^`\n]+)?)`", prose):
+        command = " ".join(span.group(1).split())
+        if command.startswith(COMMAND_SPANS):
+            found += [(lineno(span.start()), c) for c in split_and(command)]
+    return sorted(found)
+
+
+def split_and(line: str) -> list[str]:
+    return [c.strip() for c in line.split(" && ") if c.strip()]
+
+
+def substitute(text: str) -> str:
+    for name, value in PLACEHOLDERS.items():
+        text = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/.-])" if name.isalnum() else re.escape(name),
+                      value, text)
+    return text
+
+
+def normalized(text: str) -> str:
+    """Shell text with `\\` continuations joined and runs of white space made one blank."""
+    return " ".join(text.replace("\\\n", " ").split())
+
+
+def all_doc_commands() -> list[tuple[str, int, str]]:
+    return [(p.relative_to(ROOT).as_posix(), line, cmd) for p in doc_files() for line, cmd in doc_commands(p)]
+
+
+# --- running them ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """A copy of the working tree (tracked and unignored files, the project venv linked in) and three runs'
+    verdicts files (study/, study-2threads/, study-seeds/): the commands run there, so nothing in the
+    checkout changes."""
+    copy = tmp_path_factory.mktemp("docs") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for f in files:
+        if (ROOT / f).is_file():
+            (copy / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, copy / f)
+    (copy / ".venv").symlink_to(BIN.parent, target_is_directory=True)
+    verdicts = ("table,base,claim,a,b,column,paper_diff,ours_diff,lo,hi,verdict,n_prompts,note\n"
+                "table1,NOVA,Ours > +GRPO,Ours,+GRPO,HPS,1.78,2.0,-0.5,3.5,inconclusive,48,\n")
+    for run in ("study", "study-2threads", "study-seeds"):
+        (copy / run / "results" / "tables").mkdir(parents=True)
+        (copy / run / "results" / "tables" / "verdicts_vs_paper.csv").write_text(verdicts)
+    return copy
+
+
+def sh(command: str | list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    args = ["bash", "-c", command] if isinstance(command, str) else command
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def make_dry_run(command: str, cwd: Path) -> str:
+    """`make -n` with the command's targets and variables; each variable must be one the Makefile uses,
+    and its value must reach the commands make prints."""
+    args = shlex.split(command)[1:]
+    r = sh(["make", "-n", *args], cwd)
+    assert r.returncode == 0, f"`make -n {' '.join(args)}` failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    makefile, printed = (cwd / "Makefile").read_text(), normalized(r.stdout)
+    for name, value in (a.split("=", 1) for a in args if "=" in a):
+        assert f"$({name})" in makefile, f"the Makefile uses no variable {name}"
+        assert value in printed, f"{name}={value} reaches no command of `make -n {' '.join(args)}`"
+    return r.stdout
+
+
+def haystack(where: str, cwd: Path) -> str:
+    """The text a command of ELSEWHERE must occur in."""
+    if where.startswith("make "):
+        printed = make_dry_run(where, cwd)
+        modules = re.findall(r"-m ([\w.]+)", printed)
+        sources = [(ROOT / Path(*m.split("."))).with_suffix(".py") for m in modules]
+        text = printed + "\n".join(p.read_text() for p in sources if p.is_file())
+    else:
+        assert (ROOT / where).is_file(), f"ELSEWHERE names {where}, which does not exist"
+        text = (ROOT / where).read_text()
+        text += "\n".join(read() for name, read in READERS.items() if name in text)
+    for name, value in TEMPLATES.items():
+        text = text.replace(name, value)
+    return substitute(normalized(text))
+
+
+def check(doc: str, line: int, command: str, cwd: Path) -> None:
+    """The command runs here, or ELSEWHERE's place holds it verbatim; else fail naming doc:line."""
+    at = f"{doc}:{line}: `{command}`"
+    if command.startswith("make "):
+        make_dry_run(command, cwd)
+    elif command in HERE:
+        r = sh(substitute(command), cwd)
+        assert r.returncode == 0, f"{at} failed here ({r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    elif ELSEWHERE.get(command) == "here":
+        assert any(c.startswith(command + " ") for c in HERE), f"{at}: no command of HERE begins with it"
+    elif command in ELSEWHERE:
+        assert substitute(command) in haystack(ELSEWHERE[command], cwd), (
+            f"{at} does not occur verbatim in {ELSEWHERE[command]}, which ELSEWHERE says runs it")
+    else:
+        pytest.fail(f"{at} is run by no test: run it in {THIS} (HERE), or name the test or .ci/run stage that "
+                    f"runs it as written (ELSEWHERE)")
+
+
+def cases() -> list:
+    return [pytest.param(doc, line, command, id=f"{doc}:{line}",
+                         marks=[pytest.mark.xfail(strict=True, reason=PENDING[command])] if command in PENDING else [])
+            for doc, line, command in all_doc_commands()]
+
+
+@pytest.mark.parametrize("doc,line,command", cases())
+def test_every_doc_command_runs_verbatim(doc, line, command, checkout):
+    check(doc, line, command, checkout)
+
+
+def test_the_tables_name_only_commands_the_docs_hold():
+    commands = {c for _, _, c in all_doc_commands()}
+    stale = [c for c in (*HERE, *ELSEWHERE, *PENDING) if c not in commands]
+    assert not stale, f"no doc holds these commands any more; remove them from {THIS}: {stale}"
+
+
+def test_commands_are_read_from_blocks_spans_and_continuations(tmp_path, checkout):
+    doc = tmp_path / "doc.md"
+    doc.write_text("Run `make demo`, then `marpipe frobnicate\n--now`, not `results/`:\n\n```bash\n"
+                   "snakemake all \\\n  -n   # a dry run\n$ .ci/cluster.sh up && make rehearse\n```\n\n"
+                   "```python\nmarpipe ignored\n```\n")
+    assert doc_commands(doc) == [(1, "make demo"), (1, "marpipe frobnicate --now"), (5, "snakemake all -n"),
+                                 (7, ".ci/cluster.sh up"), (7, "make rehearse")]
+    with pytest.raises(pytest.fail.Exception, match=r"doc\.md:1: `marpipe frobnicate --now` is run by no test"):
+        check("doc.md", 1, "marpipe frobnicate --now", checkout)
