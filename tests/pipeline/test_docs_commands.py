@@ -261,7 +261,7 @@ def test_the_tables_name_only_commands_the_docs_hold():
     assert not stale, f"no doc holds these commands any more; remove them from {THIS}: {stale}"
 
 
-def test_commands_are_read_from_blocks_spans_and_continuations(tmp_path, checkout):
+def test_commands_are_read_from_blocks_spans_and_continuations(tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text("Run `make demo`, then `marpipe frobnicate\n--now`, not `results/`:\n\n```bash\n"
                    "snakemake all \\\n  -n   # a dry run\n$ .ci/cluster.sh up && make rehearse\n```\n\n"
@@ -269,4 +269,4 @@ def test_commands_are_read_from_blocks_spans_and_continuations(tmp_path, checkou
     assert doc_commands(doc) == [(1, "make demo"), (1, "marpipe frobnicate --now"), (5, "snakemake all -n"),
                                  (7, ".ci/cluster.sh up"), (7, "make rehearse")]
     with pytest.raises(pytest.fail.Exception, match=r"doc\.md:1: `marpipe frobnicate --now` is run by no test"):
-        check("doc.md", 1, "marpipe frobnicate --now", checkout)
+        check("doc.md", 1, "marpipe frobnicate --now", tmp_path)
