@@ -124,8 +124,8 @@ FENCE = re.compile(r"^[ \t]*```[ \t]*(\w*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
 
 def doc_commands(path: Path) -> list[tuple[int, str]]:
     """(line, command) of every command in a Markdown file: each line of its fenced shell blocks (a
-    `# comment` and a `$ ` prompt stripped, `\\` continuations joined) and each code span of its prose
-    that starts like a command; `a && b` are two commands."""
+    `# comment` and a `$ ` prompt stripped, `\\` continuations joined; of a console block, the lines
+    after a prompt) and each code span of its prose that starts like a command; `a && b` are two."""
     text = path.read_text()
     lineno = lambda pos: text.count("\n", 0, pos) + 1
     found = []
@@ -134,6 +134,8 @@ def doc_commands(path: Path) -> list[tuple[int, str]]:
             continue
         first, pending = lineno(block.start(2)), None
         for i, raw in enumerate(block.group(2).splitlines()):
+            if block.group(1) == "console" and not pending and not raw.startswith("$ "):
+                continue                                   # a console block's output
             line = re.sub(r"(^|\s)#.*$", "", raw).strip().removeprefix("$ ")
             if pending:
                 line = f"{pending[1]} {line}"
@@ -265,8 +267,8 @@ def test_commands_are_read_from_blocks_spans_and_continuations(tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text("Run `make demo`, then `marpipe frobnicate\n--now`, not `results/`:\n\n```bash\n"
                    "snakemake all \\\n  -n   # a dry run\n$ .ci/cluster.sh up && make rehearse\n```\n\n"
-                   "```python\nmarpipe ignored\n```\n")
+                   "```python\nmarpipe ignored\n```\n\n```console\n$ marpipe --help\nusage: marpipe\n```\n")
     assert doc_commands(doc) == [(1, "make demo"), (1, "marpipe frobnicate --now"), (5, "snakemake all -n"),
-                                 (7, ".ci/cluster.sh up"), (7, "make rehearse")]
+                                 (7, ".ci/cluster.sh up"), (7, "make rehearse"), (15, "marpipe --help")]
     with pytest.raises(pytest.fail.Exception, match=r"doc\.md:1: `marpipe frobnicate --now` is run by no test"):
         check("doc.md", 1, "marpipe frobnicate --now", tmp_path)
