@@ -1,4 +1,4 @@
-"""``make rehearse`` (``testbed.hub.rehearse``) and the fixes its runs found.
+"""``make rehearse`` (``testbed.hub.rehearse``): its config, its working folder and its fixtures.
 
 Fast: no snakemake run, no hub. The rehearsal itself (the paper DAG on the local hub through
 ``--profile slurm``) is ``make rehearse``.
@@ -60,7 +60,7 @@ def test_the_rehearsal_runs_the_readmes_cluster_commands_as_written():
     assert "--slurm-status-command" not in local and local[local.index("--cores") + 1] == "2"
 
 
-# --- fixes the rehearsal found -------------------------------------------------------------------
+# --- what a rehearsal needs to run the paper DAG --------------------------------------------------
 def test_rehearsal_config_validates_and_sets_harmons_image_size():
     cfg = E.validate(E.read_config(REHEARSAL))
     assert cfg["models"]["harmon"]["sampling"]["image_size"] == 32
@@ -132,9 +132,9 @@ def test_a_hub_server_that_lacks_a_pinned_revision_is_reported_stale():
 
 
 def test_gdino_fixture_has_the_transformers4_layout_of_the_real_file(tmp_path):
-    """The rehearsal found it: NOVA's mixed reward runs Grounding DINO under transformers 4.57 (.venv-nova),
-    which strictly refused the fixture that transformers 5 wrote (Swin's relative_position_index missing,
-    swin.layernorm unexpected). The real file was written by transformers 4; both versions read that layout."""
+    """NOVA's mixed reward runs Grounding DINO under transformers 4.57 (.venv-nova), which strictly refuses
+    the layout transformers 5 writes (Swin's relative_position_index missing, swin.layernorm unexpected).
+    The fixture has the real file's transformers-4 layout, which both versions read."""
     import subprocess
 
     from safetensors import safe_open
@@ -164,8 +164,8 @@ def test_gdino_fixture_has_the_transformers4_layout_of_the_real_file(tmp_path):
 
 
 def test_the_working_folder_is_its_own_git_repository_so_dvc_can_init(tmp_path):
-    """The rehearsal found it: in the ignored rehearsal/ folder `dvc init --subdir` refused
-    (".dvc is ignored by your SCM tool") and dvc_push, the DAG's last job, failed."""
+    """In a folder the checkout ignores, `dvc init --subdir` refuses (".dvc is ignored by your SCM
+    tool") and dvc_push, the DAG's last job, would fail: the working folder is a repository of its own."""
     work = R.prepare_workdir(tmp_path / "rehearsal")
     assert (work / ".git").is_dir()
     R.prepare_workdir(work)                         # idempotent
@@ -173,8 +173,8 @@ def test_the_working_folder_is_its_own_git_repository_so_dvc_can_init(tmp_path):
 
 
 def test_a_rehearsal_refuses_to_start_without_the_disk_it_needs(tmp_path):
-    """The rehearsal found it: Harmon's former fixture checkpoints (2 GB each) and their DVC copies filled a shared
-    disk; the check stays (a rehearsal now writes ~0.2 GB)."""
+    """A rehearsal writes checkpoints and their DVC copies (~0.2 GB) and checks
+    the free disk first, so it cannot fill a shared disk."""
     with pytest.raises(SystemExit, match=r"GB free; a rehearsal needs ~"):
         R.check_disk(tmp_path, need_gb=1e9)
     R.check_disk(tmp_path, need_gb=0)
