@@ -47,7 +47,7 @@ def test_the_paper_scorers_take_their_second_folders_from_pinned_entries():
     exp = experiment.load(copy.deepcopy(RAW))             # the config validates
     w = RAW["weights"]
     assert w["imagereward"]["files"] == ["ImageReward.pt", "med_config.json"]
-    assert w["bert_base_uncased"]["repo_id"] == "google-bert/bert-base-uncased"   # formerly `bert-base-uncased`
+    assert w["bert_base_uncased"]["repo_id"] == "google-bert/bert-base-uncased"   # the canonical id, not the alias `bert-base-uncased`
     assert w["clip_h14_processor"]["repo_id"] == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
     assert w["clip_l14"]["files"] == ["open_clip_model.safetensors", "open_clip_config.json"]  # the format Aesthetic reads + its architecture
     assert w["aesthetic"]["url"].endswith("/6934dd81792f086e613a121dbce43082cb8be85e/"
