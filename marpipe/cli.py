@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from marpipe.bench.commands import add_parsers as add_bench_parsers
 from marpipe.config import ConfigError
 
 
@@ -217,71 +218,6 @@ def cmd_check_model(args):
     return conformance.main([args.model] + (["--device", args.device] if args.device else []))
 
 
-def cmd_bench(args):
-    if args.what == "train-step":
-        from marpipe.bench import bench_train_step
-        bench_train_step(steps=args.steps or 5, as_json=args.json, model_names=args.models or ("tiny-nova", "tiny-harmon"),
-                         device=args.device, preset=args.preset)
-    elif args.what == "reward-rise":
-        from marpipe.bench import bench_reward_rise
-        args.weights = args.weights or "resources/models/tiny-nova/model.safetensors"
-        if not Path(args.weights).is_file():
-            raise FileNotFoundError(f"--weights {args.weights}: no such file (the embedded default writes it: "
-                                    f"make demo, or snakemake {args.weights} --configfile config/small.yaml)")
-        bench_reward_rise(args.weights, steps=args.steps or 30, seeds=args.seeds, as_json=args.json, device=args.device,
-                          preset=args.preset)
-    elif args.what == "warmup":
-        args.config = args.config or "config/small.yaml"
-        bench_warmup_cmd(args)
-    elif args.what == "memory":
-        from marpipe.bench import bench_memory
-        bench_memory(images=args.images, factor=args.factor, image_size=args.image_size, as_json=args.json,
-                     config=args.config or "config/small.yaml")
-    elif args.what == "rollout":
-        from marpipe.bench import bench_rollout
-        bench_rollout(model_names=args.models or ("tiny-nova", "tiny-harmon"), device=args.device, as_json=args.json)
-    elif args.what == "gpu":
-        from marpipe.bench_gpu import bench_gpu
-        bench_gpu(size=args.size, device=args.device, dtype=args.dtype, models=args.models, variants=args.variants,
-                  config=args.config or "config.yaml", as_json=args.json)
-    elif args.what == "grad-noise":
-        from marpipe.gradnoise import bench_grad_noise
-        if args.weights and not Path(args.weights).is_file():
-            raise FileNotFoundError(f"--weights {args.weights}: no such file")
-        report = bench_grad_noise(args.model, draws=args.draws, weights=args.weights, preset=args.preset,
-                                  seed=args.seed, device=args.device, as_json=args.json, prompts=args.prompts)
-        if args.csv:
-            from marpipe.gradnoise import write_csv
-            print(f"[marpipe] wrote {write_csv(report, args.csv)}")
-    else:
-        from marpipe.metrics.bench import PAPER_CONFIG, bench_metrics
-        bench_metrics(args.metrics, device=args.device or "cpu", json=args.json, size=args.size,
-                      config=args.config or PAPER_CONFIG, batch_size=args.batch_size, repeats=args.repeats,
-                      progress=True)
-
-
-def bench_warmup_cmd(args):
-    """The pipeline's warm-up (config ``warmup``) from each fetched base model, measured before and after."""
-    from dataclasses import replace
-
-    import torch
-
-    from marpipe.bench import bench_warmup
-    from marpipe.rewards import build_reward
-    from marpipe.stages.resources import load_base_model
-    exp = experiment(args)
-    warm = [m for m in exp.cfg["models"] if exp.has_warmup(m)]
-    if not warm:
-        raise ConfigError(f"{args.config}: no model has warmup: true")
-    cfg = exp.warmup_config(warm[0])
-    cfg = replace(cfg, steps=args.steps or cfg.steps, lr=args.lr or cfg.lr, save_every=10**6)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # loaded first: a model not fetched yet is named (with its rule) before any scorer is built
-    models = {m: load_base_model(exp, m, device) for m in args.models or exp.cfg["models"]}
-    scorers = {"aesthetic": build_reward(args.quality, **exp.scorer_kwargs(args.quality))} if args.quality else {}
-    bench_warmup(models, cfg, exp.build_reward(cfg.reward), scorers, as_json=args.json, device=device)
-
-
 # --- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marpipe", description=__doc__,
@@ -402,55 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     s = add("check-model", cmd_check_model, "MAR protocol conformance suite on a model spec", config=False)
-    s.add_argument("model", help="tiny-nova | tiny-harmon | file.safetensors | nova:DIR | harmon:DIR | *-standin")
+    s.add_argument("model", help="tiny-nova | tiny-harmon | file.safetensors | nova:DIR | harmon:DIR")
     s.add_argument("--device")
 
-    s = add("bench", cmd_bench, "benchmarks that print figures", config=False)
-    s.add_argument("what", choices=["train-step", "reward-rise", "warmup", "metrics", "grad-noise", "memory", "gpu",
-                                          "rollout"])
-    s.add_argument("--config", default=None,
-                   help="experiment config (warmup, memory: default config/small.yaml; metrics: default config.yaml)")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--steps", type=int, default=None,
-                   help="measured steps per variant (train-step: 5) / training steps (reward-rise: 30, "
-                        "warmup: the config's)")
-    s.add_argument("--lr", type=float, default=None, help="warm-up learning rate (warmup: the config's)")
-    s.add_argument("--quality", default="world_aesthetic",
-                   help="scorer reported beside the reward (warmup; '' for none)")
-    s.add_argument("--weights", default=None,
-                   help="pre-trained tiny model (reward-rise: default resources/models/tiny-nova/model.safetensors; "
-                        "grad-noise: optional, used instead of --model)")
-    s.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="training seeds (reward-rise)")
-    s.add_argument("--preset", choices=["paper", "reference"], default="reference",
-                   help="train-step, reward-rise, grad-noise: how the loss is assembled (train.preset; reference, "
-                        "as the configs: the trainer of the model's family)")
-    s.add_argument("--models", nargs="*", default=None,
-                   help="train-step: tiny presets (default both) or model specs (nova:DIR, harmon:DIR, *-standin); "
-                        "warmup: config models (default all)")
-    s.add_argument("--metrics", nargs="*", default=None,
-                   help="metrics: rows to run (a name, or kind:name, e.g. model:gdino Color reward:mixed; default all)")
-    s.add_argument("--size", choices=["tiny", "real"], default="tiny",
-                   help="metrics: tiny random-weight models (CPU, seconds) or the published sizes with random "
-                        "weights (--device cuda)")
-    s.add_argument("--batch-size", type=int, default=None,
-                   help="metrics: images per call (tiny: 4; real: the config's evaluation.batch_size)")
-    s.add_argument("--repeats", type=int, default=3, help="metrics: timed calls per row (the median is printed)")
-    s.add_argument("--model", default="tiny-nova",
-                   help="grad-noise: tiny preset (random init) or model spec (nova:DIR, harmon:DIR, *-standin)")
-    s.add_argument("--draws", type=int, default=8, help="grad-noise: head-noise draws R per recorded batch")
-    s.add_argument("--csv", help="grad-noise: also write the table as CSV here (the study's grad_noise rule)")
-    s.add_argument("--seed", type=int, default=0, help="grad-noise: seed of the recorded batch and the draws")
-    s.add_argument("--prompts", type=int, default=None,
-                   help="grad-noise: prompts in the batch, x4 images each (tiny: 3, a model spec: 1)")
-    s.add_argument("--images", type=int, default=256, help="memory: images of the smaller run (N)")
-    s.add_argument("--factor", type=int, default=8, help="memory: the larger run has factor x N images")
-    s.add_argument("--image-size", type=int, default=64, help="memory: pixels per side of the tiny model's images")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="gpu: compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    s.add_argument("--variants", nargs="*", choices=["grpo", "fix_decoder", "mte", "sim"],
-                   help="gpu: variants stepped (default all four); --size tiny|real, --models "
-                        "tiny-nova tiny-harmon | nova harmon, --config (default config.yaml)")
-    s.add_argument("--device")
+    s = sub.add_parser("bench", help="benchmarks that print figures (marpipe bench KIND --help)",
+                       description="benchmarks that print figures; each KIND has its own options "
+                                   "(marpipe bench KIND --help)",
+                       formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=18))
+    add_bench_parsers(s)
     return p
 
 

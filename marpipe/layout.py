@@ -3,7 +3,8 @@ in ``runs/<model>/<reward>/<variant>/seed<N>/``, its selected checkpoint in ``se
 images and scores in ``images/`` and ``scores/<model>/<row id>/<suite>``. The workflow's input
 functions (``workflow/rules/common.smk``) and the tables, figures, ablations and MLflow sync read
 these paths from here; the rules' output patterns are the same paths with wildcards, and a dry run
-fails where the two disagree."""
+fails where the two disagree. A fetched base model's load spec is also built here, once for the
+stages and the workflow."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,16 @@ from pathlib import Path
 from marpipe.experiment import SUITES
 
 RESULTS = "results"
+MODEL_FILE = "model.safetensors"      # a tiny base model's weights, in its folder
 RUN_METRICS_GLOB = "runs/*/*/**/seed*/metrics.jsonl"   # every training run's metrics, below the results folder
+
+
+def base_model_spec(adapter: str, folder: str | Path) -> str:
+    """The :func:`marpipe.models.registry.load_model` spec of the base model fetched into ``folder``
+    (``resources/models/<model>``): its weights file ``FOLDER/model.safetensors`` for the ``tiny``
+    adapter, else ``ADAPTER:FOLDER``. The stages load it (:func:`marpipe.stages.resources.model_spec`)
+    and the workflow's grad-noise rule passes it to ``marpipe bench grad-noise --model``."""
+    return str(Path(folder) / MODEL_FILE) if adapter == "tiny" else f"{adapter}:{folder}"
 
 
 def run_dir(model: str, reward: str, variant: str, seed: int | str, results: str | Path = RESULTS) -> str:

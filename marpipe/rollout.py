@@ -174,7 +174,7 @@ def rollout(model: MARModel, prompts: Sequence[str], group_size: int, plan: Roll
     ``m - 1`` is trained too, ``has_before`` says where). ``full_head``: run the head on every
     still-masked token at every step (the same results, at the cost of the reference trainers).
 
-    Replaying a recorded rollout with its AR decisions held (:mod:`marpipe.gradnoise`):
+    Replaying a recorded rollout with its AR decisions held (:mod:`marpipe.bench.grad_noise`):
     ``forced_latents [B,N,C]`` (its final tokens): every step accepts these values instead of
     the head's output, so the canvases and the final image are the recorded ones (the token
     order is drawn as always, from the same seed), and the head only runs at the trained steps;

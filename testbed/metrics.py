@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from marpipe.metrics import bench
-from marpipe.metrics.bench import (  # noqa: F401  (the tests' tokenizers and images, as the bench's)
+from marpipe.bench import metrics as bench
+from marpipe.bench.metrics import (  # noqa: F401  (the tests' tokenizers and images, as the bench's)
     BERT_WORDS,
     clip_vocab,
     smooth_images,

@@ -1,32 +1,10 @@
-"""The paper's two base models at their real sizes with random weights, built from the official classes.
-
-For ``marpipe bench gpu --size real``: nothing is downloaded. The official code is imported from
-``$MARPIPE_OFFICIAL_CODE`` (or ``../shared/official`` beside the repository: ``NOVA/`` and
-``harmon-remote-code/``, the copies that ``tests/official`` uses), or, for NOVA, from an installed
-``diffnext``. Run NOVA in ``.venv-nova`` (diffnext's Phi encoder needs transformers 4) and Harmon in
-``.venv-harmon`` (einops); :func:`marpipe.bench_gpu.bench_gpu` starts those interpreters itself.
-
-The configs below are the published ones, taken from the official code (cited where used); the
-tokenizers are stand-ins (a byte-level BPE trained here on a few sentences, in each model's
-tokenizer class and special tokens), since the real ones are downloads. NOVA pads every prompt to
-its 256 text slots, so its cost does not depend on the tokenizer; Harmon's prompt length does, a
-little (the stand-in gives about one token per word, as Qwen2.5's does for plain English).
-
-Weights are random (seeded), built on the target device in the target dtype (no float32 copy on
-the CPU). The official heads zero-initialise their output and modulation layers, which makes a
-fresh head ignore its condition and gives the AR part no gradient; :func:`perturb_zero_init` gives
-every all-zero parameter of the trained module small random values, as a trained model has.
-
-Changes to the official code while it runs, each declared where it is made:
-
-* ``harmon-remote-code/modeling_harmon.py`` line 238 is indented four spaces too deep as shipped
-  (IndentationError); :func:`import_harmon_code` imports a temporary copy with those four spaces
-  removed (the indentation of the same line in github wusize/Harmon ``src/models/harmon.py``);
-* ``HarmonModel.sample`` uses the transformers-4 cache API; under transformers >= 4.56
-  :func:`harmon_sampler_shims` gives it ``DynamicCache()`` for ``from_legacy_cache()`` and a
-  ``curtail_cache`` with the official body that unpacks ``(keys, values, ...)``; on a machine
-  without CUDA it also maps ``Tensor.cuda`` (``DiffLoss.sample``) to the identity. Only while the
-  official sampler runs.
+"""The paper's two base models at their real sizes with random (seeded) weights, built from the official
+classes for ``marpipe bench gpu --size real`` (nothing is downloaded): NOVA from the installed ``diffnext``
+(``.venv-nova``), Harmon from its remote code in ``$MARPIPE_OFFICIAL_CODE`` or ``../shared/official``
+(``.venv-harmon``, einops); :func:`marpipe.bench.gpu.bench_gpu` starts those interpreters itself. The
+configs are the published ones (cited where used), the tokenizers byte-level BPE stand-ins
+(:func:`bpe_tokenizer`); the two changes made to the official code while it runs are declared in
+:func:`import_harmon_code` and :func:`harmon_sampler_shims`. See docs/method.md.
 """
 from __future__ import annotations
 
@@ -128,8 +106,12 @@ def import_diffnext() -> None:
 @functools.cache
 def import_harmon_code(root: Path | None = None) -> types.SimpleNamespace:
     """Harmon's remote-code files (in ``root``, default :func:`official_root`) imported as a package from
-    a temporary copy (line 238 re-indented, see the module docstring); returns its modules
-    ``modeling_harmon``, ``configuration_harmon``."""
+    a temporary copy; returns its modules ``modeling_harmon``, ``configuration_harmon``.
+
+    ``modeling_harmon.py`` line 238 is indented four spaces too deep as shipped (IndentationError): the
+    copy has those four spaces removed (the indentation of the same line in github wusize/Harmon
+    ``src/models/harmon.py``). Nothing is put on ``sys.path``.
+    """
     root = official_root(root)
     src = None if root is None else root / REMOTE_CODE
     if src is None or not (src / "modeling_harmon.py").is_file():
@@ -177,7 +159,11 @@ def building(device, dtype: torch.dtype, seed: int):
 
 @torch.no_grad()
 def perturb_zero_init(module: torch.nn.Module, seed: int, std: float = 0.02) -> int:
-    """Give every all-zero parameter of ``module`` normal(0, ``std``) values; returns how many."""
+    """Give every all-zero parameter of ``module`` normal(0, ``std``) values; returns how many.
+
+    The official heads zero-initialise their output and modulation layers, which makes a fresh head
+    ignore its condition and gives the AR part no gradient; a trained model has no such zeros.
+    """
     n = 0
     for i, p in enumerate(module.parameters()):
         if p.numel() and p.device.type != "meta" and not p.any():
@@ -188,7 +174,11 @@ def perturb_zero_init(module: torch.nn.Module, seed: int, std: float = 0.02) -> 
 
 
 def bpe_tokenizer(special: tuple[str, ...], vocab_size: int = 1024):
-    """A byte-level BPE trained on :data:`CORPUS` (stand-in for a download), ``special`` tokens added."""
+    """A byte-level BPE trained on :data:`CORPUS` (stand-in for a download), ``special`` tokens added.
+
+    NOVA pads every prompt to its 256 text slots, so its cost does not depend on the tokenizer; Harmon's
+    prompt length does, a little (this gives about one token per word, as Qwen2.5's does for plain English).
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -303,7 +293,10 @@ def nova_subject(device, dtype, root: Path | None = None, seed: int = 0, samplin
 
 @contextlib.contextmanager
 def harmon_sampler_shims(harmon_cls):
-    """Declared shims for ``HarmonModel.sample`` (module docstring), only while it runs."""
+    """Shims for ``HarmonModel.sample``, only while it runs: it uses the transformers-4 cache API, so under
+    transformers >= 4.56 it gets ``DynamicCache()`` for ``from_legacy_cache()`` and a ``curtail_cache`` with
+    the official body that unpacks ``(keys, values, ...)``; on a machine without CUDA ``Tensor.cuda``
+    (``DiffLoss.sample``) is the identity."""
     from transformers.cache_utils import DynamicCache
     saved = []
     if not torch.cuda.is_available():

@@ -18,10 +18,9 @@ import torch
 
 from marpipe.experiment import Experiment
 from marpipe.io.files import write_json, write_prompt_set
+from marpipe.layout import MODEL_FILE, base_model_spec
 from marpipe.metrics.clip_metrics import HPS_STYLES
 from marpipe.models.download import MANIFEST, PIN_FILE, ModelSource, download_model, verify_manifest, write_manifest
-
-MODEL_FILE = "model.safetensors"
 
 
 # --- base models ---------------------------------------------------------------------
@@ -73,8 +72,7 @@ def model_spec(exp: Experiment, model: str, root: str | Path = "resources/models
         raise FileNotFoundError(f"{folder}: base model {model!r} is not fetched "
                                 f"(run: snakemake --profile local resources/models/{model}/{MANIFEST})")
     verify_manifest(folder)
-    adapter = exp.adapter(model)
-    return str(folder / MODEL_FILE) if adapter == "tiny" else f"{adapter}:{folder}"
+    return base_model_spec(exp.adapter(model), folder)
 
 
 def load_base_model(exp: Experiment, model: str, device, root: str | Path = "resources/models",

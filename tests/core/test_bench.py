@@ -1,20 +1,27 @@
 """The benchmark commands print figures; here their plumbing is checked, at tiny sizes, and the
 reward-rise bench's claim -- GRPO steps raise a simple reward -- is asserted on a tiny run."""
+import json
 import math
+import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import testbed.standins  # noqa: F401  (registers the nova-standin spec)
-from marpipe.bench import VARIANTS, _held_out, _train_prompts, bench_reward_rise, bench_warmup, total_variation
+from marpipe.bench.reward import _held_out, _train_prompts, bench_reward_rise, bench_warmup, total_variation
+from marpipe.bench.train import VARIANTS
 from marpipe.cli import main
 from marpipe.rewards import build_reward
 from marpipe.rollout import sample_images
 from marpipe.trainer import Trainer
 
 from .helpers import grpo, tiny
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_reward_rise_reports_every_variant_and_seed(tmp_path, capsys):
@@ -69,7 +76,7 @@ def test_grpo_steps_raise_a_simple_reward_on_held_out_prompts(tmp_path):
 
 
 def test_reward_rise_names_the_missing_weights_and_how_to_make_them(tmp_path, capsys):
-    assert main(["bench", "reward-rise", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert main(["bench", "reward-rise", "--model", str(tmp_path / "none.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "none.safetensors: no such file" in err and "make demo" in err
 
@@ -171,9 +178,9 @@ def test_nova_prompt_encodings_are_shared_by_a_group_and_the_negative_by_the_rol
 
 
 def test_train_step_bench_takes_a_model_spec(capsys):
-    """``--models nova-standin``: the adapter path (as for nova:DIR on a GPU), and the real-config split."""
-    from marpipe.bench import bench_train_step
-    rep = bench_train_step(steps=1, model_names=("nova-standin",), device="cpu")
+    """The stand-in's spec: the adapter path (as for nova:DIR on a GPU), and the real-config split."""
+    from marpipe.bench.train import bench_train_step
+    rep = bench_train_step(steps=1, model_names=("nova-standin",), device="cpu", preload=["testbed.standins"])
     r = rep["models"]["nova-standin"]
     assert set(r["median_step_s"]) == {"grpo", "fix_decoder", "mte", "sim"}
     assert all(t > 0 for t in r["median_step_s"].values()) and r["ratio_mte_over_fix_decoder"] > 0
@@ -210,3 +217,55 @@ def test_train_step_cost_adds_mte_extras_once_per_image_or_per_trained_step():
     assert math.isclose(unknown - after, 12 / K * 2 * 1024 * 10 * h, rel_tol=1e-9)
     # at the real proportions, once-per-image extras are about a tenth of a step; Alg. 2's, a fifth
     assert image / fd < 0.15 < 0.2 < step / fd
+
+
+def test_bench_lists_its_kinds_and_each_kind_takes_only_its_own_options(capsys):
+    """``marpipe bench KIND``: a subcommand per kind; an option of another kind is refused (exit 2, named)."""
+    from marpipe.bench.commands import KINDS
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert list(KINDS) == ["train-step", "rollout", "reward-rise", "warmup", "memory", "gpu", "grad-noise", "metrics"]
+    assert all(re.search(rf"^\s+{kind}\b", out, re.M) for kind in KINDS), out
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "metrics", "--draws", "3"])
+    assert e.value.code == 2 and "unrecognized arguments: --draws 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "grad-noise", "--size", "tiny"])
+    assert e.value.code == 2 and "--size" in capsys.readouterr().err
+
+
+def test_building_the_parser_imports_no_torch():
+    """Every ``marpipe`` call builds the whole parser: the benchmarks' options come without torch."""
+    code = "import sys; from marpipe.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_stages_and_the_grad_noise_rule_take_the_base_model_spec_from_one_function(tmp_path):
+    """``marpipe.layout.base_model_spec``: what ``stages.resources.model_spec`` loads (after its manifest
+    check) and what the workflow passes to ``marpipe bench grad-noise --model``, for both adapters."""
+    from marpipe import layout
+    from marpipe.experiment import load
+    from marpipe.models.download import write_manifest
+    from marpipe.stages import resources
+    from tests.pipeline.test_workflow import snakemake
+    assert resources.base_model_spec is layout.base_model_spec
+    study = tmp_path / "grad_noise.yaml"
+    study.write_text(json.dumps({"grad_noise": {"draws": 2}}))
+    expected = {"nova": "nova:resources/models/nova", "harmon": "harmon:resources/models/harmon",
+                "tiny-nova": "resources/models/tiny-nova/model.safetensors",
+                "tiny-harmon": "resources/models/tiny-harmon/model.safetensors"}
+    for config, models in (("config.yaml", ["nova", "harmon"]), ("config/small.yaml", ["tiny-nova", "tiny-harmon"])):
+        exp = load(ROOT / config)
+        r = snakemake("-n", "-p", "--configfile", config, str(study), "--cores", "1",
+                      *(f"results/grad_noise/{m}.csv" for m in models))
+        assert r.returncode == 0, r.stderr[-3000:]
+        for m in models:
+            assert layout.base_model_spec(exp.adapter(m), f"resources/models/{m}") == expected[m]
+            assert f"marpipe bench grad-noise --model {expected[m]} --draws 2 " in r.stdout
+            (tmp_path / m).mkdir()
+            (tmp_path / m / layout.MODEL_FILE).write_bytes(b"")
+            write_manifest(tmp_path / m)
+            assert resources.model_spec(exp, m, tmp_path) == layout.base_model_spec(exp.adapter(m), tmp_path / m)

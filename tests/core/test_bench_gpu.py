@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from marpipe.bench_gpu import PHASES, VARIANTS
+from marpipe.bench.gpu import PHASES, VARIANTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ def test_tiny_cpu_bf16_json():
 
 
 def test_phase_clock_charges_the_innermost_phase():
-    from marpipe.bench_gpu import PhaseClock
+    from marpipe.bench.gpu import PhaseClock
     clock = PhaseClock(torch.device("cpu"))
     with clock.region("loss_forward"):
         time.sleep(0.02)
@@ -76,7 +76,7 @@ def _official_or_skip(family: str):
     root = real_size.official_root()
     try:
         if family == "nova":
-            real_size.import_diffnext(root)
+            real_size.import_diffnext()
         else:
             pytest.importorskip("einops", reason="Harmon's remote code imports einops: run in .venv-harmon")
             real_size.import_harmon_code(root)
@@ -110,10 +110,10 @@ def test_real_nova_path_at_small_size(tmp_path):
     """The real-size code path (official classes, adapter, ``NOVAPipeline`` as the sampler) with small
     configs on the CPU: every phase runs and the step moves the trained weights."""
     root = _official_or_skip("nova")
-    from tests.official import nova_tiny
+    from testbed.official import nova_tiny
     nova_tiny.import_diffnext(root)               # registers the tiny architectures in diffnext's registries
 
-    from marpipe.bench_gpu import bench_model, variant_configs
+    from marpipe.bench.gpu import bench_model, variant_configs
     from marpipe.models.real_size import nova_subject
     dev = torch.device("cpu")
     subject = nova_subject(dev, torch.float32, root, sampling={**SMALL_SAMPLING, "cfg_scale": 5.0},
@@ -133,7 +133,7 @@ def test_real_harmon_path_at_small_size(tmp_path):
     """As above for Harmon: ``HarmonModel`` from the remote code (tiny Qwen2, ``mar_base``, the fixed VAE),
     ``HarmonModel.sample`` as the sampler (with the declared shims)."""
     root = _official_or_skip("harmon")
-    from marpipe.bench_gpu import bench_model, variant_configs
+    from marpipe.bench.gpu import bench_model, variant_configs
     from marpipe.models.real_size import HARMON_MAR, QWEN25_1_5B, harmon_subject
     llm = {**QWEN25_1_5B, "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
            "num_attention_heads": 4, "num_key_value_heads": 2}

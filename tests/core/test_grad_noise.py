@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from marpipe import gradnoise as gn
+from marpipe.bench import grad_noise as gn
 from marpipe.cli import main
 from marpipe.grpo import mte_aggregate
 from marpipe.rewards import build_reward
@@ -145,7 +145,7 @@ def test_cli_prints_every_row_on_tiny_nova(capsys):
 def test_cli_json_on_saved_weights(tmp_path, capsys):
     weights = tmp_path / "model.safetensors"
     tiny("tiny-harmon").save(weights)
-    assert main(["bench", "grad-noise", "--weights", str(weights), "--draws", "2", "--prompts", "1",
+    assert main(["bench", "grad-noise", "--model", str(weights), "--draws", "2", "--prompts", "1",
                  "--preset", "paper", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model_family"] == "harmon" and report["draws"] == 2
@@ -154,4 +154,4 @@ def test_cli_json_on_saved_weights(tmp_path, capsys):
     assert grpo_row["trained"] == {"ar": True, "head": True} and fix["trained"] == {"ar": True, "head": False}
     # Fix Decoder only freezes the head: at one theta its gradient is GRPO's
     assert fix["ar"]["trace_cov"] == pytest.approx(grpo_row["ar"]["trace_cov"], rel=1e-6)
-    assert main(["bench", "grad-noise", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert main(["bench", "grad-noise", "--model", str(tmp_path / "none.safetensors")]) == 2

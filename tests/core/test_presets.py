@@ -550,7 +550,8 @@ def test_reference_preset_matches_the_harmon_trainer(final_step):
 
 
 def test_reward_rise_bench_takes_the_preset_and_reports_kl_and_gradient_curves(tmp_path):
-    from marpipe.bench import VARIANTS, bench_reward_rise
+    from marpipe.bench.reward import bench_reward_rise
+    from marpipe.bench.train import VARIANTS
     from marpipe.cli import build_parser
     weights = tmp_path / "model.safetensors"
     tiny().save(weights)

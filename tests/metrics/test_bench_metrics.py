@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from marpipe import experiment as E
+from marpipe.bench import metrics as B
 from marpipe.config import ConfigError
-from marpipe.metrics import bench as B
 
 PAPER = Path(__file__).resolve().parents[2] / "config.yaml"
 

@@ -50,7 +50,7 @@ def test_the_wheel_holds_the_package_and_no_fixtures(wheel_files):
     fixtures = [f for f in wheel_files if any(p in FIXTURE_PARTS for p in f.split("/")[:-1])
                 or f.endswith(FIXTURE_MODULES) or f.split("/")[-1].split(".")[0] in FIXTURE_PARTS]
     assert fixtures == [], "test fixtures in the wheel: move them to testbed/"
-    assert "marpipe/cli.py" in wheel_files and "marpipe/metrics/bench.py" in wheel_files
+    assert "marpipe/cli.py" in wheel_files and "marpipe/bench/metrics.py" in wheel_files
 
 
 def test_no_module_of_the_package_touches_sys_path():
@@ -95,4 +95,4 @@ def test_importing_every_module_leaves_sys_path_and_never_imports_the_test_bed(t
     assert got["broken"] == {}, "modules that fail to import (not for a missing optional dependency)"
     assert got["after"] == got["before"]
     assert got["bed"] == []
-    assert len(got["imported"]) > 40 and "marpipe.metrics.bench" in got["imported"], got["skipped"]
+    assert len(got["imported"]) > 40 and "marpipe.bench.metrics" in got["imported"], got["skipped"]

@@ -211,7 +211,7 @@ def test_peak_memory_does_not_grow_with_the_images():
     """generate and evaluate at 256 and 2,048 64x64 images (fresh processes): the peaks differ by
     less than 24 MiB; holding the images as float32 costs 84 MiB more at 2,048 (twice that while
     concatenating them)."""
-    from marpipe.bench import bench_memory
+    from marpipe.bench.memory import bench_memory
     report = bench_memory(images=256, factor=8, image_size=64, config=str(ROOT / "config" / "small.yaml"))
     for stage, r in report["stages"].items():
         assert r["growth_mb"] < 24, (stage, r)

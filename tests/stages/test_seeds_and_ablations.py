@@ -108,7 +108,7 @@ def test_dry_run_has_a_run_per_seed_and_a_run_per_point_of_the_sweep(tmp_path):
     # per suite: 2 base rows + (4 + 2) x 2 trained; the sweep: its preference suite
     assert counts["generate"] == counts["evaluate"] == 2 * (2 + 12) + 10
     assert counts["ablations"] == 1 and counts["tables"] == 1 and counts["grad_noise"] == 2
-    assert re.search(r"marpipe bench grad-noise --weights resources/models/tiny-harmon/model.safetensors "
+    assert re.search(r"marpipe bench grad-noise --model resources/models/tiny-harmon/model.safetensors "
                      r"--draws 4 --preset reference --csv results/grad_noise/tiny-harmon.csv", r.stdout)
     trains = {b["wildcards"] for b in jobs(r.stdout) if b["rule"] == "train"}
     assert "model=tiny-nova, reward=hps, variant=sim/top_k~0.1/tau~0.0/S~3, seed=1" in trains
@@ -244,7 +244,7 @@ def test_ablation_table_finds_a_planted_better_point(small, tmp_path):
 
 
 def test_grad_noise_csv_has_a_line_per_row_and_block(tmp_path):
-    from marpipe.gradnoise import CSV_COLUMNS, write_csv
+    from marpipe.bench.grad_noise import CSV_COLUMNS, write_csv
     stat = {"noise_to_signal": 0.25, "mean_cosine": 0.8, "trace_cov": 1.0, "signal": 4.0, "mean_norm": 2.0}
     report = {"rows": [{"label": "GRPO (end to end)", "S": None, "top_k": None, "trajectories": 1,
                         "trained": {"ar": True, "head": True}, "ar": stat, "head": {**stat, "noise_to_signal": math.inf}},

@@ -234,10 +234,8 @@ def grad_noise_files():
 
 
 def model_spec(wildcards):
-    """The bench's model argument: a tiny model's weights file, or ``<adapter>:<folder>``."""
-    adapter = EXP.adapter(wildcards.model)
-    folder = f"resources/models/{wildcards.model}"
-    return f"--weights {folder}/model.safetensors" if adapter == "tiny" else f"--model {adapter}:{folder}"
+    """The fetched base model's load spec, as the stages load it (``marpipe.layout.base_model_spec``)."""
+    return layout.base_model_spec(EXP.adapter(wildcards.model), f"resources/models/{wildcards.model}")
 
 
 # the scorer check (rules/scorers.smk)

@@ -98,7 +98,7 @@ rule grad_noise:
         draws=lambda w: EXP.cfg["grad_noise"]["draws"],
         preset=lambda w: EXP.cfg["grad_noise"]["preset"],
     shell:
-        "marpipe bench grad-noise {params.model} --draws {params.draws} --preset {params.preset}"
+        "marpipe bench grad-noise --model {params.model} --draws {params.draws} --preset {params.preset}"
         " --csv {output} > {log} 2>&1"
 
 

@@ -1,33 +1,14 @@
-"""``marpipe bench gpu``: one rollout and one training step per variant, timed phase by phase.
-
-For each model and each variant of the config (``grpo``, ``fix_decoder``, ``mte``, ``sim``), a fresh
-model goes through one step of the project's :class:`~marpipe.trainer.Trainer` at the paper's
-per-GPU batch (1 prompt x a group of 4 images: ``config.yaml``'s 3 prompts per step on 3 GPUs),
-with the variant's settings from the config (``train`` + ``variants``; ``preset: reference`` in
-``config.yaml``). The step is driven stage by stage (``generate_and_score``, ``compute_loss``,
-backward, gradient sync, clip + ``optimizer.step``) and timed without changing the code it runs:
-the model's protocol methods (``encode_prompts``, ``encode_negative``, ``ar_forward``, ``head``,
-``decode``) are wrapped with timers that know whether they run in the rollout or in the loss, the KL
-reference model's calls are timed apart, and MTE's extra head trajectories are recognised by the
-rollout function that samples them (``rollout_other``: the rollout's own indexing, noise and recording
-outside the model calls, and the advantages). Each phase gets its exclusive wall time (CUDA synchronised
-around every timed region) and its peak memory (``torch.cuda.max_memory_allocated`` reset per
-region on CUDA; on a CPU the process's peak RSS, Linux ``VmHWM`` reset per region).
-
-The reward is the images' mean brightness: cheap and deterministic, so the bench measures the
-generator. Beside each model it times the official sampler on the same device for the same images
-(prompt, count, CFG, AR and head steps), after a short warm-up run of it.
-
-Sizes: ``tiny`` (the project's tiny models, random weights with a random head, their own sampling;
-CPU, seconds; no official sampler exists there, so marpipe's plain sampler
-:func:`marpipe.rollout.sample_images` stands in for it, and the output says so) and ``real`` (the
-official classes at their real sizes with random weights, :mod:`marpipe.models.real_size`, the
-paper's sampling and the configs' gradient checkpointing; one GPU). Run ``python -m
-marpipe.bench_gpu`` for the same command outside the CLI (what the side venvs run).
+"""``marpipe bench gpu``: one rollout and one training step per variant of the config, timed phase by
+phase (prompt encoding, the rollout's AR and head, MTE's extra trajectories, decode, reward, loss,
+KL reference, backward, gradient sync, optimizer: each phase's exclusive wall time and peak memory),
+at the paper's per-GPU batch (1 prompt x 4 images), beside the official sampler's time for the same
+images; the models' protocol methods are wrapped with timers, the code they run is unchanged. Sizes:
+``tiny`` (the tiny presets, random weights, CPU, seconds) and ``real`` (the official classes at their
+real sizes with random weights, :mod:`marpipe.models.real_size`; one GPU; a family whose official
+code does not import here runs in its side venv). How to run it: docs/cluster.md, docs/development.md.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import gc
@@ -53,7 +34,7 @@ PAPER_GPUS = 3            # the reference trainers' torchrun over 3 GPUs, 1 prom
 STEP = 1
 SEED = 0
 REWARD = "mean brightness of the images (cheap, deterministic: the bench measures the generator)"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _say(msg: str) -> None:
@@ -410,7 +391,7 @@ def _runs_here(family: str, official: str | None) -> str | None:
     from marpipe.models import real_size
     try:
         if family == "nova":
-            real_size.import_diffnext(real_size.official_root(official))
+            real_size.import_diffnext()
         else:
             import einops  # noqa: F401
             real_size.import_harmon_code(real_size.official_root(official))
@@ -434,9 +415,9 @@ def _is_this_interpreter(python: Path) -> bool:
 def _in_side_venv(family: str, python: Path, args: dict) -> dict:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "report.json"
-        cmd = [str(python), "-m", "marpipe.bench_gpu", "--size", "real", "--models", family, "--device", args["device"],
-               "--dtype", args["dtype"], "--config", str(Path(args["config"]).resolve()), "--json-out", str(out),
-               "--variants", *args["variants"]] + (["--official", args["official"]] if args["official"] else [])
+        cmd = [str(python), "-m", "marpipe", "bench", "gpu", "--size", "real", "--models", family,
+               "--device", args["device"], "--dtype", args["dtype"], "--config", str(Path(args["config"]).resolve()),
+               "--json-out", str(out), "--variants", *args["variants"]] + (["--official", args["official"]] if args["official"] else [])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         subprocess.run(cmd, check=True, env=env, cwd=REPO)
         return json.loads(out.read_text())["models"][family]
@@ -533,23 +514,3 @@ def print_table(report: dict) -> None:
         o = m["official_sampler"]
         print(f"  sampler: {o['sampler']}: {o['seconds']:.4f} s for {o['images']} images "
               f"({o['images_per_s']:.3f} images/s), peak {o['peak_memory_mib']:.0f} MiB")
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m marpipe.bench_gpu", description=__doc__.split("\n")[0])
-    p.add_argument("--size", choices=["tiny", "real"], default="tiny")
-    p.add_argument("--device")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--models", nargs="*")
-    p.add_argument("--variants", nargs="*", choices=VARIANTS)
-    p.add_argument("--config", default="config.yaml")
-    p.add_argument("--official", help="folder of the official NOVA/Harmon code (default $MARPIPE_OFFICIAL_CODE)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--json-out", help="write the JSON report to this file")
-    a = p.parse_args(argv)
-    bench_gpu(a.size, a.device, a.dtype, a.models, a.variants, a.config, a.json, a.official, a.json_out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,73 +1,10 @@
-"""``marpipe bench grad-noise``: the diffusion head's share of the policy-gradient noise, measured.
-
-Sec. 3.2-3.3 of the paper claim that the head's stochastic denoising makes the AR model's
-policy gradient noisy, and that MTE (Eq. 8-10: the per-token loss averaged over ``S`` head
-trajectories from the same AR condition, on the ``top_k`` most uncertain tokens) reduces that
-noise. This module measures it directly, at one parameter value ``theta``:
-
-1. **Record** one rollout batch as the trainer does (:meth:`marpipe.trainer.Trainer.generate_and_score`:
-   its :class:`~marpipe.rollout.RolloutPlan`, :func:`~marpipe.rollout.rollout` with the preset's
-   CFG settings), score it and take the group advantages (Eq. 6).
-2. **Replay** it ``R`` times (:func:`replay`): the same rollout function, with the recorded final
-   tokens forced as every step's accepted values (``forced_latents``) and the head's noise drawn
-   from a fresh stream per draw (``noise_draw``).
-3. For every row (variant) and draw, the **policy gradient**: :func:`marpipe.loss.mar_grpo_loss`,
-   the trainer's loss, under that row's :class:`~marpipe.config.GRPOConfig`, backpropagated; the
-   gradient is split into the AR parameters (``model.ar_parameters()``) and the head's
-   (``model.head_parameters()``).
-4. Per row and block, over the ``R`` gradients: the noise-to-signal ratio ``tr(Cov) / ||mean||^2``
-   and the mean cosine between the gradients of two different draws (:func:`noise_to_signal`,
-   :func:`mean_pairwise_cosine`; streamed by :class:`GradStats`).
-
-Held fixed across draws (the AR decisions and the rewards):
-  the prompts, the token order, which tokens each AR step accepts, the accepted token values
-  (hence every AR step's canvas, the final latents, the image and its reward), the rewards and
-  advantages, the plan (which AR steps and head steps are trained; its seed also fixes
-  ``top_k_random``'s extra tokens), the parameters ``theta``, and the global RNGs, reseeded
-  before every gradient (incidental randomness, e.g. a stand-in's prompt dropout). So the loss's
-  AR forward, which recomputes each trained step's conditions ``z`` from the recorded canvas,
-  gives the same ``z`` in every draw. Sim's consistency mask ``kappa`` (Eq. 11) is computed from the *recorded*
-  rollout's per-step ``x0`` predictions and final latents: it describes the recorded AR
-  trajectory, and the replayed chains do not end at the recorded tokens (recomputing it from them
-  would break ``sim(m) = 1`` for the tokens accepted at step ``m``).
-Resampled in every draw (the head's noise only):
-  the rollout's own head chain (trajectory ``l^(1)``) at every AR step, from the step's
-  conditions, hence the transitions ``(x_t, x_{t-1})`` at the trained head steps that the
-  log-probs (Eq. 12) are taken of; MTE's extra trajectories (from each token's acceptance
-  condition, scope ``image``; from the step's, scope ``step``), hence the uncertainty of Eq. 9
-  and the top-``k`` mask ``M`` of Eq. 10, which are functions of them.
-All rows share the same ``R`` replays (common random numbers): a row with ``S`` trajectories uses
-the first ``S`` of each replay's ``S_max`` independent trajectories, so differences between rows
-are not draw-to-draw luck.
-
-What each row's gradient depends on (one evaluation at ``theta``, so the ratio is 1):
-
-* **GRPO (end to end)**: ``A_i * grad log N(x_{t-1}; mu_theta(x_t, t, z), Sigma_t)`` on the
-  rollout's own transitions of every loss token; the AR parameters get it through ``z``, the head
-  through ``mu``. Both blocks are trained.
-* **+Fix Decoder**: the same loss and the same gradient (``fix_decoder`` only sets
-  ``trained_parts = "ar"``: it changes nothing in the sampling or the loss); the head's gradient is
-  computed here but the trainer does not apply it (printed in parentheses). At one ``theta`` its AR
-  noise therefore equals GRPO's: what fixing the decoder removes, the head's moving mapping across
-  steps, is not visible in a single-step measurement.
-* **+MTE (S, top_k)**: on the tokens of ``M`` the policy term is the mean over ``S`` trajectories
-  (with the rollout's own one or without it: ``mte_rollout_in_average``), elsewhere the rollout's
-  own; ``M`` itself changes with the draw unless ``top_k = 1``. With ``top_k = 1`` and i.i.d.
-  trajectories averaged, the head-noise covariance falls exactly as ``1/S``.
-* **+Sim**: MTE (the preset's ``S``, ``top_k = 0.3``) with the policy term restricted to the
-  tokens of ``kappa`` (fixed, see above).
-
-Not part of the measured gradient: the KL term. With the reference model equal to ``theta`` (the
-first update from these weights) its gradient is exactly zero, so no reference model is built.
-The gradients are the raw ones, before the trainer's norm clipping (which rescales each draw as
-a whole and so leaves the cosines unchanged).
-
-The noise-to-signal ratio uses unbiased estimates: ``tr(Cov)`` with ``R - 1``, and ``||mean||^2``
-as the mean inner product of two different draws (``||g_bar||^2 - tr(Cov)/R``; the plain
-``||g_bar||^2`` includes ``tr(Cov)/R`` and caps the ratio at ``R``, it is in the JSON as
-``noise_to_signal_plain``). Where the signal estimate is not positive (noise dominates at this
-``R``) the ratio is infinite (``null`` in the JSON). For gradients of equal norm,
-``mean cosine ~ 1 / (1 + noise_to_signal)``.
+"""``marpipe bench grad-noise``: the diffusion head's share of the policy-gradient noise (the paper's
+Sec. 3.2-3.3), measured at one parameter value: one training batch is recorded as the trainer records
+it (:func:`record`), replayed ``R`` times with its AR decisions held and only the head's noise
+resampled (:func:`replay`), and every row's (variant's) loss backpropagated on every replay; per row
+and parameter block (the AR model, the head), the noise-to-signal ratio ``tr(Cov) / ||mean||^2`` and
+the mean cosine between the gradients of two draws (:class:`GradStats`). What is held, what is
+resampled and what it measured: docs/results.md.
 """
 from __future__ import annotations
 
@@ -82,7 +19,8 @@ from pathlib import Path
 import torch
 
 from marpipe import grpo
-from marpipe.bench import BENCH, PROMPTS, RISE, VARIANTS
+from marpipe.bench.reward import RISE
+from marpipe.bench.train import BENCH, PROMPTS, VARIANTS
 from marpipe.config import ConfigError, GRPOConfig
 from marpipe.loss import mar_grpo_loss
 from marpipe.rollout import Rollout, RolloutPlan, derive_seed, mask_schedule, rollout
@@ -319,12 +257,17 @@ def measure(model, rec: Recorded, configs: dict[str, GRPOConfig], draws: int,
 
 
 # --- the bench --------------------------------------------------------------------------------
-def load(model: str, weights: str | None, device) -> tuple[torch.nn.Module, str]:
-    """A tiny preset (random initialisation, a head that uses ``z``), ``weights`` (a trained tiny
-    model, as ``bench reward-rise`` takes) or any :func:`~marpipe.models.registry.load_model` spec."""
+def is_weights_file(model: str) -> bool:
+    """A model spec that is a trained tiny model's weights (``FOLDER/model.safetensors``)."""
+    return model.endswith(".safetensors")
+
+
+def load(model: str, device) -> tuple[torch.nn.Module, str]:
+    """A tiny preset (random initialisation, a head that uses ``z``), a trained tiny model's weights
+    file or any other :func:`~marpipe.models.registry.load_model` spec (``nova:DIR``, ``harmon:DIR``)."""
     from marpipe.models.registry import TINY, load_model
-    if weights:
-        return load_model(weights, device=device), weights
+    if is_weights_file(model):
+        return load_model(model, device=device), model
     if model in TINY:
         from marpipe.models.tiny import TinyMAR, TinyMARConfig
         torch.manual_seed(0)
@@ -342,13 +285,12 @@ def _finite_or_none(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def bench_grad_noise(model: str = "tiny-nova", draws: int = 8, weights: str | None = None,
-                     preset: str = "reference", seed: int = 0, device: str | None = None, as_json: bool = False,
-                     prompts: int | None = None, S_values: Sequence[int] = S_VALUES,
-                     top_k_values: Sequence[float] = TOP_K_VALUES) -> dict:
-    """Record one batch of ``model`` (``prompts`` prompts x 4 images; default 3 for a tiny model, 1
-    for a model spec), replay it ``draws`` times with fresh head noise, and report each row's
-    gradient noise for the AR and the head parameters (module docstring)."""
+def bench_grad_noise(model: str = "tiny-nova", draws: int = 8, preset: str = "reference", seed: int = 0,
+                     device: str | None = None, as_json: bool = False, prompts: int | None = None,
+                     S_values: Sequence[int] = S_VALUES, top_k_values: Sequence[float] = TOP_K_VALUES) -> dict:
+    """Record one batch of ``model`` (a spec, :func:`load`; ``prompts`` prompts x 4 images, default 3
+    for a tiny model, 1 for a real one), replay it ``draws`` times with fresh head noise, and report
+    each row's gradient noise for the AR and the head parameters (module docstring)."""
     from marpipe.models.registry import TINY, model_family
     from marpipe.rewards import build_reward
 
@@ -356,11 +298,11 @@ def bench_grad_noise(model: str = "tiny-nova", draws: int = 8, weights: str | No
         raise ConfigError(f"--draws {draws}: need at least 2")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    net, name = load(model, weights, device)
+    net, name = load(model, device)
     family = model_family(net)
-    tiny = bool(weights) or model in TINY
+    tiny = is_weights_file(model) or model in TINY
     # tiny: the small world's training batch (3 prompts x 4, 2 of 8 AR x 4 of 10 head steps);
-    # a model spec: one prompt x 4 at the paper's 12 x 10 trained steps
+    # a real model: one prompt x 4 at the paper's 12 x 10 trained steps
     base = dict(RISE) if tiny else dict(BENCH, prompts_per_step=1)
     base = {k: base[k] for k in ("group_size", "prompts_per_step", "train_ar_steps", "train_diffusion_steps")}
     if prompts is not None:

@@ -1,40 +1,10 @@
-"""``marpipe bench metrics``: speed, memory and score sanity of every metric and reward of a config.
-
-The rows come from the config (the paper's ``config.yaml`` by default), so a scorer, a Table
-column or a reward added to it without a way to bench it fails here and in the tests:
-
-* ``model`` -- one row per ``weights:`` entry that a scorer loads as a model (HPS, ImageReward,
-  PickScore, Aesthetic, GIT-VQA, the detector, and T2I-CompBench's BLIP-VQA, CLIP B/32, detector
-  and depth), its bare call on one batch: ``score`` (a VQA model: one question per image),
-  ``detect`` (the prompt's nouns) or ``depth_maps``. A scorer's second folder (a tokenizer, a
-  processor, the aesthetic MLP's CLIP) has no row of its own: it is part of its model (:data:`ROLE`);
-* ``evaluation`` -- one row per column of Tables 1-2, the scorer built as the evaluate stage
-  builds it (``build_reward(scorer, **scorer_kwargs, **kwargs)``, times ``scale``), on prompts and
-  metadata of that column's kind (a T2I-CompBench category asks its own questions, detects its own
-  objects);
-* ``reward`` -- one row per training reward: the sum of its scorers, built as
-  :meth:`~marpipe.experiment.Experiment.build_reward` builds it, on prompts with the training set's
-  metadata (``task_type``, ``nouns``, ``attr_nouns``, ``spatial_info``, ``numeracy_info``).
-
-Sizes. ``tiny`` (registered by the test bed, :func:`register_size`): random-weight models written in
-the real files' layouts to a temporary ``resources/metrics/<weights key>`` and loaded through the
-real loaders -- seconds on a CPU. ``real``: the published architectures (:data:`REAL`, each value
-cited) with random weights, built in memory on the device (no download; the loaders'
-``from_pretrained`` is replaced by :func:`build_real` for the evaluation and reward rows), images
-of the paper models' 512x512 and the config's ``evaluation.batch_size``. Tokenizers stay tiny (the
-~40 words the bench prompts use, so token counts are close to the real ones). A real-size run is
-meant for a GPU (``--size real --device cuda``; up to ~4 GB of fp32 weights per model, bf16
-autocast as in the pipeline); on a CPU it works but takes tens of minutes.
-
-Per row: images/s and ms/image of one call on ``batch`` images (median of ``repeats`` calls after a
-warm-up call, CUDA synchronised); ``load MB`` -- memory held after building the row's models and
-the warm-up call, over what was held before the row; ``peak MB`` -- the most held during the timed
-calls over the same start (weights + activations): CUDA ``max_memory_allocated``, on a CPU the
-resident set's peak (Linux ``VmHWM``, reset before the calls, as :mod:`marpipe.bench` measures a
-train step); and the scores' range, with ``finite`` false when any score (or box, or depth) is NaN
-or infinite. On a CPU the C heap is trimmed before each row (glibc ``malloc_trim``) so that memory
-earlier rows freed does not hide a row's growth; Python objects and allocator caches still make the
-tiny rows read a few MB off.
+"""``marpipe bench metrics``: speed, memory and score sanity of every metric and reward of a config,
+a row per scorer model (``model``), per column of Tables 1-2 (``evaluation``, the scorer built as the
+evaluate stage builds it) and per training reward (``reward``, as the trainer builds it), so that a
+scorer, column or reward added to a config without a way to bench it fails here and in the tests.
+Sizes: ``real``, the published architectures (:data:`REAL`, each value cited) with random weights,
+built in memory (no download; meant for a GPU), or a size registered with :func:`register_size`.
+How to run it: docs/development.md.
 """
 from __future__ import annotations
 
@@ -149,7 +119,7 @@ def real_config(model: str):
         import open_clip
         return open_clip.get_model_config(spec["open_clip"])
     if model == "imagereward":
-        from .imagereward import REAL_TEXT, REAL_VISION
+        from marpipe.metrics.imagereward import REAL_TEXT, REAL_VISION
         return dict(REAL_VISION), dict(REAL_TEXT)
     from transformers import BlipConfig, CLIPConfig, DPTConfig, GitConfig, GroundingDinoConfig
     klass = {"pickscore": CLIPConfig, "blip_vqa": BlipConfig, "git_vqa": GitConfig,
@@ -185,7 +155,7 @@ def build_real(model: str, toks: _Tokenizers, device="cpu", dtype=torch.float32,
     spec = REAL[model]
     with torch.device(device):
         if "open_clip" in spec:
-            from .clip_metrics import AestheticMLP, build_open_clip
+            from marpipe.metrics.clip_metrics import AestheticMLP, build_open_clip
             # a folder without open_clip_config.json: the loaders' built-in config, as for the real repos
             net, tok, _ = build_open_clip(toks.root / "no_such_folder", spec["open_clip"], model)
             if model == "aesthetic":
@@ -194,7 +164,7 @@ def build_real(model: str, toks: _Tokenizers, device="cpu", dtype=torch.float32,
         if model == "imagereward":
             from transformers import BertTokenizer
 
-            from .imagereward import ImageRewardModel, add_blip_special_tokens
+            from marpipe.metrics.imagereward import ImageRewardModel, add_blip_special_tokens
             vision, text = real_config(model)
             tok = add_blip_special_tokens(BertTokenizer.from_pretrained(str(toks.bert())))
             return _cls(model)(ImageRewardModel(vision, text), tok, **kw)
@@ -205,7 +175,7 @@ def build_real(model: str, toks: _Tokenizers, device="cpu", dtype=torch.float32,
         if model == "blip_vqa":
             from transformers import BlipForQuestionAnswering
 
-            from .imagereward import add_blip_special_tokens
+            from marpipe.metrics.imagereward import add_blip_special_tokens
             tok = add_blip_special_tokens(AutoTokenizer.from_pretrained(str(toks.bert())))
             return _cls(model)(BlipForQuestionAnswering(real_config(model)), tok, image_size=spec["image_size"], **kw)
         if model == "git_vqa":
@@ -270,7 +240,7 @@ def weights_roles(exp) -> dict[str, list[tuple[str, str, str]]]:
             if (scorer, kwarg) not in ROLE:
                 from marpipe.config import ConfigError
                 raise ConfigError(f"bench metrics: config scorers.{scorer}.weights.{kwarg} ({key!r}) is not a model "
-                                  f"it knows; add it to marpipe.metrics.bench.ROLE (and a tiny and a real builder)")
+                                  f"it knows; add it to marpipe.bench.metrics.ROLE (and a tiny and a real builder)")
             role = (scorer, *ROLE[scorer, kwarg])
             if role[1:] not in [r[1:] for r in out.get(key, [])]:
                 out.setdefault(key, []).append(role)
@@ -534,7 +504,13 @@ def bench_metrics(names=None, device="cpu", json: bool = False, size: str = "tin
                   print_table: bool = True, progress: bool = False) -> list[dict]:
     """Bench every row of ``config`` (or those in ``names``: a row name, or ``kind:name``); print a
     table (or JSON) and return the rows. ``size``: ``real`` or a registered one (see the module);
-    ``progress``: a line on stderr as each row ends."""
+    ``progress``: a line on stderr as each row ends. Per row: images/s and ms/image of one call on
+    ``batch`` images (the median of ``repeats`` calls after a warm-up call, CUDA synchronised);
+    ``load MB``, the memory held after building the row's models and the warm-up call over what was
+    held before the row; ``peak MB``, the most held during the timed calls over the same start (CUDA
+    ``max_memory_allocated``; on a CPU the resident set's peak, Linux ``VmHWM`` reset before the
+    calls, the C heap trimmed before each row); and the scores' range, ``finite`` false when any
+    score, box or depth is NaN or infinite."""
     from marpipe import experiment as E
     from marpipe.rewards import build_reward, combine
     if size != "real" and size not in SIZES:
