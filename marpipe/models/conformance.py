@@ -1,35 +1,7 @@
-"""Conformance suite: does a model honour :class:`~marpipe.models.protocol.MARModel` the way
-rollouts and the GRPO loss rely on?
-
-``check_model(model)`` returns ``[(check name, passed, detail), ...]``; ``main(argv)`` runs it on
-a spec (``marpipe check-model NAME``) and exits non-zero when a check fails. The checks:
-
-* ``protocol``: the attributes and methods exist; ``ar_parameters`` and ``head_parameters`` are
-  disjoint and together are every parameter of the module; ``mask_counts`` makes every token known;
-* ``schedule``: ``diffusion_steps`` decreasing timesteps, sane alpha-bars and variances;
-* ``encode``: shapes/dtypes of ``encode_prompts`` / ``encode_negative``; the negative differs;
-* ``ar_forward``: ``z [B, N, Dz]`` float32 and finite, also for rows with different numbers of
-  known tokens; a row's ``z`` does not depend on the other rows of the batch;
-* ``head``: ``eps [M, C]`` (and ``v`` iff ``learned_variance``) float32, finite, row-independent,
-  and it depends on ``z``;
-* ``layout``: token <-> latent round trip (where the model exposes it);
-* ``decode``: ``[B, 3, image_size, image_size]`` in ``[0, 1]``;
-* ``cfg``: guidance at the configured scale changes the samples; at scale 1 the guided eps is the
-  conditional branch's and the CFG batch ``[cond; uncond]`` gives the conditional ``z``;
-* ``rollout_reproducible``: a seeded rollout is bit-identical, another seed differs;
-* ``logp_recompute``: every recorded log-prob equals its recomputation one precision up within the
-  model's measured rounding (theta = theta_old), and the trainer's loss reports ``ratio_mean`` 1
-  exactly and ``kl`` 0 with ``ref = model``;
-* ``fix_decoder``: ``set_trainable(model, 'ar')`` + one optimizer step on the GRPO loss leaves the
-  head bit-identical and changes the AR part.
-
-Checks run on a deep copy where they train, so the model passed in is left untouched.
-
-A freshly built MAR head (the official NOVA and Harmon heads, the tiny models) zero-initialises its
-output layers, so it ignores ``z`` and guidance changes nothing. Such a head is told from a broken one
-by its all-zero tensors: ``head`` and ``cfg`` then run on a copy whose all-zero head tensors are
-perturbed, and say so. A head that ignores ``z`` without all-zero tensors, or still ignores it once
-they are perturbed, fails.
+"""Conformance suite: does a model honour :class:`~marpipe.models.protocol.MARModel` the way rollouts and
+the GRPO loss rely on? :func:`check_model` runs the checks (listed there) on any model; :func:`main`
+(``marpipe check-model SPEC``) runs them on a spec and exits non-zero when one fails. See
+docs/development.md.
 """
 from __future__ import annotations
 
@@ -380,7 +352,36 @@ def zero_init_probe(model, device="cpu", scale: float = 0.02):
 
 
 def check_model(model, device: str | torch.device = "cpu") -> list[Result]:
-    """Run every check; never raises for a failing check (the failure is in the result)."""
+    """Run every check; never raises for a failing check (the failure is in the result): ``[(check name,
+    passed, detail), ...]``. The checks:
+
+    * ``protocol``: the attributes and methods exist; ``ar_parameters`` and ``head_parameters`` are
+      disjoint and together are every parameter of the module; ``mask_counts`` makes every token known;
+    * ``schedule``: ``diffusion_steps`` decreasing timesteps, sane alpha-bars and variances;
+    * ``encode``: shapes/dtypes of ``encode_prompts`` / ``encode_negative``; the negative differs;
+    * ``ar_forward``: ``z [B, N, Dz]`` float32 and finite, also for rows with different numbers of
+      known tokens; a row's ``z`` does not depend on the other rows of the batch;
+    * ``head``: ``eps [M, C]`` (and ``v`` iff ``learned_variance``) float32, finite, row-independent,
+      and it depends on ``z``;
+    * ``layout``: token <-> latent round trip (where the model exposes it);
+    * ``decode``: ``[B, 3, image_size, image_size]`` in ``[0, 1]``;
+    * ``cfg``: guidance at the configured scale changes the samples; at scale 1 the guided eps is the
+      conditional branch's and the CFG batch ``[cond; uncond]`` gives the conditional ``z``;
+    * ``rollout_reproducible``: a seeded rollout is bit-identical, another seed differs;
+    * ``logp_recompute``: every recorded log-prob equals its recomputation one precision up within the
+      model's measured rounding (theta = theta_old), and the trainer's loss reports ``ratio_mean`` 1
+      exactly and ``kl`` 0 with ``ref = model``;
+    * ``fix_decoder``: ``set_trainable(model, 'ar')`` + one optimizer step on the GRPO loss leaves the
+      head bit-identical and changes the AR part.
+
+    Checks run on a deep copy where they train, so the model passed in is left untouched.
+
+    A freshly built MAR head (the official NOVA and Harmon heads, the tiny models) zero-initialises its
+    output layers, so it ignores ``z`` and guidance changes nothing. Such a head is told from a broken one
+    by its all-zero tensors: ``head`` and ``cfg`` then run on a copy whose all-zero head tensors are
+    perturbed, and say so. A head that ignores ``z`` without all-zero tensors, or still ignores it once
+    they are perturbed, fails.
+    """
     tol = _tol(model)
     was_training = model.training
     model.eval()

@@ -1,40 +1,6 @@
-"""Harmon (``wusize/Harmon-1_5B``, 1.5B) behind the MAR protocol.
-
-The official ``HarmonModel`` (transformers remote code shipped in the HF repo; the
-same code as github wusize/Harmon ``src/models``) supplies the modules; the
-adapter maps them onto the protocol (facts from wusize/Harmon at 4eb6087 and
-AMAP-ML/mar-grpo at fcb7969):
-
-* prompts: ``"Generate an image: {p}"`` inside the Qwen chat template
-  ``<|im_start|>user\\n{input}<|im_end|>\\n<|im_start|>assistant\\n``, tokenized with special
-  tokens, embedded by the (frozen) LLM input embeddings -> ``Prompts.emb [B, L, 1536]``
-  right-padded, ``pad`` = not attended. Negative: ``"Generate an image."`` in the same template.
-* one AR step (``HarmonModel.forward_mae_encoder`` + ``mar.forward_mae_decoder``):
-  ``mar.forward_mae_encoder(tokens, mask, fake_latent, image_shape)`` (only known tokens and
-  the 64 buffer slots), ``proj_in``, buffers moved to the end, the Qwen2 LLM over
-  ``[prompt ; image]`` (attention mask from ``pad``, positions = cumsum - 1), buffers moved
-  back, residual ``+ proj_out``, then ``mar.forward_mae_decoder(x, mask, image_shape)`` ->
-  ``z [B, 1024, 1280]``. The prompt's keys and values are computed once per prompt batch (the
-  LLM is frozen and the prompt is the same at every step) and each step runs the LLM on the image
-  tokens only, over those keys, as ``HarmonModel.sample`` does with its ``DynamicCache``
-  (``prompt_cache = False``: the prompt through the LLM at every step, a test mode).
-* head: ``mar.diffloss.net(x, t, z)`` -> ``[eps ; v]`` (learned-range variance), ``t`` the
-  original timestep of a 25-step respacing (ADM ``space_timesteps``: 999, 957, ..., 0) of the
-  1000-step cosine schedule.
-* mask schedule (``mask_counts``): ``HarmonModel.sample``'s MaskGIT cosine, floored: after step
-  ``k`` ``max(1, min(masked - 1, floor(N cos(pi/2 (k+1)/K))))`` tokens stay masked, the last step
-  makes the rest known (:func:`marpipe.grpo.harmon_mask_counts`).
-* decode: ``HarmonModel.decode`` (``tokens / vae_scale (0.2325)``, ``'b m n (c p q) -> b c (m p) (n q)'``,
-  ``vae.decode``), then the official scripts' 8-bit conversion ``clamp(127.5 x + 128, 0, 255).to(uint8)``
-  (wusize/Harmon ``scripts/batch_text2image.py``, mar-grpo ``generate_image_with_logp``), computed in
-  the VAE's dtype as there; returned as ``uint8 / 255`` floats in ``[0, 1]``.
-* trainable (paper): the MAR encoder/decoder (``ar_parameters``: every ``mar`` parameter outside
-  ``diffloss``) and the diffusion MLP (``head_parameters``: ``mar.diffloss``). The LLM,
-  ``proj_in``/``proj_out`` and the VAE are frozen and are not parameters of this module.
-
-Sampling defaults: CFG 3 (constant), 64 AR steps, 25 head steps, 512x512 (32x32 tokens). The
-generation size can be set with ``sampling["image_size"]`` (the official scripts' ``--image_size``;
-a multiple of 16).
+"""Harmon (``wusize/Harmon-1_5B``, 1.5B) behind the MAR protocol: :class:`HarmonMAR` maps the official
+``HarmonModel`` (the HF repo's remote code, run in ``.venv-harmon``) onto the protocol primitives, and
+:meth:`HarmonMAR.from_pretrained` loads a downloaded folder. See docs/method.md.
 """
 from __future__ import annotations
 
@@ -93,7 +59,43 @@ class PromptKV:
 
 
 class HarmonMAR(FrozenPartsMixin, nn.Module):
-    """Harmon's modules driven through :class:`MARModel`."""
+    """Harmon's modules driven through :class:`MARModel`.
+
+    The official ``HarmonModel`` (transformers remote code shipped in the HF repo; the same code as github
+    wusize/Harmon ``src/models``) supplies the modules; this class maps them onto the protocol (facts from
+    wusize/Harmon at 4eb6087 and AMAP-ML/mar-grpo at fcb7969):
+
+    * prompts: ``"Generate an image: {p}"`` inside the Qwen chat template
+      ``<|im_start|>user\\n{input}<|im_end|>\\n<|im_start|>assistant\\n``, tokenized with special
+      tokens, embedded by the (frozen) LLM input embeddings -> ``Prompts.emb [B, L, 1536]``
+      right-padded, ``pad`` = not attended. Negative: ``"Generate an image."`` in the same template.
+    * one AR step (``HarmonModel.forward_mae_encoder`` + ``mar.forward_mae_decoder``):
+      ``mar.forward_mae_encoder(tokens, mask, fake_latent, image_shape)`` (only known tokens and
+      the 64 buffer slots), ``proj_in``, buffers moved to the end, the Qwen2 LLM over
+      ``[prompt ; image]`` (attention mask from ``pad``, positions = cumsum - 1), buffers moved
+      back, residual ``+ proj_out``, then ``mar.forward_mae_decoder(x, mask, image_shape)`` ->
+      ``z [B, 1024, 1280]``. The prompt's keys and values are computed once per prompt batch (the
+      LLM is frozen and the prompt is the same at every step) and each step runs the LLM on the image
+      tokens only, over those keys, as ``HarmonModel.sample`` does with its ``DynamicCache``
+      (``prompt_cache = False``: the prompt through the LLM at every step, a test mode).
+    * head: ``mar.diffloss.net(x, t, z)`` -> ``[eps ; v]`` (learned-range variance), ``t`` the
+      original timestep of a 25-step respacing (ADM ``space_timesteps``: 999, 957, ..., 0) of the
+      1000-step cosine schedule.
+    * mask schedule (``mask_counts``): ``HarmonModel.sample``'s MaskGIT cosine, floored: after step
+      ``k`` ``max(1, min(masked - 1, floor(N cos(pi/2 (k+1)/K))))`` tokens stay masked, the last step
+      makes the rest known (:func:`marpipe.grpo.harmon_mask_counts`).
+    * decode: ``HarmonModel.decode`` (``tokens / vae_scale (0.2325)``, ``'b m n (c p q) -> b c (m p) (n q)'``,
+      ``vae.decode``), then the official scripts' 8-bit conversion ``clamp(127.5 x + 128, 0, 255).to(uint8)``
+      (wusize/Harmon ``scripts/batch_text2image.py``, mar-grpo ``generate_image_with_logp``), computed in
+      the VAE's dtype as there; returned as ``uint8 / 255`` floats in ``[0, 1]``.
+    * trainable (paper): the MAR encoder/decoder (``ar_parameters``: every ``mar`` parameter outside
+      ``diffloss``) and the diffusion MLP (``head_parameters``: ``mar.diffloss``). The LLM,
+      ``proj_in``/``proj_out`` and the VAE are frozen and are not parameters of this module.
+
+    Sampling defaults: CFG 3 (constant), 64 AR steps, 25 head steps, 512x512 (32x32 tokens). The
+    generation size can be set with ``sampling["image_size"]`` (the official scripts' ``--image_size``;
+    a multiple of 16).
+    """
     TRAINED, HEAD = "mar", "diffloss"
 
     learned_variance = True

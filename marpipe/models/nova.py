@@ -1,59 +1,6 @@
-"""NOVA (``BAAI/nova-d48w1024-sd512``, 0.6B, 512x512) behind the MAR protocol.
-
-The official modules (package ``diffnext``, github baaivision/NOVA, installed in
-``.venv-nova`` at a pinned commit, make official-venvs) do the computing; :class:`NovaMAR` only maps
-their methods onto the protocol primitives (facts from ``diffnext`` at commit
-2cd254a and AMAP-ML/mar-grpo at fcb7969):
-
-* prompts: ``transformer.text_embed`` (Phi encoder, 256 tokens, padded with the learned
-  ``weight`` rows; projection + norm) feeds ``transformer.video_encoder`` over 256
-  ``bos_token`` tokens (+ time and 2-D sin-cos embeddings) -> ``Prompts.emb [B, 256, 1024]``,
-  the prefix that every image-encoder call attends to. Negative prompt: ``""``. Each distinct
-  text is encoded once per call (Phi-2 and the video encoder) and its rows repeated: the negative
-  prompt once per rollout, a group's prompt once per loss.
-* one AR step: ``image_encoder.patch_embed`` of the known-token latent, ``mask_token`` on
-  the unknown positions, ``image_encoder(z, c, prev_ids)`` with ``prev_ids`` = the known
-  positions (its first half encodes only those, MAE style) -> ``z [B, 1024, 1024]``.
-* head: ``image_decoder(x [M, 4, 2, 2], t [M], z [M, 1, 1024])`` = eps for one token
-  (``DiffusionMLP``, 6 AdaLN-zero blocks); the DDPM posterior of the scheduler shipped with the
-  weights (:func:`nova_schedule`): timesteps, ``alphas_cumprod`` and ``previous_timestep`` of the
-  pipeline's own scheduler after ``set_timesteps(25)``, and its x0 clamp: the class and config that
-  ship with the weights decide (NOVA's ``model_index.json`` names diffusers' ``DDPMScheduler``, whose
-  ``clip_sample``, default True, clamps x0 to [-1, 1] before the posterior mean:
-  :attr:`marpipe.diffusion.Schedule.clip_x0`). A setting marpipe's
-  posterior does not reproduce (another prediction or variance type, thresholding, a spacing whose
-  ``previous_timestep`` is not the next sampling timestep) is an error at load time.
-* mask schedule: NOVA's cosine ``num_preds`` with empty steps dropped (:meth:`NovaMAR.mask_counts`).
-* decode: tokens -> latent ``[B, 4, 64, 64]`` (``PatchEmbed.unpatchify`` layout: token
-  ``(h, w)``, vector ``(py, px, c)``), ``vae.unscale_`` (scaling factor), ``vae.decode``,
-  ``[-1, 1] -> [0, 1]``.
-* trainable: the whole transformer; ``head_parameters`` = ``image_decoder``, ``ar_parameters``
-  = the rest of the transformer. Phi and the VAE are frozen and are not parameters of this
-  module (they are kept outside the module tree, shared by deep copies such as the
-  reference model, and moved by ``.to()``). ``transformer.text_embed.encoders`` holds the
-  tokenizer and Phi inside the transformer, as the official pipeline wires them;
-  ``copy.deepcopy`` shares them all the same (:meth:`FrozenPartsMixin.__deepcopy__`).
-
-Memory of the weights at bf16 (parameter counts of the official classes built with the real
-configs on the meta device: transformer d48w1024 = video encoder vit_d16w1024 + image encoder
-vit_d32w1024 + head mlp_d6w1024, text 2560 x 256; Phi-2 text encoder, 32 x 2560, vocab 51200,
-incl. its unused ``lm_head``; SD VAE 128/256/512/512, 4 latent channels):
-
-=========================  =============  ===============================
-part                       parameters     bf16
-=========================  =============  ===============================
-transformer (trained)        645,693,456  1.29 GB (+2.6 MB of buffers)
-Phi text encoder (frozen)  2,779,683,840  5.56 GB
-VAE (frozen)                  83,653,863  0.17 GB
-policy                     3,509,031,159  7.02 GB (6.54 GiB)
-KL reference (deepcopy)      645,693,456  1.29 GB: the transformer only
-policy + reference                        8.31 GB (7.74 GiB)
-=========================  =============  ===============================
-
-(A deep copy that also copied Phi, as before the frozen parts were shared wherever referenced,
-cost 5.56 GB more: 13.87 GB for both. Gradients and AdamW state of the transformer come on top.)
-
-Sampling defaults: CFG 5 (batch [cond; uncond]), 64 AR steps, 25 head steps.
+"""NOVA (``BAAI/nova-d48w1024-sd512``, 0.6B, 512x512) behind the MAR protocol: :class:`NovaMAR` maps
+the official ``diffnext`` modules (github baaivision/NOVA, installed in ``.venv-nova``) onto the
+protocol primitives, and :meth:`NovaMAR.from_pretrained` loads a downloaded folder. See docs/method.md.
 """
 from __future__ import annotations
 
@@ -261,7 +208,61 @@ def nova_schedule(scheduler, diffusion_steps: int) -> Schedule:
 
 # ============================================================ the adapter
 class NovaMAR(FrozenPartsMixin, nn.Module):
-    """NOVA's ``diffnext`` pipeline components driven through :class:`MARModel`."""
+    """NOVA's ``diffnext`` pipeline components driven through :class:`MARModel`.
+
+    The official modules do the computing; this class only maps their methods onto the protocol
+    primitives (facts from ``diffnext`` at commit 2cd254a and AMAP-ML/mar-grpo at fcb7969):
+
+    * prompts: ``transformer.text_embed`` (Phi encoder, 256 tokens, padded with the learned
+      ``weight`` rows; projection + norm) feeds ``transformer.video_encoder`` over 256
+      ``bos_token`` tokens (+ time and 2-D sin-cos embeddings) -> ``Prompts.emb [B, 256, 1024]``,
+      the prefix that every image-encoder call attends to. Negative prompt: ``""``. Each distinct
+      text is encoded once per call (Phi-2 and the video encoder) and its rows repeated: the negative
+      prompt once per rollout, a group's prompt once per loss.
+    * one AR step: ``image_encoder.patch_embed`` of the known-token latent, ``mask_token`` on
+      the unknown positions, ``image_encoder(z, c, prev_ids)`` with ``prev_ids`` = the known
+      positions (its first half encodes only those, MAE style) -> ``z [B, 1024, 1024]``.
+    * head: ``image_decoder(x [M, 4, 2, 2], t [M], z [M, 1, 1024])`` = eps for one token
+      (``DiffusionMLP``, 6 AdaLN-zero blocks); the DDPM posterior of the scheduler shipped with the
+      weights (:func:`nova_schedule`): timesteps, ``alphas_cumprod`` and ``previous_timestep`` of the
+      pipeline's own scheduler after ``set_timesteps(25)``, and its x0 clamp: the class and config that
+      ship with the weights decide (NOVA's ``model_index.json`` names diffusers' ``DDPMScheduler``, whose
+      ``clip_sample``, default True, clamps x0 to [-1, 1] before the posterior mean:
+      :attr:`marpipe.diffusion.Schedule.clip_x0`). A setting marpipe's
+      posterior does not reproduce (another prediction or variance type, thresholding, a spacing whose
+      ``previous_timestep`` is not the next sampling timestep) is an error at load time.
+    * mask schedule: NOVA's cosine ``num_preds`` with empty steps dropped (:meth:`NovaMAR.mask_counts`).
+    * decode: tokens -> latent ``[B, 4, 64, 64]`` (``PatchEmbed.unpatchify`` layout: token
+      ``(h, w)``, vector ``(py, px, c)``), ``vae.unscale_`` (scaling factor), ``vae.decode``,
+      ``[-1, 1] -> [0, 1]``.
+    * trainable: the whole transformer; ``head_parameters`` = ``image_decoder``, ``ar_parameters``
+      = the rest of the transformer. Phi and the VAE are frozen and are not parameters of this
+      module (they are kept outside the module tree, shared by deep copies such as the
+      reference model, and moved by ``.to()``). ``transformer.text_embed.encoders`` holds the
+      tokenizer and Phi inside the transformer, as the official pipeline wires them;
+      ``copy.deepcopy`` shares them all the same (:meth:`FrozenPartsMixin.__deepcopy__`).
+
+    Memory of the weights at bf16 (parameter counts of the official classes built with the real
+    configs on the meta device: transformer d48w1024 = video encoder vit_d16w1024 + image encoder
+    vit_d32w1024 + head mlp_d6w1024, text 2560 x 256; Phi-2 text encoder, 32 x 2560, vocab 51200,
+    incl. its unused ``lm_head``; SD VAE 128/256/512/512, 4 latent channels):
+
+    =========================  =============  ===============================
+    part                       parameters     bf16
+    =========================  =============  ===============================
+    transformer (trained)        645,693,456  1.29 GB (+2.6 MB of buffers)
+    Phi text encoder (frozen)  2,779,683,840  5.56 GB
+    VAE (frozen)                  83,653,863  0.17 GB
+    policy                     3,509,031,159  7.02 GB (6.54 GiB)
+    KL reference (deepcopy)      645,693,456  1.29 GB: the transformer only
+    policy + reference                        8.31 GB (7.74 GiB)
+    =========================  =============  ===============================
+
+    (A deep copy that also copied Phi would cost 5.56 GB more: 13.87 GB for both. Gradients and AdamW
+    state of the transformer come on top.)
+
+    Sampling defaults: CFG 5 (batch [cond; uncond]), 64 AR steps, 25 head steps.
+    """
     TRAINED, HEAD = "transformer", "image_decoder"
     SHARED = ("tokenizer", "scheduler")
 

@@ -1,12 +1,9 @@
-"""Resolve a model spec to a :class:`~marpipe.models.protocol.MARModel`, and build the modules of a
-model folder with the builder registered for the architecture the folder declares.
-
-Specs: ``tiny-nova`` / ``tiny-harmon`` (a randomly initialised tiny model, preset sizes),
-``path/to/model.safetensors`` (a saved tiny model, :meth:`TinyMAR.load`), ``nova:<dir>`` /
-``harmon:<dir>`` (the adapters over a downloaded, manifest-verified folder) and any name given to
-:func:`register_spec`. A folder declares its architecture as the official repositories do (NOVA:
-``model_index.json`` ``_class_name``; Harmon: ``config.json`` ``architectures``, then ``model_type``);
-the adapters register the official builders (:func:`register_architecture`). See docs/development.md.
+"""Model specs resolved to a :class:`~marpipe.models.protocol.MARModel` (:func:`load_model`: ``tiny-nova`` /
+``tiny-harmon``, a saved tiny ``.safetensors``, ``nova:<dir>`` / ``harmon:<dir>``, or a name given to
+:func:`register_spec`), and a model folder's modules built by the builder registered
+(:func:`register_architecture`) for the architecture the folder declares as the official repositories
+do: NOVA ``model_index.json`` ``_class_name``, Harmon ``config.json`` ``architectures`` then
+``model_type``. See docs/development.md.
 """
 from __future__ import annotations
 

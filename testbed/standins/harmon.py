@@ -1,18 +1,7 @@
 """Stand-ins for Harmon's official modules (HF ``wusize/Harmon-1_5B`` remote code / github wusize/Harmon).
-
-NOT THE REAL HARMON. ``HarmonStandin`` has the ``HarmonModel`` attribute layout
-(``vae``, ``llm``, ``mar``, ``proj_in``, ``proj_out``; state-dict keys ``mar.encoder_blocks.0.attn.qkv.weight``,
-``mar.diffloss.net.res_blocks.0.adaLN_modulation.1.weight`` ...) at tiny size:
-
-* ``llm`` is a real ``transformers`` ``Qwen2ForCausalLM`` with a tiny config (Harmon: Qwen2.5-1.5B-Instruct);
-* ``mar`` -> ``MAR`` (``mar_huge`` in Harmon: 20+20 timm ``Block`` layers of width 1280, buffer 64,
-  pos-embeds learned at 16x16 and bilinearly resized for 32x32 generation) with
-  ``forward_mae_encoder(x, mask, class_embedding, image_shape)`` and
-  ``forward_mae_decoder(x, mask, image_shape, x_con)``; ``mar.diffloss.net`` -> ``SimpleMLPAdaLN``
-  (Harmon: 12 res-blocks, width 1536, output ``2 C`` = eps and the learned-range ``v``);
-  ``mar.diffloss.train_diffusion.alphas_cumprod`` -> the cosine schedule of 1000 steps;
-* ``vae`` -> Harmon's KL-16 ``AutoencoderKL`` (``embed_dim`` 16, stride 16, ``decode(z)`` in ``[-1, 1]``);
-* ``TokenizerStandin`` -> the Qwen tokenizer (``encode(text, add_special_tokens=True, return_tensors='pt')``).
+NOT THE REAL HARMON: a tiny ``HarmonModel`` look-alike with its attribute layout, state-dict keys and the
+methods :class:`marpipe.models.harmon.HarmonMAR` calls (:func:`build_harmon_standin` lists them), plus the
+``harmon-standin`` spec and the stand-in folder (:func:`save_harmon_standin`). See docs/development.md.
 """
 from __future__ import annotations
 
@@ -250,6 +239,22 @@ class HarmonStandin(nn.Module):
 
 
 def build_harmon_standin(cfg: HarmonStandinConfig) -> tuple[HarmonStandin, TokenizerStandin]:
+    """The stand-in ``HarmonModel`` and its tokenizer.
+
+    NOT THE REAL HARMON. ``HarmonStandin`` has the ``HarmonModel`` attribute layout
+    (``vae``, ``llm``, ``mar``, ``proj_in``, ``proj_out``; state-dict keys ``mar.encoder_blocks.0.attn.qkv.weight``,
+    ``mar.diffloss.net.res_blocks.0.adaLN_modulation.1.weight`` ...) at tiny size:
+
+    * ``llm`` is a real ``transformers`` ``Qwen2ForCausalLM`` with a tiny config (Harmon: Qwen2.5-1.5B-Instruct);
+    * ``mar`` -> ``MAR`` (``mar_huge`` in Harmon: 20+20 timm ``Block`` layers of width 1280, buffer 64,
+      pos-embeds learned at 16x16 and bilinearly resized for 32x32 generation) with
+      ``forward_mae_encoder(x, mask, class_embedding, image_shape)`` and
+      ``forward_mae_decoder(x, mask, image_shape, x_con)``; ``mar.diffloss.net`` -> ``SimpleMLPAdaLN``
+      (Harmon: 12 res-blocks, width 1536, output ``2 C`` = eps and the learned-range ``v``);
+      ``mar.diffloss.train_diffusion.alphas_cumprod`` -> the cosine schedule of 1000 steps;
+    * ``vae`` -> Harmon's KL-16 ``AutoencoderKL`` (``embed_dim`` 16, stride 16, ``decode(z)`` in ``[-1, 1]``);
+    * ``TokenizerStandin`` -> the Qwen tokenizer (``encode(text, add_special_tokens=True, return_tensors='pt')``).
+    """
     return HarmonStandin(cfg), TokenizerStandin(cfg.vocab)
 
 

@@ -1,21 +1,7 @@
-"""Stand-ins for NOVA's official modules (package ``diffnext``, github baaivision/NOVA).
-
-NOT THE REAL NOVA. Each class reproduces, at tiny size, the attribute names,
-state-dict keys and call signatures of the ``diffnext`` class named in its
-docstring, as used by :class:`marpipe.models.nova.NovaMAR`:
-
-* ``NovaTransformerStandin``  -> ``NOVATransformer3DModel`` (``transformer/``):
-  ``video_encoder`` / ``image_encoder`` (``VisionTransformer``), ``image_decoder``
-  (``DiffusionMLP``), ``mask_embed`` (``MaskEmbed``: ``bos_token``, ``mask_token``),
-  ``text_embed`` (``TextEmbed``), ``video_pos_embed`` (``VideoPosEmbed``);
-* ``PhiStandin`` -> ``PhiEncoderModel`` (``text_encoder/``), ``TokenizerStandin`` ->
-  the CodeGen tokenizer, ``VaeStandin`` -> ``diffnext`` ``AutoencoderKL`` (SD VAE,
-  4 channels, stride 8, ``scale_``/``unscale_``, ``decode(x).sample``),
-  ``DDPMSchedulerStandin`` -> diffusers' ``DDPMScheduler`` (epsilon prediction, x0 clipped to
-  [-1, 1], ``set_timesteps``, ``timesteps``, ``previous_timestep``, ``alphas_cumprod``).
-
-Token layout (as ``PatchEmbed.patchify``): a latent ``[B, C, H, W]`` cut into
-``p x p`` patches, token ``(h, w)`` row-major, vector ordered ``(py, px, c)``.
+"""Stand-ins for NOVA's official modules (package ``diffnext``, github baaivision/NOVA). NOT THE REAL
+NOVA: tiny modules with the attribute names, state-dict keys and call signatures of the ``diffnext``
+classes that :class:`marpipe.models.nova.NovaMAR` uses (:func:`build_nova_standin` lists them), plus the
+``nova-standin`` spec and the stand-in folder (:func:`save_nova_standin`). See docs/development.md.
 """
 from __future__ import annotations
 
@@ -446,7 +432,25 @@ class DDPMSchedulerStandin:
 
 
 def build_nova_standin(cfg: NovaStandinConfig) -> dict:
-    """The pipeline components as ``NOVAPipeline`` holds them."""
+    """The pipeline components as ``NOVAPipeline`` holds them.
+
+    NOT THE REAL NOVA. Each class reproduces, at tiny size, the attribute names,
+    state-dict keys and call signatures of the ``diffnext`` class named in its
+    docstring, as used by :class:`marpipe.models.nova.NovaMAR`:
+
+    * ``NovaTransformerStandin``  -> ``NOVATransformer3DModel`` (``transformer/``):
+      ``video_encoder`` / ``image_encoder`` (``VisionTransformer``), ``image_decoder``
+      (``DiffusionMLP``), ``mask_embed`` (``MaskEmbed``: ``bos_token``, ``mask_token``),
+      ``text_embed`` (``TextEmbed``), ``video_pos_embed`` (``VideoPosEmbed``);
+    * ``PhiStandin`` -> ``PhiEncoderModel`` (``text_encoder/``), ``TokenizerStandin`` ->
+      the CodeGen tokenizer, ``VaeStandin`` -> ``diffnext`` ``AutoencoderKL`` (SD VAE,
+      4 channels, stride 8, ``scale_``/``unscale_``, ``decode(x).sample``),
+      ``DDPMSchedulerStandin`` -> diffusers' ``DDPMScheduler`` (epsilon prediction, x0 clipped to
+      [-1, 1], ``set_timesteps``, ``timesteps``, ``previous_timestep``, ``alphas_cumprod``).
+
+    Token layout (as ``PatchEmbed.patchify``): a latent ``[B, C, H, W]`` cut into
+    ``p x p`` patches, token ``(h, w)`` row-major, vector ordered ``(py, px, c)``.
+    """
     return dict(transformer=NovaTransformerStandin(cfg), vae=VaeStandin(cfg.image_dim, cfg.image_stride, cfg.scaling_factor),
                 text_encoder=PhiStandin(cfg.vocab, cfg.text_token_dim), tokenizer=TokenizerStandin(cfg.vocab),
                 scheduler=DDPMSchedulerStandin(cfg.train_steps))
