@@ -1,5 +1,5 @@
 """Training seeds as a dimension of the DAG, the two-level bootstrap over prompts and seeds, and
-the Fig. 7 sweep (issue 16): names, validation, the dry run, the merged tables, the ablation table."""
+the Fig. 7 sweep: names, validation, the dry run, the merged tables, the ablation table."""
 from __future__ import annotations
 
 import copy
