@@ -194,7 +194,8 @@ def checkout(tmp_path_factory) -> Path:
 
 
 def sh(command: str | list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    # one torch thread: more threads than the 2 cores other tests share made check-model 7x slower
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     args = ["bash", "-c", command] if isinstance(command, str) else command
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
