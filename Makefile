@@ -48,13 +48,13 @@ test: $(STAMP) $(OFFICIAL_STAMPS)
 # the development tier: unit and stage tests in the main venv (no SLURM, no side venvs, no end-to-end
 # runs: the `slow` marker, tests/infra, tests/pipeline, tests/official); `make test` stays the full suite
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests/core tests/stages tests/world tests/metrics tests/models tests/testbed $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" tests/core tests/bench tests/io tests/tables tests/stages tests/world tests/metrics tests/models tests/testbed $(PYTEST_ARGS)
 
 # the checks that compare bytes or tight tolerances, under another CPU capability than this machine's
 # (ATen's scalar kernels: other floats from torch's initialisers and reductions): a check that
 # depends on the CPU's kernels fails here on any x86 machine. `make test` runs them natively.
 CAPABILITY   ?= default
-KERNEL_TESTS := tests/testbed/test_local_hub.py tests/core/test_presets.py tests/core/test_checkpoint_bytes.py \
+KERNEL_TESTS := tests/testbed/test_local_hub.py tests/core/test_presets.py tests/io/test_checkpoint_bytes.py \
                 tests/core/test_direction.py tests/models/test_conformance.py
 test-kernels: $(STAMP) $(OFFICIAL_STAMPS)
 	@rc=0; export ATEN_CPU_CAPABILITY=$(CAPABILITY); \

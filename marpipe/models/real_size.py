@@ -33,7 +33,7 @@ OFFICIAL_ENV = "MARPIPE_OFFICIAL_CODE"
 # (rotary_pos_embed False). The sd512 model: 512x512, SD VAE (4 latent channels, stride 8) -> 64x64
 # latent, patch 2 -> 32x32 = 1,024 tokens; Phi text encoder, 2,560-d, 256 tokens. The video encoder's
 # patch is twice the image encoder's (transformer_nova.py), so its base grid is 16x16.
-# 645,693,456 parameters (marpipe/models/nova.py's memory table; tests/core/test_bench_gpu.py).
+# 645,693,456 parameters (marpipe/models/nova.py's memory table; tests/bench/test_bench_gpu.py).
 NOVA_TRANSFORMER = dict(image_dim=4, image_size=512, image_stride=8, text_token_dim=2560, text_token_len=256,
                         image_base_size=[32, 32], video_base_size=[1, 16, 16], rotary_pos_embed=False,
                         arch=("vit_d16w1024", "vit_d32w1024", "mlp_d6w1024"))

@@ -13,8 +13,7 @@ from marpipe.grpo import gaussian_log_prob
 from marpipe.loss import mar_grpo_loss
 from marpipe.rollout import RolloutPlan, mask_schedule, rollout
 from marpipe.trainer import set_trainable
-
-from .helpers import tiny
+from tests.helpers import tiny
 
 VARIANTS = {"grpo": {}, "fix_decoder": dict(fix_decoder=True), "mte": dict(fix_decoder=True, mte=True),
             "sim": dict(fix_decoder=True, mte=True, sim=True),

@@ -12,9 +12,8 @@ from marpipe.io.checkpoint import latest_valid, load_model_weights
 from marpipe.io.files import write_prompt_set
 from marpipe.io.tracking import read_jsonl
 from marpipe.models.download import write_manifest
+from tests.helpers import PROMPTS, tiny
 from tests.pipeline_config import shrunk_config
-
-from .helpers import PROMPTS, tiny
 
 
 @pytest.fixture

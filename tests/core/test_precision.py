@@ -6,8 +6,7 @@ import copy
 import torch
 
 from marpipe.trainer import PromptItem, Trainer, dtype_policy
-
-from .helpers import PROMPTS, grpo, tiny
+from tests.helpers import PROMPTS, grpo, tiny
 
 ITEMS = [PromptItem(p, {}) for p in PROMPTS[:2]]
 

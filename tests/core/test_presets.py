@@ -24,8 +24,7 @@ from marpipe.loss import mar_grpo_loss, token_sets
 from marpipe.models.protocol import Prompts
 from marpipe.rollout import Rollout, RolloutPlan, rollout
 from marpipe.trainer import set_trainable
-
-from .helpers import PROMPTS, tiny
+from tests.helpers import PROMPTS, tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 REWARDS = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.35, 0.8, 0.0])

@@ -11,8 +11,7 @@ from marpipe.loss import mar_grpo_loss
 from marpipe.rewards import build_reward
 from marpipe.rollout import RolloutPlan, rollout
 from marpipe.trainer import NonFiniteError, PromptItem, Trainer
-
-from .helpers import PROMPTS, grpo, tiny
+from tests.helpers import PROMPTS, grpo, tiny
 
 ADV = group_advantages(torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.3, 0.8, 0.0]), 4)
 

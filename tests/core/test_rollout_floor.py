@@ -15,8 +15,7 @@ from marpipe.loss import mar_grpo_loss
 from marpipe.models.cost import RULES, expected_head_rows, head_rows
 from marpipe.rollout import CPU_ROW_MULTIPLE, RolloutPlan, head_tokens, mask_schedule, rollout
 from marpipe.trainer import set_trainable
-
-from .helpers import PROMPTS, tiny
+from tests.helpers import PROMPTS, tiny
 
 K, T = 4, 5            # the helpers' tiny models: 16 tokens, 4 AR steps, 5 head steps
 ADV = group_advantages(torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.3, 0.8, 0.0]), 4)

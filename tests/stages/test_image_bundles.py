@@ -25,7 +25,7 @@ from marpipe.io.files import (
     write_prompt_set,
 )
 from marpipe.stages import evaluate as E
-from tests.core.helpers import tiny
+from tests.helpers import tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [[3], [0, 1, 2], [5, 2, 2, 9], [11, 10], [], list(range(12))]

@@ -30,7 +30,7 @@ from marpipe import experiment
 from marpipe import tables as T
 from marpipe.io.files import save_images
 from marpipe.stages import figures as F
-from tests.stages.test_tables import write_scores
+from tests.tables.test_tables import write_scores
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT_DIR = ROOT / "workflow" / "report"

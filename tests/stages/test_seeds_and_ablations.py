@@ -17,7 +17,7 @@ from marpipe import stats
 from marpipe import tables as T
 from marpipe.config import ConfigError
 from tests.pipeline.test_workflow import job_counts, jobs, snakemake
-from tests.stages.test_tables import write_scores
+from tests.tables.test_tables import write_scores
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {"top_k": [0.1, 1.0], "tau": [0.5], "S": [1, 5]}

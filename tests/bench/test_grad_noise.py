@@ -10,8 +10,7 @@ from marpipe.bench import grad_noise as gn
 from marpipe.cli import main
 from marpipe.grpo import mte_aggregate
 from marpipe.rewards import build_reward
-
-from .helpers import PROMPTS, grpo, tiny
+from tests.helpers import PROMPTS, grpo, tiny
 
 
 # --- (c) the statistics, by hand on a 3 x 2 matrix -------------------------------------------------

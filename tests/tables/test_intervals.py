@@ -18,7 +18,7 @@ import torch
 
 from marpipe import experiment, stats
 from marpipe import tables as T
-from tests.stages.test_tables import write_scores
+from tests.tables.test_tables import write_scores
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,7 @@ from marpipe.cli import main
 from marpipe.rewards import build_reward
 from marpipe.rollout import sample_images
 from marpipe.trainer import Trainer
-
-from .helpers import grpo, tiny
+from tests.helpers import grpo, tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,8 +21,7 @@ from marpipe.io.tracking import MLflowRun, read_jsonl, sync_to_mlflow
 from marpipe.rewards import build_reward
 from marpipe.stages.train import write_summary
 from marpipe.trainer import PromptItem, Trainer
-
-from .helpers import PROMPTS, grpo, tiny
+from tests.helpers import PROMPTS, grpo, tiny
 
 CFG = grpo(steps=5, save_every=2)          # checkpoints at steps 2, 4 and 5 (the last)
 TIMES = ("time_rollout", "time_reward", "time_loss", "time_optim")
@@ -58,7 +57,7 @@ META = {"step": "3", "optimizer": '{"param_groups":[]}', "meta": '{"config":{"lr
 WRITE_IN_CHILD = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from tests.core.test_checkpoint_bytes import META, _tensors
+from tests.io.test_checkpoint_bytes import META, _tensors
 from marpipe.io.checkpoint import write_safetensors
 write_safetensors(sys.argv[1], _tensors(), META)
 """

@@ -9,7 +9,7 @@ import pytest
 
 from marpipe import stats
 from marpipe import tables as T
-from tests.stages.test_tables import exp, write_scores  # noqa: F401  (the fixture and its fake scores)
+from tests.tables.test_tables import exp, write_scores  # noqa: F401  (the fixture and its fake scores)
 
 
 @pytest.mark.parametrize("df", [2.0, 5.0, math.inf])
