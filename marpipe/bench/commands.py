@@ -169,9 +169,9 @@ def run_grad_noise(args):
 def add_metrics(p):
     p.add_argument("--metrics", nargs="+", metavar="ROW",
                    help="rows to run: a name, or kind:name (model:gdino Color reward:mixed; default: all)")
-    p.add_argument("--size", choices=["tiny", "real"], default="tiny",
-                   help="real: the published sizes with random weights (--device cuda); tiny: tiny random-weight "
-                        "models (CPU, seconds), a size the test bed registers")
+    p.add_argument("--size", choices=["tiny", "real"], default="real",
+                   help="real (default): the published sizes with random weights (--device cuda); tiny: tiny "
+                        "random-weight models (CPU, seconds), a size the test bed registers (python -m testbed.metrics)")
     p.add_argument("--batch-size", type=int, help="images per call (tiny: 4; real: the config's evaluation.batch_size)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per row, the median printed (default 3)")
     p.add_argument("--config", default="config.yaml", help="experiment config whose metrics run (default config.yaml)")

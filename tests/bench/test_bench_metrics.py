@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import testbed.metrics  # noqa: F401  (registers the tiny size)
 from marpipe import experiment as E
 from marpipe.bench import metrics as B
 from marpipe.config import ConfigError
@@ -78,8 +79,8 @@ def test_table_names_every_row(tiny_rows):
 
 def test_cli_json_subset(capsys):
     from marpipe.cli import main
-    assert main(["bench", "metrics", "--json", "--metrics", "model:clip_b32", "Numeracy", "--batch-size", "2",
-                 "--repeats", "1", "--config", str(PAPER)]) == 0
+    assert main(["bench", "metrics", "--size", "tiny", "--json", "--metrics", "model:clip_b32", "Numeracy",
+                 "--batch-size", "2", "--repeats", "1", "--config", str(PAPER)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["kind"], r["name"]) for r in rows] == [("model", "clip_b32"), ("evaluation", "Numeracy")]
     assert all(r["finite"] and r["images_per_s"] > 0 for r in rows)
