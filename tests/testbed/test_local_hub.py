@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 import urllib.error
 import urllib.request
@@ -363,6 +364,44 @@ def test_official_repos_download_in_the_real_layout(tmp_path):
     # the rebuilt NOVA/Harmon fixtures are the ones config/rehearsal.yaml pins (a deterministic build)
     ids = [REPOS[k].repo_id for k in OFFICIAL_KEYS]
     assert [p for p in check_pins(tmp_path / "hub", REHEARSAL) if any(i in p for i in ids)] == []
+
+
+#: docs/development.md's commands, run as written in a folder that holds config/rehearsal.yaml
+HUB_BUILD = "python -m testbed.hub build .marpipe/hub"
+HUB_SERVE = "python -m testbed.hub serve .marpipe/hub"
+HUB_PINS_CHECK = "python -m testbed.hub pins .marpipe/hub --check config/rehearsal.yaml"
+
+
+@pytest.mark.slow
+def test_the_docs_hub_commands_build_serve_and_check_the_rehearsals_pins(tmp_path):
+    """The whole hub, as the docs build it (NOVA and Harmon skipped, and so not checked, without the official
+    code), has the revisions config/rehearsal.yaml pins and is served where the rehearsal looks for it."""
+    from testbed.hub.__main__ import DEFAULT_PORT
+    from testbed.hub.rehearse import hub_answers, stale_pins
+    endpoint = f"http://127.0.0.1:{DEFAULT_PORT}"
+    if hub_answers(endpoint):
+        pytest.skip(f"a hub server already answers at {endpoint}: stop it to run this check")
+    (tmp_path / "config").mkdir()
+    shutil.copy(REHEARSAL, tmp_path / "config")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT)}
+    for command in (HUB_BUILD, HUB_PINS_CHECK):
+        r = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, f"`{command}` failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    index = json.loads((tmp_path / ".marpipe" / "hub" / "index.json").read_text())
+    server = subprocess.Popen(["bash", "-c", f"exec {HUB_SERVE}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not hub_answers(endpoint, 0.5):
+            assert server.poll() is None and time.monotonic() < deadline, f"`{HUB_SERVE}` serves nothing at {endpoint}"
+            time.sleep(0.2)
+        models = {rid: r["revision"] for rid, r in index["repos"].items() if r["type"] == "model"}
+        assert models and stale_pins(endpoint, models) == []
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.mark.slow
