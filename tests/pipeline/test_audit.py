@@ -4,7 +4,7 @@ to date), and its pointers restore the files in a fresh clone. Fast: no SLURM, n
 
 The end to end version (a real run, `dvc pull`, `snakemake --touch`, a dry run that schedules
 nothing) is tests/infra/test_pipeline_slurm.py::test_dvc_pull_in_a_fresh_clone_restores_identical_artifacts,
-which runs the README's commands as `readme_audit_blocks` returns them.
+which runs the README's commands as `readme_audit_blocks` and `readme_command` return them.
 """
 import io
 import os
@@ -33,8 +33,32 @@ def readme_audit_blocks(readme: Path = ROOT / "README.md") -> tuple[list[str], l
     section = text.split("\n## Audit with DVC\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     assert len(blocks) == 2, "README 'Audit with DVC': expected two bash blocks (publish, audit)"
-    strip = lambda b: [ln.split("  #", 1)[0].strip() for ln in b.splitlines() if ln.strip()]
-    return strip(blocks[0]), strip(blocks[1])
+    return bash_lines(blocks[0]), bash_lines(blocks[1])
+
+
+def bash_lines(block: str) -> list[str]:
+    """The commands of a bash block, one a line, comments stripped."""
+    return [ln.split("  #", 1)[0].strip() for ln in block.splitlines() if ln.strip()]
+
+
+#: the README's single commands that tests/infra/test_pipeline_slurm.py runs as written, by how each begins
+README_COMMANDS = {
+    "report": "snakemake --report ",
+    "tables_from_mlflow": "marpipe tables --config config/small.yaml --from-mlflow ",
+    "partial_pull": "dvc pull results/",
+}
+
+
+def readme_command(what: str, readme: Path = ROOT / "README.md") -> str:
+    """The one README command that begins as README_COMMANDS[what] says: a line of a bash block (its
+    comment stripped) or a code span of the prose (a line break in it read as a blank)."""
+    text = readme.read_text()
+    lines = sum((bash_lines(b) for b in re.findall(r"```bash\n(.*?)```", text, re.S)), [])
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    spans = [" ".join(s.split()) for s in re.findall(r"`([^`\n]+(?:\n[^`\n]+)?)`", prose)]
+    found = {c for c in lines + spans if c.startswith(README_COMMANDS[what])}
+    assert len(found) == 1, f"README: expected one command beginning {README_COMMANDS[what]!r}, found {found}"
+    return found.pop()
 
 
 def git(*args, cwd=ROOT, check=True):
@@ -90,6 +114,19 @@ def test_readme_audit_is_pull_touch_and_a_dry_run_that_schedules_nothing():
     order = [next(i for i, c in enumerate(audit) if c.startswith(p))
              for p in ("make install", "dvc pull", "snakemake all --touch --no-hooks", "snakemake all -n")]
     assert order == sorted(order)
+
+
+def test_readme_command_reads_one_block_line_or_one_span(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("Build `snakemake --report r.html\n--configfile c.yaml`, or `dvc pull results/a.dvc`.\n\n"
+                      "```bash\nmarpipe tables --config config/small.yaml --from-mlflow --out-dir t  # why\n```\n")
+    assert readme_command("report", readme) == "snakemake --report r.html --configfile c.yaml"
+    assert readme_command("tables_from_mlflow", readme).endswith("--from-mlflow --out-dir t")
+    assert readme_command("partial_pull", readme) == "dvc pull results/a.dvc"
+    monkeypatch.setitem(README_COMMANDS, "any_marpipe", "marpipe ")
+    readme.write_text(readme.read_text() + "Then `marpipe tables --out-dir u`.\n")
+    with pytest.raises(AssertionError, match="expected one command beginning 'marpipe '"):
+        readme_command("any_marpipe", readme)
 
 
 def test_pushed_pointers_restore_every_output_in_a_fresh_clone(tmp_path, monkeypatch):
