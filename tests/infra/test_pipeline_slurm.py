@@ -1,27 +1,43 @@
 """The small-world DAG end to end through the real SLURM cluster, MLflow server and DVC remote.
 
 One run of the whole pipeline (shrunk step counts, same DAG and rules), in a fresh git
-repository made from this working tree; then the audit paths: the tables rebuilt from
-MLflow alone, and `dvc pull` into a fresh clone restoring byte-identical artifacts.
+repository made from this working tree; then the README's commands on it as written there:
+the report, the tables rebuilt from MLflow alone, and `dvc pull` (the tables' pointers, then
+all of them) into a fresh clone restoring byte-identical artifacts.
 """
+import base64
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.pipeline.test_audit import readme_audit_blocks
+from tests.pipeline.test_audit import readme_audit_blocks, readme_command
 from tests.pipeline_config import ROOT, write_shrunk_config
+from tests.stages.test_report import report_data
+
+pytestmark = pytest.mark.slow                       # the whole small world through SLURM: minutes
 
 BIN = Path(sys.executable).parent
 # every output of the DAG: what dvc_push versions (tests/pipeline/test_audit.py checks the list is complete)
 ARTIFACTS = ["resources", "results/verify", "results/tables", "results/figures", "results/scores", "results/images",
              "results/selected", "results/runs", "results/mlflow.json", "results/dvc.json"]
+TABLES = ["results/scores", "results/tables"]      # what the tables are built from, and the tables
+
+
+def readme(cmd: str, tmp: Path | None = None) -> str:
+    """A README command as this module runs it: the small world at CI sizes (config/ci.yaml for
+    config/small.yaml) and /tmp/... in a test's own tmp_path; nothing else of it changes but the
+    placeholders <url> and <repo>, which the audit test fills in."""
+    cmd = cmd.replace("config/small.yaml", "config/ci.yaml")
+    return cmd.replace("/tmp/", f"{tmp}/") if tmp else cmd
 
 
 def sh(cmd, cwd, env=None, timeout=3600, check=True):
@@ -86,30 +102,58 @@ def test_jobs_went_through_slurm(pipeline_run):
                          "train", "select_checkpoint", "check_scorer", "generate", "evaluate"}
 
 
-def test_mlflow_alone_rebuilds_the_tables(pipeline_run, tmp_path):
+def test_readme_report_holds_the_tables(pipeline_run):
+    """The README's report command after the run: the file it names, self-contained HTML (a zip for a
+    .zip name), embeds Tables 1-2 byte for byte."""
     repo, env = pipeline_run["repo"], pipeline_run["env"]
-    sh(["marpipe", "tables", "--config", "config/ci.yaml", "--from-mlflow", "--out-dir", str(tmp_path)], repo, env)
+    cmd = readme(readme_command("report"))
+    argv = shlex.split(cmd)
+    report = repo / argv[argv.index("--report") + 1]
+    sh(cmd, repo, env)
+    tables = ["results/tables/table1.csv", "results/tables/table2.csv", "results/tables/tables.html"]
+    if report.suffix == ".zip":
+        with zipfile.ZipFile(report) as z:
+            for t in tables:
+                member = next(n for n in z.namelist() if n.endswith("/" + t))
+                assert z.read(member) == (repo / t).read_bytes(), t
+    else:
+        assert report.read_text().lstrip().lower().startswith("<!doctype html")
+        results = report_data(report)["results"]
+        for t in tables:
+            embedded = base64.b64decode(results[t]["data_uri"].split("base64,", 1)[1])
+            assert embedded == (repo / t).read_bytes(), t
+
+
+def test_mlflow_alone_rebuilds_the_tables(pipeline_run, tmp_path):
+    """The README's `marpipe tables ... --from-mlflow`: identical to the tables from the score files."""
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    cmd = readme(readme_command("tables_from_mlflow"), tmp_path)
+    argv = shlex.split(cmd)
+    out = Path(argv[argv.index("--out-dir") + 1])
+    assert out.is_relative_to(tmp_path)
+    sh(cmd, repo, env)
     for name in ("table1.csv", "table2.csv"):
-        assert (tmp_path / name).read_bytes() == (repo / "results/tables" / name).read_bytes(), name
+        assert (out / name).read_bytes() == (repo / "results/tables" / name).read_bytes(), name
 
 
 def test_dvc_pull_in_a_fresh_clone_restores_identical_artifacts(pipeline_run, tmp_path):
     """The README's "Audit with DVC" commands as written there (config/ci.yaml for config/small.yaml):
-    the pointers committed with the remote in .dvc/config, then in a fresh clone `dvc pull` (every
-    output of the DAG, byte-identical), the tables rebuilt identically from the pulled scores,
-    `snakemake --touch`, and a dry run that schedules nothing."""
+    the pointers committed with the remote in .dvc/config, then in a fresh clone the tables' `dvc pull`
+    (results/scores and results/tables, nothing else), the whole `dvc pull` (every output of the DAG,
+    byte-identical), the tables rebuilt identically from the pulled scores, `snakemake --touch`, and a
+    dry run that schedules nothing."""
     repo, remote = pipeline_run["repo"], pipeline_run["remote"]
     assert remote.is_dir() and any(remote.rglob("*"))
     publish, audit = readme_audit_blocks()
     # an auditor's environment: the installed venv first on PATH, no MLflow server, no remote override
     env = {k: v for k, v in pipeline_run["env"].items() if k not in ("MLFLOW_TRACKING_URI", "MARPIPE_DVC_REMOTE")}
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    subst = {"config/small.yaml": "config/ci.yaml", "<url>": str(remote), "<repo>": str(repo)}
+    subst = {"<url>": str(remote), "<repo>": str(repo)}
 
     def run(cmd, cwd):
         for old, new in subst.items():
             cmd = cmd.replace(old, new)
-        return sh(cmd, cwd, env)
+        return sh(readme(cmd), cwd, env)
 
     for cmd in publish:
         run(cmd, repo)
@@ -117,6 +161,11 @@ def test_dvc_pull_in_a_fresh_clone_restores_identical_artifacts(pipeline_run, tm
     assert audit[0].startswith("git clone ") and audit[0].endswith("&& cd marpipe-audit")
     run(audit[0].split(" && cd ")[0], tmp_path)
     clone = tmp_path / "marpipe-audit"
+    run(readme_command("partial_pull"), clone)
+    assert tree_hashes(clone, ARTIFACTS) == tree_hashes(repo, TABLES)
+    for cmd in audit:
+        if cmd.startswith(("marpipe tables ", "diff -r ")):
+            run(cmd, clone)                          # the tables alone need nothing more
     out = {}
     for cmd in audit[1:]:
         if cmd == "make install" or cmd.startswith("source "):
