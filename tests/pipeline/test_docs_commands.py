@@ -1,7 +1,9 @@
 """Every command of the README, docs/ and config/README.md runs verbatim in the tests: here when it takes
-seconds (a make target as `make -n`), else where a declared test, .ci/run stage or rule runs it. The docs
-are read when the tests are collected, so a command added to a fenced shell block, or a code span that
-starts like a command, fails until it is covered (docs/development.md, "Tests")."""
+seconds (a make target as `make -n`), else where a declared test, .ci/run stage or rule runs it; one that
+cannot run on a 2-core CPU machine in seconds (a GPU, the real models, minutes) is parsed here by marpipe's
+own parser and names the test that runs its code path at a small size. The docs are read when the tests are
+collected, so a command added to a fenced shell block, or a code span that starts like a command, fails
+until it is covered (docs/development.md, "Tests")."""
 from __future__ import annotations
 
 import os
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.test_audit import readme_audit_blocks
+from tests.pipeline.test_audit import README_COMMANDS, readme_audit_blocks, readme_command
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -35,6 +37,8 @@ PLACEHOLDERS = {
 HERE = (
     "marpipe --help",
     "marpipe <command> --help",
+    "marpipe bench --help",
+    "marpipe bench warmup --help",
     "marpipe check-config --config FILE",
     "marpipe check-model tiny-harmon",
     "marpipe bench memory",
@@ -45,6 +49,7 @@ HERE = (
     "snakemake all -n --profile local --configfile config/small.yaml",
     "snakemake all -n --configfile config/small.yaml config/study.yaml",
     "source .venv/bin/activate",
+    "python -m testbed.metrics --json",
 )
 
 #: run verbatim elsewhere: a file whose text holds the command (the test or .ci/run stage that runs it,
@@ -73,6 +78,9 @@ ELSEWHERE = {
     "diff -r results/tables tables-check": AUDIT,
     "snakemake all --touch --no-hooks --configfile config/small.yaml": AUDIT,
     "snakemake all -n --configfile config/small.yaml": AUDIT,
+    "snakemake --report report.html --configfile config/small.yaml": AUDIT,
+    "marpipe tables --config config/small.yaml --from-mlflow --out-dir /tmp/tables-from-mlflow": AUDIT,
+    "dvc pull results/scores.dvc results/tables.dvc": AUDIT,
     "marpipe tables": "workflow/rules/report.smk",
     "marpipe ablations": "workflow/rules/report.smk",
     "marpipe mlflow-sync": "workflow/rules/report.smk",
@@ -80,38 +88,44 @@ ELSEWHERE = {
     "marpipe bench grad-noise": "workflow/rules/report.smk",
     "marpipe check-model": "here",
     "marpipe verdicts": "here",
+    "python -m testbed.hub build .marpipe/hub": "tests/testbed/test_local_hub.py",
+    "python -m testbed.hub serve .marpipe/hub": "tests/testbed/test_local_hub.py",
+    "python -m testbed.hub pins .marpipe/hub --check config/rehearsal.yaml": "tests/testbed/test_local_hub.py",
 }
-READERS = {"readme_audit_blocks": lambda: "\n".join(sum(readme_audit_blocks(), []))}
+READERS = {"readme_audit_blocks": lambda: "\n".join(sum(readme_audit_blocks(), [])),
+           "readme_command": lambda: "\n".join(map(readme_command, README_COMMANDS))}
 #: the rehearsal's CLUSTER_COMMANDS name the config `{config}`; the README's is config.yaml
 TEMPLATES = {"{config}": "config.yaml"}
 
-#: not run verbatim by any test yet: each an expected failure, naming what has to change and where
-PENDING = {
-    "snakemake --report report.html --configfile config/small.yaml":
-        f"needs a finished small-world run: {AUDIT} has one (config/ci.yaml for config/small.yaml)",
-    "marpipe tables --config config/small.yaml --from-mlflow --out-dir /tmp/tables-from-mlflow":
-        f"{AUDIT}::test_mlflow_alone_rebuilds_the_tables runs it from a list, not the README's line",
-    "dvc pull results/scores.dvc results/tables.dvc": f"{AUDIT} could run it in its fresh clone",
-    "marpipe bench reward-rise": "needs the demo's base models (make demo); minutes",
-    "marpipe bench reward-rise --preset paper": "needs the demo's base models (make demo); minutes",
-    "marpipe bench train-step --preset paper": "over 5 min on 2 cores",
-    "marpipe bench warmup": "needs the demo's base models (make demo); minutes",
-    "marpipe bench train-step": "over 5 min on 2 cores (docs/cluster.md)",
-    "marpipe bench rollout --json": "over a minute on 2 cores (docs/cluster.md)",
-    "marpipe bench gpu --size real": "needs a GPU (docs/cluster.md)",
-    "marpipe bench train-step --models nova:DIR harmon:DIR": "needs a GPU and the real models (docs/cluster.md)",
-    "python -m testbed.hub build|serve": "a synopsis, not a command (docs/cluster.md)",
-    "marpipe bench train-step [--json] [--models nova:DIR ...]": "a synopsis, not a command (docs/development.md)",
-    "marpipe bench reward-rise [--json]": "a synopsis, not a command (docs/development.md)",
-    "marpipe bench warmup [--steps N --lr X]": "a synopsis, not a command (docs/development.md)",
-    "marpipe bench metrics --size real [--device cuda] [--json]": "a synopsis, not a command (docs/development.md)",
-    "python -m testbed.metrics [--json]": "a synopsis, not a command (docs/development.md)",
-    "python -m testbed.<module>": "a synopsis, not a command (docs/development.md)",
-    "python -m testbed.hub build|serve|pins DIR": "a synopsis, not a command (docs/development.md)",
-    "python -m testbed.hub pins .marpipe/hub --check config/rehearsal.yaml":
-        "needs the built hub (make rehearse); no test runs it as written (docs/development.md)",
-    "marpipe bench metrics": "no test runs it as written (docs/development.md)",
+#: too slow for here (a GPU, the real or the demo's models, or minutes on 2 CPU cores): marpipe's parser takes the exact
+#: argv (placeholders substituted; parsing runs nothing), so a renamed or removed option, kind or choice
+#: fails, and so does a model that is no spec form `load_model` reads; the test named (file::function)
+#: runs the same code path at a small size
+BENCH = "tests/bench/test_bench.py::test_"
+TRAIN_STEP = BENCH + "train_step_bench_takes_a_model_spec"
+WARMUP = BENCH + "warmup_bench_measures_each_model_before_and_after_a_head_only_warmup"
+REWARD_RISE = "tests/core/test_presets.py::test_reward_rise_bench_takes_the_preset_and_reports_kl_and_gradient_curves"
+ROLLOUT = "tests/core/test_rollout_floor.py::test_reduced_rollout_equals_the_full_head_at_the_demo_sizes"
+PARSED = {
+    "marpipe bench train-step": TRAIN_STEP,
+    "marpipe bench train-step --json --models tiny-nova": TRAIN_STEP,
+    "marpipe bench train-step --models nova:DIR harmon:DIR": TRAIN_STEP,
+    "marpipe bench train-step --preset paper": TRAIN_STEP,
+    "marpipe bench reward-rise": BENCH + "reward_rise_reports_every_variant_and_seed",
+    "marpipe bench reward-rise --json": REWARD_RISE,
+    "marpipe bench reward-rise --preset paper": REWARD_RISE,
+    "marpipe bench warmup": WARMUP,
+    "marpipe bench warmup --steps 40 --lr 3e-4": WARMUP,
+    "marpipe bench rollout --json": ROLLOUT,
+    "marpipe bench gpu --size real": "tests/bench/test_bench_gpu.py::test_real_nova_path_at_small_size",
+    "marpipe bench metrics --size real --device cuda --json":
+        "tests/bench/test_bench_metrics.py::test_real_size_path_runs_on_cpu_for_the_smallest_model",
 }
+#: the option of a bench kind that takes a model spec (marpipe.bench.commands.SPEC)
+SPEC_OPTIONS = {"train-step": "models", "rollout": "models", "reward-rise": "model", "grad-noise": "model"}
+
+#: not run verbatim by any test yet: each an expected failure, naming what has to change and where
+PENDING: dict[str, str] = {}
 
 
 # --- the docs' commands -------------------------------------------------------------------------------
@@ -242,9 +256,31 @@ def check(doc: str, line: int, command: str, cwd: Path) -> None:
     elif command in ELSEWHERE:
         assert substitute(command) in haystack(ELSEWHERE[command], cwd), (
             f"{at} does not occur verbatim in {ELSEWHERE[command]}, which ELSEWHERE says runs it")
+    elif command in PARSED:
+        parse(at, command)
     else:
         pytest.fail(f"{at} is run by no test: run it in {THIS} (HERE), or name the test or .ci/run stage that "
                     f"runs it as written (ELSEWHERE)")
+
+
+def parse(at: str, command: str) -> None:
+    """PARSED: marpipe's parser takes the argv, its model specs have a form `load_model` reads, and the test
+    named exists."""
+    from marpipe.cli import build_parser
+    from marpipe.models.registry import FAMILIES, TINY
+    argv = shlex.split(substitute(command))
+    assert argv[0] == "marpipe", f"{at}: PARSED holds marpipe commands only"
+    try:
+        args = build_parser().parse_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"{at}: marpipe's parser refuses it (its error above)")
+    specs = getattr(args, SPEC_OPTIONS.get(getattr(args, "kind", None), ""), None) or []
+    for spec in [specs] if isinstance(specs, str) else specs:
+        assert spec in TINY or spec.endswith(".safetensors") or spec.partition(":")[0] in FAMILIES, (
+            f"{at}: {spec!r} is no model spec form")
+    path, _, function = PARSED[command].partition("::")
+    assert (ROOT / path).is_file() and re.search(rf"^def {function}\(", (ROOT / path).read_text(), re.M), (
+        f"{at}: PARSED names {PARSED[command]}, which does not exist")
 
 
 def cases() -> list:
@@ -260,8 +296,20 @@ def test_every_doc_command_runs_verbatim(doc, line, command, checkout):
 
 def test_the_tables_name_only_commands_the_docs_hold():
     commands = {c for _, _, c in all_doc_commands()}
-    stale = [c for c in (*HERE, *ELSEWHERE, *PENDING) if c not in commands]
+    stale = [c for c in (*HERE, *ELSEWHERE, *PARSED, *PENDING) if c not in commands]
     assert not stale, f"no doc holds these commands any more; remove them from {THIS}: {stale}"
+
+
+def test_the_dry_runs_schedule_the_jobs_docs_pipeline_md_states(checkout):
+    """docs/pipeline.md's "Dry runs": each count, the target rule `all` not counted, is snakemake's."""
+    text = " ".join((ROOT / "docs" / "pipeline.md").read_text().split())
+    stated = re.findall(r"(\d+)(?: jobs)? \(`(snakemake all -n [^`]+)`", text)
+    assert len(stated) == 3, f"docs/pipeline.md: expected the paper's, the demo's and the study's, found {stated}"
+    for count, command in stated:
+        r = sh(command, checkout)
+        totals = re.findall(r"^total\s+(\d+)$", r.stdout, re.M)
+        assert r.returncode == 0 and totals, f"`{command}` failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+        assert int(totals[-1]) - 1 == int(count), f"`{command}` schedules {int(totals[-1]) - 1} jobs, the doc {count}"
 
 
 def test_commands_are_read_from_blocks_spans_and_continuations(tmp_path):
@@ -273,3 +321,14 @@ def test_commands_are_read_from_blocks_spans_and_continuations(tmp_path):
                                  (7, ".ci/cluster.sh up"), (7, "make rehearse"), (15, "marpipe --help")]
     with pytest.raises(pytest.fail.Exception, match=r"doc\.md:1: `marpipe frobnicate --now` is run by no test"):
         check("doc.md", 1, "marpipe frobnicate --now", tmp_path)
+
+
+@pytest.mark.parametrize("command,test,error", [
+    ("marpipe bench train-step --no-such-option", TRAIN_STEP, "marpipe's parser refuses it"),
+    ("marpipe bench train-step --models nova=DIR", TRAIN_STEP, "'nova=resources/models/tiny-nova' is no model spec"),
+    ("marpipe bench train-step", TRAIN_STEP + "_renamed", "which does not exist"),
+])
+def test_a_parsed_command_fails_on_an_unknown_option_a_spec_form_or_a_missing_test(command, test, error, monkeypatch):
+    monkeypatch.setitem(PARSED, command, test)
+    with pytest.raises((pytest.fail.Exception, AssertionError), match=error):
+        check("doc.md", 1, command, ROOT)
