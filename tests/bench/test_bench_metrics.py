@@ -46,7 +46,7 @@ def test_a_row_for_every_metric_and_reward_of_the_paper_config(exp, tiny_rows):
     assert len(got) == len(set(got))
     assert set(got) == config_rows(exp)
     assert set(got) == set(B.expected_rows(exp))
-    # the models the issue names are among them (the paper config's keys for them)
+    # the paper's metric models are among them (the paper config's keys for them)
     assert {("model", k) for k in ("hps", "imagereward", "pickscore", "aesthetic", "blip_vqa", "clip_b32",
                                    "git_vqa", "gdino", "depth")} <= set(got)
     assert {("evaluation", c) for c in ("HPS", "ImageReward", "PickScore", "Aesthetic", "Color", "Shape", "Texture",
@@ -186,7 +186,7 @@ def test_real_size_path_runs_on_cpu_for_the_smallest_model(exp, monkeypatch):
 
 
 def test_tiny_is_a_registered_size_and_without_it_one_clear_error(exp, monkeypatch):
-    """The tiny folders are the test bed's: ``testbed.metrics`` registers them (this folder's conftest
+    """The tiny folders are the test bed's: ``testbed.metrics`` registers them (this module
     imports it); without that registration the bench names the sizes it has and where tiny comes from."""
     from testbed import metrics as tiny
     assert B.SIZES["tiny"][0] == tiny.BENCH_BUILDERS
