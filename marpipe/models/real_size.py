@@ -47,14 +47,14 @@ PHI2 = dict(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hid
 # (channels 128/256/512/512, 2 layers per block, scaling 0.18215) with 4 latent channels
 SD_VAE = dict(latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512)
 # scheduler: diffusers' DDPMScheduler (BAAI/nova-d48w1024-sd512's model_index.json; default clip_sample=True) with Stable
-# Diffusion's betas, as tests/official/nova_tiny.py's SCHEDULER_CONFIG
+# Diffusion's betas, as testbed/official/nova_tiny.py's SCHEDULER_CONFIG
 NOVA_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 # --- Harmon: wusize/Harmon-1_5B ------------------------------------------------------------------------
 # LLM: Qwen2.5-1.5B-Instruct (github wusize/Harmon@4eb6087:
 # configs/models/qwen2_5_1_5b_kl16_mar_h.py llm_name_or_path). Sizes as marpipe/models/cost.py (28 layers,
 # hidden 1536, MLP 8960, 12 query / 2 key-value heads, tied embeddings; rope theta 1e6, RMS eps 1e-6 as
-# tests/official/harmon_tiny.py's TINY_LLM); vocab 151,936: Qwen/Qwen2.5-1.5B-Instruct's config.json (a
+# testbed/official/harmon_tiny.py's TINY_LLM); vocab 151,936: Qwen/Qwen2.5-1.5B-Instruct's config.json (a
 # download; checked by the parameter count, 1,543,714,304 = the model card's 1.54B, 1.31B non-embedding).
 # Everything else is transformers' Qwen2Config default (positions, dropout 0, init std 0.02).
 QWEN25_1_5B = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=151936, hidden_size=1536,
