@@ -268,3 +268,16 @@ def test_the_stages_and_the_grad_noise_rule_take_the_base_model_spec_from_one_fu
             (tmp_path / m / layout.MODEL_FILE).write_bytes(b"")
             write_manifest(tmp_path / m)
             assert resources.model_spec(exp, m, tmp_path) == layout.base_model_spec(exp.adapter(m), tmp_path / m)
+
+
+def test_rollout_bench_counts_the_head_work_the_cost_model_predicts(capsys):
+    """``marpipe bench rollout``: the head token-steps it counts through the rollout equal the cost model's
+    floor for each model (``marpipe.models.cost.head_rows``), with and without Sim; the test mode's full
+    head never does less."""
+    assert main(["bench", "rollout", "--json", "--device", "cpu", "--models", "nova-standin", "harmon-standin"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    for name in ("nova-standin", "harmon-standin"):
+        r = rep["models"][name]
+        assert r["head_token_steps"] == r["floor_token_steps"] > 0
+        assert r["head_token_steps_sim"] == r["floor_token_steps_sim"]
+        assert r["head_token_steps_full"] >= r["head_token_steps"]

@@ -105,7 +105,7 @@ BENCH = "tests/bench/test_bench.py::test_"
 TRAIN_STEP = BENCH + "train_step_bench_takes_a_model_spec"
 WARMUP = BENCH + "warmup_bench_measures_each_model_before_and_after_a_head_only_warmup"
 REWARD_RISE = "tests/core/test_presets.py::test_reward_rise_bench_takes_the_preset_and_reports_kl_and_gradient_curves"
-ROLLOUT = "tests/core/test_rollout_floor.py::test_reduced_rollout_equals_the_full_head_at_the_demo_sizes"
+ROLLOUT = "tests/bench/test_bench.py::test_rollout_bench_counts_the_head_work_the_cost_model_predicts"
 PARSED = {
     "marpipe bench train-step": TRAIN_STEP,
     "marpipe bench train-step --json --models tiny-nova": TRAIN_STEP,
