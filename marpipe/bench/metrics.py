@@ -220,8 +220,9 @@ def real_loaders(toks: _Tokenizers):
 
 # --- random-weight sizes: folders in the real layouts ----------------------------------------------
 #: size -> (builders, extra): ``builders`` maps (model, loader kwarg) to a function writing that folder
-#: under a root and returning it; ``extra`` maps a model to the loader kwargs it needs beyond its folders
-SIZES: dict[str, tuple[dict, dict]] = {}
+#: under a root and returning it; ``extra`` maps a model to the loader kwargs it needs beyond its folders.
+#: ``real`` builds each model from its real config in memory (:func:`build_real`): no folders.
+SIZES: dict[str, tuple[dict, dict]] = {"real": ({}, {})}
 
 
 def register_size(name: str, builders: dict, extra: dict | None = None) -> None:
@@ -513,9 +514,9 @@ def bench_metrics(names=None, device="cpu", json: bool = False, size: str = "tin
     score, box or depth is NaN or infinite."""
     from marpipe import experiment as E
     from marpipe.rewards import build_reward, combine
-    if size != "real" and size not in SIZES:
+    if size not in SIZES:
         from marpipe.config import ConfigError
-        raise ConfigError(f"bench metrics: no size {size!r}; sizes: {', '.join(['real', *SIZES])}. The tiny "
+        raise ConfigError(f"bench metrics: no size {size!r}; sizes: {', '.join(SIZES)}. The tiny "
                           "random-weight folders are the repository's test bed (testbed/, not installed): "
                           "`python -m testbed.metrics` runs this bench at size tiny")
     exp = config if isinstance(config, E.Experiment) else E.load(config)
@@ -533,7 +534,7 @@ def bench_metrics(names=None, device="cpu", json: bool = False, size: str = "tin
     px = image_size or (REAL_IMAGE if size == "real" else TINY_IMAGE)
     images = _images(batch, px)
     roles, models = weights_roles(exp), model_rows(exp)
-    builders, extra = SIZES[size] if size != "real" else ({}, {})
+    builders, extra = SIZES[size]
     rows: list[dict] = []
     _preload()
     gc.collect()
