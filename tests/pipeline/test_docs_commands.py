@@ -79,7 +79,7 @@ ELSEWHERE = {
     "snakemake all --touch --no-hooks --configfile config/small.yaml": AUDIT,
     "snakemake all -n --configfile config/small.yaml": AUDIT,
     "snakemake --report report.html --configfile config/small.yaml": AUDIT,
-    "marpipe tables --config config/small.yaml --from-mlflow --out-dir /tmp/tables-from-mlflow": AUDIT,
+    "marpipe tables --config config/small.yaml --from-mlflow --out-dir tables-from-mlflow": AUDIT,
     "dvc pull results/scores.dvc results/tables.dvc": AUDIT,
     "marpipe tables": "workflow/rules/report.smk",
     "marpipe ablations": "workflow/rules/report.smk",
